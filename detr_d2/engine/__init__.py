@@ -1,0 +1,3 @@
+from .trainer import DetrTrainer, main, setup
+
+__all__ = ["DetrTrainer", "main", "setup"]

@@ -1,0 +1,106 @@
+"""``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators) and the
+``setup`` / ``main`` used by ``tools/train_net.py``."""
+import logging
+import os
+from typing import List
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_detr_config
+from .optimizer import build_detr_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+def _build_mapper(cfg: CfgNode, is_train: bool):
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name == "detr_panoptic":
+        from ..data.dataset_mappers import DetrPanopticDatasetMapper
+
+        return DetrPanopticDatasetMapper(cfg, is_train)
+    if name == "default":
+        return None  # Detectron2's DatasetMapper
+    raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be 'detr_panoptic' or 'default', got {name!r}")
+
+
+class DetrTrainer(DefaultTrainer):
+    """DefaultTrainer + DETR's mapper, AdamW with a backbone multiplier, and panoptic evaluators."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=_build_mapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=_build_mapper(cfg, False))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_detr_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
+        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the fast in-process PQ
+        evaluator (``TEST.PANOPTIC_EVALUATOR fast``) or Detectron2's ``COCOPanopticEvaluator`` with per-class
+        results (``d2``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
+        an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has ``sem_seg_root``."""
+        from ..evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
+
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        meta = MetadataCatalog.get(dataset_name)
+        ev_type = getattr(meta, "evaluator_type", None)
+        evaluators: List[DatasetEvaluator] = []
+        d = cfg.MODEL.DETR.TEST
+        if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
+            kind = cfg.TEST.PANOPTIC_EVALUATOR
+            if kind == "fast":
+                evaluators.append(FastCOCOPanopticEvaluator(dataset_name, output_folder))
+            elif kind == "d2":
+                evaluators.append(COCOPanopticEvaluatorWithPerClass(dataset_name, output_folder))
+            else:
+                raise ValueError(f"TEST.PANOPTIC_EVALUATOR must be 'fast' or 'd2', got {kind!r}")
+        instances_on = d.INSTANCE_ON or not cfg.MODEL.MASK_ON
+        if instances_on and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
+            tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+            evaluators.append(COCOEvaluator(dataset_name, tasks, True, output_folder))
+        if d.SEMANTIC_ON and cfg.MODEL.MASK_ON and getattr(meta, "sem_seg_root", None):
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        if not evaluators:
+            raise NotImplementedError(
+                f"no evaluator for dataset '{dataset_name}' (evaluator_type={ev_type!r}, MODEL.MASK_ON="
+                f"{cfg.MODEL.MASK_ON}); panoptic datasets need evaluator_type 'coco_panoptic_seg'"
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+def setup(args) -> CfgNode:
+    """Config from ``args.config_file`` + ``args.opts`` with detr_d2's options; Detectron2's default setup."""
+    cfg = get_cfg()
+    add_detr_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = DetrTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = DetrTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = DetrTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

@@ -1,0 +1,132 @@
+"""DETR's set criterion: CE (with a no-object weight), L1 + GIoU on boxes, sigmoid focal + dice on masks.
+
+Targets per image: ``labels`` (N,) int64 class slots, ``boxes`` (N, 4) cxcywh normalised by the image's
+own (unpadded) size, ``masks`` (N, H, W) bool at the image's input resolution (only for mask losses).
+Each loss is normalised by the number of target segments in the whole (distributed) batch.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.utils import comm
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+
+from .matcher import HungarianMatcher
+
+
+def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
+    """inputs: (N, P) mask logits, targets: (N, P) in {0, 1}. Sum over masks of 1 - (2|X∩Y|+1)/(|X|+|Y|+1),
+    divided by ``num_boxes``."""
+    inputs = inputs.sigmoid()
+    numerator = 2 * (inputs * targets).sum(1)
+    denominator = inputs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_boxes
+
+
+def focal_loss(inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss averaged over pixels of each mask, summed over masks, divided by ``num_boxes``."""
+    return sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction="none").mean(1).sum() / num_boxes
+
+
+class SetCriterion(nn.Module):
+    """Hungarian-matched losses. ``forward`` returns *unweighted* losses named ``loss_ce``, ``loss_bbox``,
+    ``loss_giou``, ``loss_mask``, ``loss_dice`` (+ ``_{i}`` for auxiliary decoder layer i);
+    ``weight_dict`` holds their weights."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Sequence[str] = ("labels", "boxes", "masks"),
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.eos_coef = eos_coef
+        self.losses = list(losses)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    @staticmethod
+    def _src_idx(indices: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for src, _ in indices])
+        return batch_idx, src_idx
+
+    def loss_labels(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+        logits = outputs["pred_logits"]
+        idx = self._src_idx(indices)
+        target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[idx] = target_classes_o
+        loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        out = {"loss_ce": loss_ce}
+        if target_classes_o.numel():
+            acc = (logits[idx].argmax(-1) == target_classes_o).float().mean() * 100
+            out["class_error"] = (100 - acc).detach()
+        return out
+
+    def loss_boxes(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+        idx = self._src_idx(indices)
+        src_boxes = outputs["pred_boxes"][idx].float()
+        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
+        loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
+        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
+        return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def loss_masks(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+        """Predicted stride-4 logits of the padded batch are upsampled (bilinear) to the padded input size;
+        target masks are zero-padded to that size (as DETR's ``nested_tensor_from_tensor_list``)."""
+        pred_masks = outputs["pred_masks"]
+        idx = self._src_idx(indices)
+        src_masks = pred_masks[idx]
+        if src_masks.shape[0] == 0:
+            return {"loss_mask": pred_masks.sum() * 0.0, "loss_dice": pred_masks.sum() * 0.0}
+        pad_h = max(t["masks"].shape[-2] for t in targets)
+        pad_w = max(t["masks"].shape[-1] for t in targets)
+        tgt = [F.pad(t["masks"][j].float(), (0, pad_w - t["masks"].shape[-1], 0, pad_h - t["masks"].shape[-2]))
+               for t, (_, j) in zip(targets, indices)]
+        target_masks = torch.cat(tgt)
+        src_masks = F.interpolate(src_masks[:, None].float(), size=(pad_h, pad_w), mode="bilinear", align_corners=False)
+        src_masks = src_masks[:, 0].flatten(1)
+        target_masks = target_masks.flatten(1).float()
+        return {
+            "loss_mask": focal_loss(src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma),
+            "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
+        }
+
+    def _compute(self, loss: str, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+        return {"labels": self.loss_labels, "boxes": self.loss_boxes, "masks": self.loss_masks}[loss](
+            outputs, targets, indices, num_boxes
+        )
+
+    def forward(self, outputs: Dict, targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        num_boxes = torch.as_tensor(
+            [float(sum(len(t["labels"]) for t in targets))], device=outputs["pred_logits"].device
+        )
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(num_boxes)
+        num_boxes = torch.clamp(num_boxes / comm.get_world_size(), min=1).item()
+
+        losses: Dict[str, Tensor] = {}
+        for loss in self.losses:
+            losses.update(self._compute(loss, outputs, targets, indices, num_boxes))
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_indices = self.matcher(aux, targets)
+            for loss in self.losses:
+                if loss == "masks":  # intermediate layers have no masks
+                    continue
+                l_dict = self._compute(loss, aux, targets, aux_indices, num_boxes)
+                losses.update({f"{k}_{i}": v for k, v in l_dict.items() if k != "class_error"})
+        return losses

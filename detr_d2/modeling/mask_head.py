@@ -1,0 +1,97 @@
+"""DETR's panoptic mask head: per-query attention maps over the encoder memory (``MHAttentionMap``)
+and the FPN-style convolutional head (``MaskHeadSmallConv``) that upsamples them to stride 4.
+
+Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MHAttentionMap(nn.Module):
+    """Attention weights of each query over the memory, softmax taken jointly over heads and positions.
+
+    ``forward(q (B,Q,C), k (B,C,H,W), mask (B,H,W) True=pad) -> (B, Q, nheads, H, W)``.
+    """
+
+    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.dropout = nn.Dropout(dropout)
+        self.q_linear = nn.Linear(query_dim, hidden_dim, bias=True)
+        self.k_linear = nn.Linear(query_dim, hidden_dim, bias=True)
+        nn.init.zeros_(self.k_linear.bias)
+        nn.init.zeros_(self.q_linear.bias)
+        nn.init.xavier_uniform_(self.k_linear.weight)
+        nn.init.xavier_uniform_(self.q_linear.weight)
+        self.normalize_fact = float(hidden_dim / num_heads) ** -0.5
+
+    def forward(self, q: Tensor, k: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        q = self.q_linear(q)
+        k = F.conv2d(k, self.k_linear.weight.unsqueeze(-1).unsqueeze(-1), self.k_linear.bias)
+        qh = q.view(q.shape[0], q.shape[1], self.num_heads, self.hidden_dim // self.num_heads)
+        kh = k.view(k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1])
+        weights = torch.einsum("bqnc,bnchw->bqnhw", qh * self.normalize_fact, kh)
+        if mask is not None:
+            weights = weights.masked_fill(mask.unsqueeze(1).unsqueeze(1), float("-inf"))
+        weights = F.softmax(weights.flatten(2), dim=-1).view(weights.size())
+        return self.dropout(weights)
+
+
+class MaskHeadSmallConv(nn.Module):
+    """FPN-style head: (projected features ++ attention maps) at stride 32, refined with the backbone's
+    stride-16/8/4 features, to one mask logit map per query at stride 4.
+
+    Args:
+        dim: input channels = hidden_dim + nheads (projected features first, attention maps last).
+        fpn_dims: channels of the stride-16, 8, 4 backbone features (res4, res3, res2).
+        context_dim: hidden_dim; the inner widths are context_dim // 2, // 4, // 8, // 16.
+    """
+
+    def __init__(self, dim: int, fpn_dims: Sequence[int], context_dim: int):
+        super().__init__()
+        inter_dims = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16]
+        self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.gn1 = nn.GroupNorm(8, dim)
+        self.lay2 = nn.Conv2d(dim, inter_dims[1], 3, padding=1)
+        self.gn2 = nn.GroupNorm(8, inter_dims[1])
+        self.lay3 = nn.Conv2d(inter_dims[1], inter_dims[2], 3, padding=1)
+        self.gn3 = nn.GroupNorm(8, inter_dims[2])
+        self.lay4 = nn.Conv2d(inter_dims[2], inter_dims[3], 3, padding=1)
+        self.gn4 = nn.GroupNorm(8, inter_dims[3])
+        self.lay5 = nn.Conv2d(inter_dims[3], inter_dims[4], 3, padding=1)
+        self.gn5 = nn.GroupNorm(8, inter_dims[4])
+        self.out_lay = nn.Conv2d(inter_dims[4], 1, 3, padding=1)
+        self.adapter1 = nn.Conv2d(fpn_dims[0], inter_dims[1], 1)
+        self.adapter2 = nn.Conv2d(fpn_dims[1], inter_dims[2], 1)
+        self.adapter3 = nn.Conv2d(fpn_dims[2], inter_dims[3], 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.constant_(m.bias, 0)
+
+    @staticmethod
+    def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
+        """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C, h, w)
+        to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same values)."""
+        up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
+        up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
+        return up.flatten(0, 1)
+
+    def forward(self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor]) -> Tensor:
+        """x: (B, C, H5, W5) projected res5; bbox_mask: (B, Q, nheads, H5, W5);
+        fpns: [res4, res3, res2]. Returns (B*Q, 1, H2, W2) mask logits, rows batch-major (b*Q + q)."""
+        num_queries = bbox_mask.shape[1]
+        x = torch.cat([x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2).flatten(0, 1)
+        x = F.relu(self.gn1(self.lay1(x)))
+        x = F.relu(self.gn2(self.lay2(x)))
+        x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries)
+        x = F.relu(self.gn3(self.lay3(x)))
+        x = self._add_upsampled(self.adapter2(fpns[1]), x, num_queries)
+        x = F.relu(self.gn4(self.lay4(x)))
+        x = self._add_upsampled(self.adapter3(fpns[2]), x, num_queries)
+        x = F.relu(self.gn5(self.lay5(x)))
+        return self.out_lay(x)

@@ -1,0 +1,180 @@
+"""DETR's panoptic fusion (``PostProcessPanoptic``), batched-correct and in Detectron2's output format.
+
+Algorithm (same decisions as DETR's post-processor, see docs in README "Faithfulness"):
+1. softmax over all K+1 logits; keep queries whose argmax is not "no object" and score > threshold;
+2. crop the query masks to the image's own region of the padded stride-4 grid (``ceil(h/4) x ceil(w/4)``;
+   DETR's own post-processor skips this, which misaligns padded images in a batch), resize bilinearly
+   to the network input size (h, w);
+3. per pixel argmax of the softmax over the kept masks;
+4. first pass only: all queries of a stuff class are merged into the first one of that class;
+5. the id map is resized (nearest-exact, like PIL NEAREST) to the output size and segment areas counted;
+   while some kept segment has area <= ``min_area``, drop those queries and redo 3 and 5 (without 4).
+Segments are numbered 1..N in query order; 0 (void) only when no query is kept.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+from torchvision.ops import box_convert
+
+
+def crop_mask_padding(masks: Tensor, image_size: Tuple[int, int], stride: int) -> Tensor:
+    """Crop (Q, Hm, Wm) mask logits of a padded batch to the cells covering an image of ``image_size``
+    (h, w) pixels: the first ceil(h/stride) rows and ceil(w/stride) columns."""
+    h, w = image_size
+    return masks[:, : int(math.ceil(h / stride)), : int(math.ceil(w / stride))]
+
+
+def _argmax_ids(masks: Tensor) -> Tensor:
+    """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR: bit-identical ties)."""
+    return masks.softmax(0).argmax(0)
+
+
+def _resize_ids(ids: Tensor, size: Tuple[int, int]) -> Tensor:
+    if tuple(ids.shape) == tuple(size):
+        return ids
+    # nearest-exact == PIL NEAREST; ids < 2**24 are exact in float32
+    return F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+
+
+def panoptic_fusion(
+    logits: Tensor,
+    masks: Tensor,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    is_thing: Tensor,
+    *,
+    threshold: float = 0.85,
+    min_area: int = 4,
+    mask_stride: int = 4,
+    crop_padding: bool = True,
+    label_map: Optional[Tensor] = None,
+) -> Tuple[Tensor, List[Dict]]:
+    """Fuse one image's query predictions into a panoptic id map.
+
+    Args:
+        logits: (Q, S+1) class logits over S class slots + no-object.
+        masks: (Q, Hm, Wm) mask logits on the padded batch's stride-4 grid.
+        image_size: (h, w) of the network input (after resize, before padding).
+        output_size: (H, W) of the returned id map (usually the original image size).
+        is_thing: (C,) bool per contiguous class id.
+        label_map: optional (S,) int64 slot -> contiguous id (-1: not a class; such queries are not kept).
+            None means slots are contiguous ids.
+    Returns:
+        id map (H, W) int32 (segments 1..N, 0 = void), and ``segments_info`` dicts with ``id``,
+        ``category_id`` (contiguous), ``isthing``, ``score``, ``area``.
+    """
+    num_slots = logits.shape[-1] - 1
+    scores, labels = logits.float().softmax(-1).max(-1)
+    keep = (labels != num_slots) & (scores > threshold)
+    if label_map is not None:
+        labels = torch.where(labels < num_slots, label_map.to(labels.device)[labels.clamp(max=num_slots - 1)], labels)
+        keep &= labels >= 0
+    idx = keep.nonzero().flatten()
+    h_out, w_out = output_size
+    if idx.numel() == 0:
+        return torch.zeros((h_out, w_out), dtype=torch.int32, device=logits.device), []
+
+    cur_masks = masks[idx]
+    if crop_padding:
+        cur_masks = crop_mask_padding(cur_masks, image_size, mask_stride)
+    cur_masks = F.interpolate(cur_masks[:, None].float(), size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+    cur_classes = labels[idx]
+    cur_scores = scores[idx]
+    cur_thing = is_thing.to(cur_classes.device)[cur_classes]
+
+    # first pass with the stuff merge (every stuff query of a class -> first query of that class)
+    ids = _argmax_ids(cur_masks)
+    first_of_class = torch.arange(len(idx), device=ids.device)
+    for c in cur_classes[~cur_thing].unique():
+        members = ((cur_classes == c) & ~cur_thing).nonzero().flatten()
+        first_of_class[members] = members[0]
+    ids = first_of_class[ids]
+    alive = torch.arange(len(idx), device=ids.device)
+    while True:
+        ids_out = _resize_ids(ids, (h_out, w_out))
+        area = torch.bincount(ids_out.flatten(), minlength=len(alive))
+        small = area <= min_area
+        if not small.any():
+            break
+        sel = (~small).nonzero().flatten()
+        alive, cur_masks = alive[sel], cur_masks[sel]
+        if alive.numel() == 0:
+            return torch.zeros((h_out, w_out), dtype=torch.int32, device=logits.device), []
+        ids = _argmax_ids(cur_masks)
+
+    segments_info = []
+    for i, q in enumerate(alive.tolist()):
+        segments_info.append(
+            {
+                "id": i + 1,
+                "category_id": int(cur_classes[q]),
+                "isthing": bool(cur_thing[q]),
+                "score": float(cur_scores[q]),
+                "area": int(area[i]),
+            }
+        )
+    return (ids_out + 1).to(torch.int32), segments_info
+
+
+def instance_inference(
+    logits: Tensor,
+    boxes: Tensor,
+    masks: Optional[Tensor],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    is_thing: Tensor,
+    *,
+    mask_stride: int = 4,
+    label_map: Optional[Tensor] = None,
+) -> Instances:
+    """Detectron2 ``Instances`` of every query whose best real class is a thing (no threshold, as DETR's
+    COCO detection evaluation). Boxes: the box head's cxcywh (relative to the image) -> XYXY pixels of
+    ``output_size``; masks: sigmoid > 0.5 of the padding-cropped logits resized to ``output_size``;
+    scores: the class probability (softmax over all slots + no-object)."""
+    num_slots = logits.shape[-1] - 1
+    scores, labels = logits.float().softmax(-1)[:, :-1].max(-1)
+    if label_map is not None:
+        labels = label_map.to(labels.device)[labels]
+    keep = labels >= 0
+    keep[keep.clone()] = is_thing.to(labels.device)[labels[keep]]
+    h_out, w_out = output_size
+    result = Instances((h_out, w_out))
+    xyxy = box_convert(boxes[keep].float(), "cxcywh", "xyxy") * torch.tensor([w_out, h_out, w_out, h_out], device=boxes.device)
+    result.pred_boxes = Boxes(xyxy)
+    result.scores = scores[keep]
+    result.pred_classes = labels[keep]
+    if masks is not None:
+        m = crop_mask_padding(masks[keep], image_size, mask_stride)
+        if m.shape[0]:
+            m = F.interpolate(m[:, None].float(), size=(h_out, w_out), mode="bilinear", align_corners=False)[:, 0]
+        else:
+            m = m.new_zeros((0, h_out, w_out))
+        result.pred_masks = m > 0
+    return result
+
+
+def semantic_inference(
+    logits: Tensor,
+    masks: Tensor,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    num_classes: int,
+    *,
+    mask_stride: int = 4,
+    label_map: Optional[Tensor] = None,
+) -> Tensor:
+    """(C, H, W) per-class scores: sum over queries of p(class) * sigmoid(mask), as Mask2Former's semantic
+    inference, for Detectron2's ``SemSegEvaluator`` (it takes the argmax)."""
+    probs = logits.float().softmax(-1)[:, :-1]
+    if label_map is not None:  # fold slots into contiguous classes
+        valid = label_map >= 0
+        folded = probs.new_zeros((probs.shape[0], num_classes))
+        folded.index_add_(1, label_map[valid].to(probs.device), probs[:, valid.to(probs.device)])
+        probs = folded
+    m = crop_mask_padding(masks, image_size, mask_stride)
+    m = F.interpolate(m[:, None].float(), size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+    return torch.einsum("qc,qhw->chw", probs, m.sigmoid())

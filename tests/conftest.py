@@ -1,0 +1,44 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+COCO_SAMPLE = os.path.join(ROOT, "tests", "data", "coco_panoptic_sample")
+
+
+def tiny_detr_cfg(num_classes: int = 5, mask_on: bool = True):
+    """A small DETR config for CPU tests (ResNet-18, hidden 128, 1+2 layers, 10 queries)."""
+    import detr_d2  # noqa: F401
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    detr_d2.add_detr_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-DETR.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.MASK_ON = mask_on
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.DETR.HIDDEN_DIM = 128
+    cfg.MODEL.DETR.DIM_FEEDFORWARD = 128
+    cfg.MODEL.DETR.ENC_LAYERS = 1
+    cfg.MODEL.DETR.DEC_LAYERS = 2
+    cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 10
+    cfg.MODEL.DETR.NUM_CLASSES = num_classes
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
