@@ -1,0 +1,499 @@
+"""Convert between COCO detection format (masks per annotation) and COCO panoptic format.
+
+Detection -> panoptic (:func:`convert_detection_to_panoptic`): each annotation's segmentation
+(polygons, uncompressed or compressed RLE) becomes a segment of the image's panoptic PNG.
+Rules, all reported in the returned :class:`ConversionReport`:
+
+* **overlaps** (a pixel claimed by several annotations; panopticapi's converter refuses them):
+  with ``overlap="resolve"`` the pixel goes to things before stuff, then to the annotation with
+  the smaller mask, then to the one listed first; with ``overlap="error"`` the conversion stops.
+  A segment left with no pixel is dropped (and listed in the report).
+* several stuff annotations of the same category in one image are merged into one segment
+  (COCO panoptic has at most one segment per stuff class and image).
+* ``area`` and ``bbox`` (XYWH, pixels) are recomputed from the final pixels.
+* segment ids: ``id_scheme="color"`` uses panopticapi's colour scheme (stuff = category colour,
+  first thing of a category = category colour, further ones = jittered colours from a generator
+  seeded per image; see :class:`~detr_d2.data.segment_ids.SegmentIdGenerator`); ``"sequential"``
+  numbers the segments of each image 1, 2, ...
+
+Panoptic -> detection (:func:`convert_panoptic_to_detection`): one annotation per thing segment
+(stuff too with ``include_stuff``) with a compressed RLE mask, ``area`` and ``bbox`` from the
+PNG, ``iscrowd`` from ``segments_info``; annotation ids 1, 2, ... over the whole file.
+
+Both read every input with checks (errors name the file and field) and write atomically; PNGs
+are produced in parallel with ``workers`` processes.
+"""
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+from tqdm import tqdm
+
+from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
+from .panoptic_io import (
+    atomic_write_json,
+    check_png_ids_listed,
+    read_json,
+    read_panoptic_png,
+    refuse_overwrite,
+    require_keys,
+    rgb2id,
+    save_panoptic_png,
+)
+from .segment_ids import SegmentIdGenerator
+
+__all__ = [
+    "ConversionReport",
+    "load_categories",
+    "decode_segmentation",
+    "detection_image_to_panoptic",
+    "convert_detection_to_panoptic",
+    "panoptic_image_to_detection",
+    "convert_panoptic_to_detection",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: counts, and the segments it could not keep."""
+
+    images: int = 0
+    segments: int = 0
+    overlap_pixels: int = 0
+    images_with_overlap: int = 0
+    merged_stuff: int = 0
+    # (image_id, annotation id or segment id, category_id, reason)
+    dropped: List[Tuple[Any, Any, int, str]] = field(default_factory=list)
+
+    def add(self, other: "ConversionReport") -> None:
+        self.images += other.images
+        self.segments += other.segments
+        self.overlap_pixels += other.overlap_pixels
+        self.images_with_overlap += other.images_with_overlap
+        self.merged_stuff += other.merged_stuff
+        self.dropped.extend(other.dropped)
+
+    def summary(self) -> str:
+        lines = [f"{self.images} images, {self.segments} segments written"]
+        if self.images_with_overlap:
+            lines.append(
+                f"{self.images_with_overlap} images had overlapping annotations "
+                f"({self.overlap_pixels} pixels re-assigned: things over stuff, "
+                "smaller over larger)"
+            )
+        if self.merged_stuff:
+            lines.append(
+                f"{self.merged_stuff} stuff annotations merged into an earlier one "
+                "of the same class"
+            )
+        if self.dropped:
+            lines.append(f"{len(self.dropped)} segments dropped, e.g. {self.dropped[:5]}")
+        return "; ".join(lines)
+
+
+def load_categories(path: str) -> List[Dict[str, Any]]:
+    """Categories from a JSON file holding a list (panopticapi's ``panoptic_coco_categories.json``)
+    or an object with a ``categories`` list; validated and sorted by id."""
+    data = read_json(path, "categories JSON")
+    if isinstance(data, Mapping):
+        require_keys(data, ["categories"], path)
+        data = data["categories"]
+    return validate_categories(data, path)
+
+
+def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.ndarray:
+    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to HxW bool."""
+    if isinstance(segm, list):
+        polys = [p for p in segm]
+        if not polys or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in polys):
+            raise ValueError(
+                f"{where}: 'segmentation' polygons must be lists of >= 3 (x, y) points, got "
+                f"{str(segm)[:80]}"
+            )
+        rle = mask_util.merge(mask_util.frPyObjects(polys, height, width))
+    elif isinstance(segm, Mapping) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [height, width]:
+            raise ValueError(
+                f"{where}: RLE 'size' {segm['size']} differs from the image's [height, width] "
+                f"[{height}, {width}]"
+            )
+        if isinstance(segm["counts"], list):
+            rle = mask_util.frPyObjects(dict(segm), height, width)
+        elif isinstance(segm["counts"], (str, bytes)):
+            counts = segm["counts"]
+            rle = {
+                "size": [height, width],
+                "counts": counts.encode() if isinstance(counts, str) else counts,
+            }
+        else:
+            raise ValueError(f"{where}: RLE 'counts' must be a list or a string")
+    else:
+        raise ValueError(
+            f"{where}: 'segmentation' must be a polygon list or an RLE dict with 'counts' and "
+            f"'size', got {type(segm).__name__}"
+        )
+    return mask_util.decode(rle).astype(bool)
+
+
+def _bbox_xywh(mask: np.ndarray) -> List[int]:
+    rows, cols = np.nonzero(mask)
+    x0, y0 = int(cols.min()), int(rows.min())
+    return [x0, y0, int(cols.max()) - x0 + 1, int(rows.max()) - y0 + 1]
+
+
+def detection_image_to_panoptic(
+    image: Mapping[str, Any],
+    annotations: Sequence[Mapping[str, Any]],
+    categories: Mapping[int, Mapping[str, Any]],
+    *,
+    overlap: str = "resolve",
+    id_scheme: str = "color",
+    seed: int = 0,
+    source: str = "detection JSON",
+) -> Tuple[np.ndarray, List[Dict[str, Any]], ConversionReport]:
+    """One image's detection annotations -> (int32 HxW id map, segments_info, report).
+
+    ``categories`` maps dataset category id -> category (``isthing``, ``color``). See the module
+    docstring for the overlap, merging and id rules. ``segments_info`` entries have ``id``,
+    ``category_id`` (dataset id), ``iscrowd``, ``area``, ``bbox`` (XYWH pixels), in annotation
+    order.
+    """
+    h, w = int(image["height"]), int(image["width"])
+    report = ConversionReport(images=1)
+    # Decode; merge stuff of the same class into the first annotation of that class.
+    pieces: List[Dict[str, Any]] = []
+    stuff_piece: Dict[int, Dict[str, Any]] = {}
+    for ann in annotations:
+        where = f"{source}: annotation id {ann.get('id')} (image_id {image['id']})"
+        mask = decode_segmentation(ann["segmentation"], h, w, where)
+        cat = int(ann["category_id"])
+        isthing = bool(categories[cat]["isthing"])
+        if not isthing and cat in stuff_piece:
+            stuff_piece[cat]["mask"] |= mask
+            report.merged_stuff += 1
+            continue
+        piece = {
+            "ann_id": ann.get("id"),
+            "category_id": cat,
+            "isthing": isthing,
+            "mask": mask,
+            "iscrowd": int(ann.get("iscrowd", 0)),
+            "order": len(pieces),
+        }
+        pieces.append(piece)
+        if not isthing:
+            stuff_piece[cat] = piece
+
+    claims = np.zeros((h, w), np.int32)
+    for p in pieces:
+        claims += p["mask"]
+    n_overlap = int((claims > 1).sum())
+    if n_overlap:
+        if overlap == "error":
+            raise ValueError(
+                f"{source}: image_id {image['id']} ({image.get('file_name')}): annotations overlap "
+                f"on {n_overlap} pixels (use overlap='resolve' to assign them by rule)"
+            )
+        report.overlap_pixels, report.images_with_overlap = n_overlap, 1
+    # Pixel goes to the highest-priority claimant: thing > stuff, then smaller area, then order.
+    owner = np.full((h, w), -1, np.int32)
+    for p in sorted(pieces, key=lambda p: (not p["isthing"], int(p["mask"].sum()), p["order"])):
+        free = p["mask"] & (owner < 0)
+        owner[free] = p["order"]
+
+    gen = SegmentIdGenerator(categories, seed) if id_scheme == "color" else None
+    ids = np.zeros((h, w), np.int32)
+    segments = []
+    for p in pieces:
+        final = owner == p["order"]
+        area = int(final.sum())
+        if area == 0:
+            report.dropped.append(
+                (
+                    image["id"],
+                    p["ann_id"],
+                    p["category_id"],
+                    "empty mask" if not p["mask"].any() else "fully covered",
+                )
+            )
+            continue
+        seg_id = gen.new_id(p["category_id"]) if gen is not None else len(segments) + 1
+        ids[final] = seg_id
+        segments.append(
+            {
+                "id": int(seg_id),
+                "category_id": p["category_id"],
+                "iscrowd": p["iscrowd"],
+                "bbox": _bbox_xywh(final),
+                "area": area,
+            }
+        )
+    report.segments = len(segments)
+    return ids, segments, report
+
+
+# Worker state (set once per process by the pool initializer, to avoid pickling per task).
+_WORKER: Dict[str, Any] = {}
+
+
+def _init_worker(state: Dict[str, Any]) -> None:
+    _WORKER.clear()
+    _WORKER.update(state)
+
+
+def _detection_task(task):
+    index, image, anns, png_path = task
+    st = _WORKER
+    ids, segments, report = detection_image_to_panoptic(
+        image,
+        anns,
+        st["categories"],
+        overlap=st["overlap"],
+        id_scheme=st["id_scheme"],
+        seed=st["seed"] * 1_000_003 + index,
+        source=st["source"],
+    )
+    save_panoptic_png(png_path, ids)
+    return {
+        "image_id": image["id"],
+        "file_name": os.path.basename(png_path),
+        "segments_info": segments,
+    }, report
+
+
+def _run_tasks(fn, tasks: List, state: Dict[str, Any], workers: int, desc: str) -> List:
+    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process)."""
+    if workers <= 1 or len(tasks) < 2:
+        _init_worker(state)
+        return [fn(t) for t in tqdm(tasks, desc=desc, unit="img")]
+    ctx = get_context("fork" if hasattr(os, "fork") else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
+        it = pool.imap(fn, tasks, chunksize=max(1, min(64, len(tasks) // (8 * workers))))
+        return list(tqdm(it, total=len(tasks), desc=desc, unit="img"))
+
+
+def _check_stuff_colors(categories: Sequence[Mapping[str, Any]], source: str) -> None:
+    seen: Dict[Tuple[int, ...], Any] = {}
+    for cat in categories:
+        if not cat["isthing"]:
+            color = tuple(cat["color"])
+            if color in seen:
+                raise ValueError(
+                    f"{source}: stuff categories {seen[color]} and {cat['id']} share the colour "
+                    f"{list(color)}, so their segment ids would collide; give them distinct "
+                    "colours or use id_scheme='sequential'"
+                )
+            seen[color] = cat["id"]
+
+
+def convert_detection_to_panoptic(
+    detection_json: str,
+    categories_json: str,
+    output_json: str,
+    output_root: str,
+    *,
+    overlap: str = "resolve",
+    id_scheme: str = "color",
+    seed: int = 0,
+    workers: int = 1,
+) -> ConversionReport:
+    """COCO detection JSON + categories file -> panoptic PNGs in ``output_root`` + ``output_json``.
+
+    Every image of the detection JSON gets a PNG ``<image file stem>.png`` (images without
+    annotations get an all-void PNG). Categories without ``color`` get the fixed palette colour
+    of the metadata. Returns the :class:`ConversionReport`.
+    """
+    if overlap not in ("resolve", "error"):
+        raise ValueError(f"overlap must be 'resolve' or 'error', got {overlap!r}")
+    if id_scheme not in ("color", "sequential"):
+        raise ValueError(f"id_scheme must be 'color' or 'sequential', got {id_scheme!r}")
+    inputs = [detection_json, categories_json]
+    refuse_overwrite(output_json, inputs)
+    categories = load_categories(categories_json)
+    colors = build_panoptic_metadata(categories, categories_json)["stuff_colors"]
+    categories = [dict(c, color=list(col)) for c, col in zip(categories, colors)]
+    if id_scheme == "color":
+        _check_stuff_colors(categories, categories_json)
+    by_id = {c["id"]: c for c in categories}
+
+    data = read_json(detection_json, "detection JSON")
+    require_keys(data, ["images", "annotations"], detection_json)
+    images, stems = {}, {}
+    for i, img in enumerate(data["images"]):
+        where = f"{detection_json}: images[{i}]"
+        require_keys(img, ["id", "file_name", "height", "width"], where)
+        stem = os.path.splitext(os.path.basename(img["file_name"]))[0]
+        if stem in stems:
+            raise ValueError(
+                f"{where}: file name stem {stem!r} also used by image id {stems[stem]}"
+            )
+        stems[stem] = img["id"]
+        images[img["id"]] = img
+    anns_by_image: Dict[Any, List] = defaultdict(list)
+    for i, ann in enumerate(data["annotations"]):
+        ann_id = ann.get("id") if isinstance(ann, Mapping) else "?"
+        where = f"{detection_json}: annotations[{i}] (id {ann_id})"
+        require_keys(ann, ["image_id", "category_id", "segmentation"], where)
+        if ann["image_id"] not in images:
+            raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+        if ann["category_id"] not in by_id:
+            raise ValueError(
+                f"{where}: category_id {ann['category_id']!r} is not in the categories of "
+                f"{categories_json} (known ids: {sorted(by_id)})"
+            )
+        anns_by_image[ann["image_id"]].append(ann)
+
+    tasks = []
+    for index, (image_id, img) in enumerate(images.items()):
+        png_path = os.path.join(
+            output_root, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png"
+        )
+        refuse_overwrite(png_path, inputs)
+        tasks.append((index, img, anns_by_image.get(image_id, []), png_path))
+    os.makedirs(output_root, exist_ok=True)
+    state = {
+        "categories": by_id,
+        "overlap": overlap,
+        "id_scheme": id_scheme,
+        "seed": seed,
+        "source": detection_json,
+    }
+    results = _run_tasks(_detection_task, tasks, state, workers, "detection -> panoptic")
+
+    report = ConversionReport()
+    annotations = []
+    for ann, rep in results:
+        annotations.append(ann)
+        report.add(rep)
+    out = {k: data[k] for k in ("info", "licenses") if k in data}
+    out.update(images=list(images.values()), annotations=annotations, categories=categories)
+    atomic_write_json(output_json, out)
+    if report.images_with_overlap or report.dropped or report.merged_stuff:
+        logger.warning(f"{detection_json}: {report.summary()}")
+    return report
+
+
+def panoptic_image_to_detection(
+    png_path: str,
+    segments_info: Sequence[Mapping[str, Any]],
+    categories: Mapping[int, Mapping[str, Any]],
+    image: Mapping[str, Any],
+    *,
+    include_stuff: bool = False,
+    source: str = "panoptic JSON",
+) -> Tuple[List[Dict[str, Any]], ConversionReport]:
+    """One panoptic PNG + its ``segments_info`` -> detection annotations (without ``id``).
+
+    Each kept segment gives ``image_id``, ``category_id`` (dataset id), ``segmentation``
+    (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. Segments
+    absent from the PNG are dropped and reported; PNG ids missing from ``segments_info`` raise.
+    """
+    ids = rgb2id(read_panoptic_png(png_path)).astype(np.int64)
+    if "height" in image and "width" in image and ids.shape != (image["height"], image["width"]):
+        raise ValueError(
+            f"{png_path} (pan_seg_file_name) is {ids.shape[1]}x{ids.shape[0]} but 'images' says "
+            f"{image['width']}x{image['height']} (WxH) for image_id {image['id']}"
+        )
+    check_png_ids_listed(ids, segments_info, png_path, image["id"])
+    report = ConversionReport(images=1)
+    anns = []
+    for j, seg in enumerate(segments_info):
+        cat = seg["category_id"]
+        if cat not in categories:
+            raise ValueError(
+                f"{source}: image_id {image['id']}: segments_info[{j}] has category_id {cat!r}, "
+                f"which is not in the categories (known ids: {sorted(categories)})"
+            )
+        if not categories[cat]["isthing"] and not include_stuff:
+            continue
+        mask = ids == int(seg["id"])
+        if not mask.any():
+            report.dropped.append((image["id"], seg["id"], cat, "id not in the PNG"))
+            continue
+        rle = mask_util.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
+        rle["counts"] = rle["counts"].decode("ascii")
+        anns.append(
+            {
+                "image_id": image["id"],
+                "category_id": cat,
+                "segmentation": rle,
+                "area": int(mask.sum()),
+                "bbox": _bbox_xywh(mask),
+                "iscrowd": int(seg.get("iscrowd", 0)),
+            }
+        )
+    report.segments = len(anns)
+    return anns, report
+
+
+def _panoptic_task(task):
+    png_path, segments_info, image = task
+    st = _WORKER
+    return panoptic_image_to_detection(
+        png_path,
+        segments_info,
+        st["categories"],
+        image,
+        include_stuff=st["include_stuff"],
+        source=st["source"],
+    )
+
+
+def convert_panoptic_to_detection(
+    panoptic_json: str,
+    panoptic_root: str,
+    output_json: str,
+    *,
+    include_stuff: bool = False,
+    workers: int = 1,
+) -> ConversionReport:
+    """Panoptic JSON + PNGs -> a COCO instances JSON (RLE masks) of the thing segments.
+
+    The output keeps ``info``/``licenses``/``images`` and lists the thing categories (all
+    categories with ``include_stuff``), so Detectron2's ``register_coco_instances`` can load it.
+    """
+    refuse_overwrite(output_json, [panoptic_json])
+    data = read_json(panoptic_json, "panoptic JSON")
+    require_keys(data, ["images", "annotations", "categories"], panoptic_json)
+    categories = validate_categories(data["categories"], panoptic_json)
+    by_id = {c["id"]: c for c in categories}
+    images = {}
+    for i, img in enumerate(data["images"]):
+        require_keys(img, ["id", "file_name"], f"{panoptic_json}: images[{i}]")
+        images[img["id"]] = img
+    tasks = []
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{panoptic_json}: annotations[{i}]"
+        require_keys(ann, ["image_id", "file_name", "segments_info"], where)
+        if ann["image_id"] not in images:
+            raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+        for j, seg in enumerate(ann["segments_info"]):
+            require_keys(seg, ["id", "category_id"], f"{where}: segments_info[{j}]")
+        png = os.path.join(panoptic_root, ann["file_name"])
+        if not os.path.isfile(png):
+            raise FileNotFoundError(f"{where}: panoptic PNG not found (file_name): {png}")
+        tasks.append((png, ann["segments_info"], images[ann["image_id"]]))
+
+    state = {"categories": by_id, "include_stuff": include_stuff, "source": panoptic_json}
+    results = _run_tasks(_panoptic_task, tasks, state, workers, "panoptic -> detection")
+    report = ConversionReport()
+    annotations = []
+    for anns, rep in results:
+        report.add(rep)
+        for ann in anns:
+            annotations.append(dict(ann, id=len(annotations) + 1))
+    out = {k: data[k] for k in ("info", "licenses") if k in data}
+    kept = [c for c in categories if include_stuff or c["isthing"]]
+    out.update(images=list(images.values()), annotations=annotations, categories=kept)
+    atomic_write_json(output_json, out)
+    if report.dropped:
+        logger.warning(f"{panoptic_json}: {report.summary()}")
+    return report
