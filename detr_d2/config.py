@@ -38,8 +38,9 @@ def add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.COST_GIOU = 2.0
     # Two-stage training: a detection checkpoint loaded and frozen; only the mask head trains.
     cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
-    # Quickstart lever (not in the official model): LayerNorm-free rescaling of the projected
-    # features entering the mask head so each query's attention map keeps its weight.
+    # For training from scratch (not in the official model): the projected features entering the mask
+    # head are scaled to unit RMS per position and the attention maps so a uniform map is 1, so each
+    # query's attention map keeps its weight against the image features.
     cfg.MODEL.DETR.MASK_HEAD_FEATURE_NORM = False
     # Zero the padded region after every backbone conv: an image gives the same result alone and in a
     # padded batch. Single images are unaffected (official checkpoints are reproduced either way).

@@ -51,7 +51,7 @@ class DetrTrainer(DefaultTrainer):
         evaluator (``TEST.PANOPTIC_EVALUATOR fast``) or Detectron2's ``COCOPanopticEvaluator`` with per-class
         results (``d2``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
         an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has ``sem_seg_root``."""
-        from ..evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
+        from ..evaluation import build_panoptic_evaluator
 
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         meta = MetadataCatalog.get(dataset_name)
@@ -59,13 +59,7 @@ class DetrTrainer(DefaultTrainer):
         evaluators: List[DatasetEvaluator] = []
         d = cfg.MODEL.DETR.TEST
         if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
-            kind = cfg.TEST.PANOPTIC_EVALUATOR
-            if kind == "fast":
-                evaluators.append(FastCOCOPanopticEvaluator(dataset_name, output_folder))
-            elif kind == "d2":
-                evaluators.append(COCOPanopticEvaluatorWithPerClass(dataset_name, output_folder))
-            else:
-                raise ValueError(f"TEST.PANOPTIC_EVALUATOR must be 'fast' or 'd2', got {kind!r}")
+            evaluators.append(build_panoptic_evaluator(cfg.TEST.PANOPTIC_EVALUATOR, dataset_name, output_folder))
         instances_on = d.INSTANCE_ON or not cfg.MODEL.MASK_ON
         if instances_on and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
             tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)

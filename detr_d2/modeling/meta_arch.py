@@ -330,7 +330,6 @@ class DetrPanoptic(nn.Module):
             return out
         feat = src_proj
         if self.mask_head_feature_norm:
-            # quickstart option (not in official DETR): unit-RMS features so the attention maps keep weight
             feat = feat / feat.pow(2).mean(1, keepdim=True).add(1e-6).sqrt()
         fpns = [feats[2], feats[1], feats[0]]
         if self._zero_padding is not None and padded and not self.training:
@@ -340,15 +339,26 @@ class DetrPanoptic(nn.Module):
                 def crop(t: Tensor, stride: int) -> Tensor:
                     return t[i : i + 1, ..., : -(-h // stride), : -(-w // stride)]
 
-                bbox_mask = self.bbox_attention(hs[-1][i : i + 1], crop(memory, strides[-1]), mask=crop(mask, strides[-1]))
+                m5 = crop(mask, strides[-1])
+                bbox_mask = self._scale_attention(self.bbox_attention(hs[-1][i : i + 1], crop(memory, strides[-1]), mask=m5), m5)
                 seg = self.mask_head(crop(feat, strides[-1]), bbox_mask, [crop(f, s) for f, s in zip(fpns, strides[2::-1])])
                 pred_masks[i, :, : seg.shape[-2], : seg.shape[-1]] = seg[:, 0]
             out["pred_masks"] = pred_masks
             return out
-        bbox_mask = self.bbox_attention(hs[-1], memory, mask=mask)
+        bbox_mask = self._scale_attention(self.bbox_attention(hs[-1], memory, mask=mask), mask)
         seg = self.mask_head(feat, bbox_mask, fpns)
         out["pred_masks"] = seg.view(src.shape[0], self.num_queries, seg.shape[-2], seg.shape[-1])
         return out
+
+    def _scale_attention(self, bbox_mask: Tensor, mask: Tensor) -> Tensor:
+        """With ``mask_head_feature_norm`` (not in official DETR; for training from scratch): the attention
+        maps (B, Q, nheads, H, W), which sum to 1 over heads x valid positions, are scaled so a uniform map
+        is 1, matching the unit-RMS features they are concatenated with; otherwise every query gets nearly
+        the same mask."""
+        if not self.mask_head_feature_norm:
+            return bbox_mask
+        valid = (~mask).flatten(1).sum(1).to(bbox_mask.dtype) * bbox_mask.shape[2]
+        return bbox_mask * valid.view(-1, 1, 1, 1, 1)
 
     def forward(self, batched_inputs: List[Dict]):
         images, pixel_mask = self.preprocess_image(batched_inputs)

@@ -1,0 +1,139 @@
+"""``DetrPanopticPredictor``: one-image inference with a config, like Detectron2's ``DefaultPredictor``,
+plus helpers that turn predictions into COCO panoptic PNG + JSON."""
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from panopticapi.utils import id2rgb
+from PIL import Image
+
+from .data.transforms import build_detr_test_augmentation
+
+__all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]
+
+
+class DetrPanopticPredictor:
+    """Build the model from ``cfg``, load ``cfg.MODEL.WEIGHTS``, and run it on single BGR images.
+
+    ``predictor(bgr_image)`` -> Detectron2's output dict for that image (``panoptic_seg`` = (id map
+    int32 HxW at the image's size, segments_info with contiguous ``category_id``), and ``instances`` /
+    ``sem_seg`` when enabled). ``predictor.raw(bgr_image)`` also returns the raw network outputs
+    (``pred_logits``, ``pred_boxes``, ``pred_masks``) for inspection.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.DATASETS.TEST:
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        else:
+            self.metadata = MetadataCatalog.get("__unused")
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.AugmentationList(build_detr_test_augmentation(cfg))
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")
+
+    def _inputs(self, bgr_image: np.ndarray) -> Dict:
+        if not isinstance(bgr_image, np.ndarray) or bgr_image.ndim != 3 or bgr_image.shape[2] != 3:
+            raise ValueError(
+                f"DetrPanopticPredictor expects an HxWx3 BGR uint8 array (cv2.imread), got "
+                f"{type(bgr_image).__name__} {getattr(bgr_image, 'shape', '')}"
+            )
+        image = bgr_image[:, :, ::-1] if self.input_format == "RGB" else bgr_image
+        h, w = image.shape[:2]
+        aug_input = T.AugInput(np.ascontiguousarray(image))
+        self.aug(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        return {"image": tensor, "height": h, "width": w}
+
+    @torch.no_grad()
+    def __call__(self, bgr_image: np.ndarray) -> Dict:
+        return self.model([self._inputs(bgr_image)])[0]
+
+    @torch.no_grad()
+    def raw(self, bgr_image: np.ndarray) -> Tuple[Dict, Dict]:
+        """(prediction dict, raw outputs of the single image: pred_logits (Q, S+1), pred_boxes (Q, 4)
+        cxcywh normalised, pred_masks (Q, H/4, W/4) logits)."""
+        inputs = [self._inputs(bgr_image)]
+        images, mask = self.model.preprocess_image(inputs)
+        out = self.model.forward_network(images.tensor, mask)
+        pred = self.model.postprocess(out, inputs, images.image_sizes)[0]
+        return pred, {k: v[0] for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+def panoptic_to_coco(
+    panoptic_seg: torch.Tensor, segments_info: List[Dict], metadata
+) -> Tuple[np.ndarray, List[Dict]]:
+    """Prediction (id map, segments_info with contiguous ids) -> (RGB uint8 PNG array encoded with
+    panopticapi's ``id2rgb``, COCO ``segments_info`` with dataset category ids, area, bbox xywh)."""
+    contig_to_ds = {}
+    for attr in ("stuff_dataset_id_to_contiguous_id", "thing_dataset_id_to_contiguous_id"):
+        for ds, c in (getattr(metadata, attr, None) or {}).items():
+            contig_to_ds[c] = ds
+    ids = panoptic_seg.cpu().numpy().astype(np.int64)
+    out = []
+    for s in segments_info:
+        m = ids == s["id"]
+        ys, xs = np.nonzero(m)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else [0, 0, 0, 0]
+        out.append({
+            "id": int(s["id"]),
+            "category_id": int(contig_to_ds.get(s["category_id"], s["category_id"])),
+            "iscrowd": 0,
+            "area": int(m.sum()),
+            "bbox": bbox,
+            "score": float(s.get("score", 1.0)),
+        })
+    return id2rgb(ids).astype(np.uint8), out
+
+
+def _atomic_write(path: str, write) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_panoptic_png_json(
+    annotations: List[Dict], png_dir: str, json_path: str, metadata, pngs: Dict[str, np.ndarray]
+) -> None:
+    """Write COCO panoptic predictions: ``pngs`` (file_name -> RGB array) under ``png_dir`` and the JSON
+    (``annotations`` + ``categories`` from the metadata) at ``json_path``, each file atomically."""
+    for name, rgb in pngs.items():
+        _atomic_write(os.path.join(png_dir, name), lambda p, rgb=rgb: Image.fromarray(rgb).save(p, format="PNG"))
+    categories = getattr(metadata, "categories", None)
+    if categories is None:
+        categories = _categories_from_metadata(metadata)
+    payload = {"annotations": annotations, "categories": categories}
+
+    def dump(p):
+        with open(p, "w") as f:
+            json.dump(payload, f)
+
+    _atomic_write(json_path, dump)
+
+
+def _categories_from_metadata(metadata) -> List[Dict]:
+    cats = []
+    names = list(getattr(metadata, "stuff_classes", None) or getattr(metadata, "thing_classes", None) or [])
+    thing = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
+    stuff = getattr(metadata, "stuff_dataset_id_to_contiguous_id", None) or {}
+    for ds, c in sorted({**stuff, **thing}.items()):
+        cats.append({"id": int(ds), "name": names[c] if c < len(names) else str(ds), "isthing": int(ds in thing)})
+    return cats
