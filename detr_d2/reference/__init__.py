@@ -1,0 +1,40 @@
+"""Reference oracle: a faithful re-implementation of the official DETR panoptic model, its input
+pipeline and its panoptic post-processor, written from shared/reference/detr_panoptic_checkpoint.md.
+
+Not imported by ``detr_d2/__init__.py``: tests, benchmarks and the checkpoint converter import it.
+"""
+from .official_detr import (
+    DETR,
+    DETRsegm,
+    FrozenBatchNorm2d,
+    OfficialDETRsegm,
+    build_official_detr,
+    official_state_dict_template,
+    randomize_frozen_batchnorm_,
+)
+from .official_inputs import (
+    NestedTensor,
+    detr_resized_hw,
+    load_rgb_image,
+    nested_tensor_from_tensor_list,
+    official_eval_transform,
+)
+from .official_postprocess import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+
+__all__ = [
+    "DETR",
+    "DETRsegm",
+    "FrozenBatchNorm2d",
+    "NestedTensor",
+    "OfficialDETRsegm",
+    "PostProcessPanoptic",
+    "build_official_detr",
+    "decode_panoptic_png",
+    "detr_resized_hw",
+    "load_rgb_image",
+    "nested_tensor_from_tensor_list",
+    "official_eval_transform",
+    "official_is_thing_map",
+    "official_state_dict_template",
+    "randomize_frozen_batchnorm_",
+]
