@@ -71,6 +71,8 @@ def add_detr_config(cfg: CN) -> None:
     # Panoptic evaluator: "fast" (in-process PQ, same numbers as panopticapi) or "d2"
     # (Detectron2's COCOPanopticEvaluator + per-class results).
     cfg.TEST.PANOPTIC_EVALUATOR = "fast"
+    # "fast" only: also write the standard predictions.json + predictions/*.png to the output dir.
+    cfg.TEST.PANOPTIC_WRITE_PREDICTIONS = False
 
     # Optimiser
     cfg.SOLVER.OPTIMIZER = "ADAMW"

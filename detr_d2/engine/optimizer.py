@@ -4,7 +4,7 @@ import itertools
 from typing import Any, Dict, List, Set
 
 import torch
-from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 
 
 def _full_model_clipping(optim_cls, clip_norm: float):
@@ -18,7 +18,8 @@ def _full_model_clipping(optim_cls, clip_norm: float):
 
 
 def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """One param group per parameter (Detectron2/Mask2Former style) so LR schedulers see them all."""
+    """Param groups by (lr, weight decay), merged with Detectron2's ``reduce_param_groups`` (one group per
+    parameter would make AdamW's foreach kernels useless)."""
     norm_types = (
         torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
         torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.LayerNorm,
@@ -39,6 +40,7 @@ def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
             if isinstance(module, torch.nn.Embedding):
                 hp["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY_EMBED
             params.append({"params": [value], **hp})
+    params = reduce_param_groups(params)
     if not params:
         raise ValueError("build_detr_optimizer: the model has no trainable parameters")
 

@@ -59,7 +59,11 @@ class DetrTrainer(DefaultTrainer):
         evaluators: List[DatasetEvaluator] = []
         d = cfg.MODEL.DETR.TEST
         if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
-            evaluators.append(build_panoptic_evaluator(cfg.TEST.PANOPTIC_EVALUATOR, dataset_name, output_folder))
+            evaluators.append(
+                build_panoptic_evaluator(
+                    cfg.TEST.PANOPTIC_EVALUATOR, dataset_name, output_folder, cfg.TEST.PANOPTIC_WRITE_PREDICTIONS
+                )
+            )
         instances_on = d.INSTANCE_ON or not cfg.MODEL.MASK_ON
         if instances_on and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
             tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)

@@ -1,0 +1,46 @@
+"""Panoptic evaluation: a fast in-process PQ evaluator and Detectron2's one with per-class results."""
+from typing import Optional
+
+from detectron2.evaluation import DatasetEvaluator
+
+from .fast_panoptic_evaluation import FastCOCOPanopticEvaluator
+from .panoptic_evaluation import COCOPanopticEvaluatorWithPerClass
+from .panoptic_ground_truth import GROUND_TRUTH_CACHE
+from .panoptic_quality import PQStats, summarize_pq_stats
+
+__all__ = [
+    "FastCOCOPanopticEvaluator",
+    "COCOPanopticEvaluatorWithPerClass",
+    "PANOPTIC_EVALUATORS",
+    "build_panoptic_evaluator",
+    "GROUND_TRUTH_CACHE",
+    "PQStats",
+    "summarize_pq_stats",
+]
+
+# Values of cfg.TEST.PANOPTIC_EVALUATOR.
+PANOPTIC_EVALUATORS = {
+    "fast": FastCOCOPanopticEvaluator,
+    "d2": COCOPanopticEvaluatorWithPerClass,
+}
+
+
+def build_panoptic_evaluator(
+    kind: str, dataset_name: str, output_dir: Optional[str] = None, write_predictions: bool = False
+) -> DatasetEvaluator:
+    """The panoptic evaluator named by ``kind`` ("fast": in-process, "d2": Detectron2's
+    ``COCOPanopticEvaluator`` + per-class results). ``write_predictions`` (PNG + JSON kept in
+    ``output_dir``) is a "fast" option."""
+    if kind not in PANOPTIC_EVALUATORS:
+        raise ValueError(
+            f"unknown panoptic evaluator {kind!r} (TEST.PANOPTIC_EVALUATOR); choose from "
+            f"{sorted(PANOPTIC_EVALUATORS)}"
+        )
+    if kind == "fast":
+        return FastCOCOPanopticEvaluator(dataset_name, output_dir, write_predictions=write_predictions)
+    if write_predictions:
+        raise ValueError(
+            "write_predictions is an option of the 'fast' panoptic evaluator; Detectron2's evaluator "
+            "('d2') writes predictions.json to output_dir but deletes the PNGs"
+        )
+    return COCOPanopticEvaluatorWithPerClass(dataset_name, output_dir)

@@ -1,0 +1,283 @@
+"""The panoptic evaluators: eval-only PQ = 100, equality with Detectron2's evaluator and pq_compute,
+per-class outputs, written predictions, the label_divisor encoding, errors, and 2-process gathering."""
+import copy
+import json
+import os
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.evaluation import COCOPanopticEvaluator, inference_on_dataset
+
+from detr_d2.evaluation import (
+    COCOPanopticEvaluatorWithPerClass,
+    FastCOCOPanopticEvaluator,
+    build_panoptic_evaluator,
+)
+from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids
+from detr_d2.evaluation.synthetic_panoptic import perturb_prediction
+from test_evaluation_support import (
+    COCO_SAMPLE_JSON,
+    COCO_SAMPLE_PNGS,
+    GroundTruthEchoModel,
+    assert_same_pq,
+    coco_sample,
+    contiguous_output,
+    quiet_pq_compute,
+    register_coco_sample,
+    register_panoptic,
+    synthetic_categories,
+    write_synthetic_dataset,
+)
+
+D2_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+
+
+def _run(evaluator, inputs, outputs):
+    evaluator.reset()
+    for x, y in zip(inputs, outputs):
+        evaluator.process([x], [copy.deepcopy(y)])  # D2's evaluator mutates segments_info
+    return evaluator.evaluate()
+
+
+def _perturbed_outputs(dataset_name, gt_json, png_root, rng, ops=None, category_ids=None):
+    """Inputs (file_name, image_id) and model-style outputs (contiguous ids) for every GT image;
+    relabelled / extra segments take ``category_ids`` (default: all categories)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    with open(gt_json) as f:
+        gt = json.load(f)
+    category_ids = category_ids or [c["id"] for c in gt["categories"]]
+    inputs, outputs = [], []
+    for ann in gt["annotations"]:
+        gt_map = read_panoptic_png_ids(os.path.join(png_root, ann["file_name"]))
+        pred, segments = perturb_prediction(gt_map, ann["segments_info"], category_ids, rng, ops)
+        inputs.append({"file_name": os.path.splitext(ann["file_name"])[0] + ".jpg", "image_id": ann["image_id"]})
+        outputs.append(contiguous_output(pred, segments, metadata))
+    return inputs, outputs
+
+
+def _set_json_categories(json_path, categories):
+    with open(json_path) as f:
+        gt = json.load(f)
+    gt["categories"] = categories
+    with open(json_path, "w") as f:
+        json.dump(gt, f)
+
+
+def test_eval_only_ground_truth_gives_pq_100(tmp_path):
+    """inference_on_dataset with a model that returns the GT of the real COCO sample (crowd
+    regions included): Detectron2's evaluator and ours both give PQ = SQ = RQ = 100."""
+    name = register_coco_sample()
+    loader = build_detection_test_loader(DatasetCatalog.get(name), mapper=lambda d: d, num_workers=0)
+    for evaluator in (COCOPanopticEvaluator(name, str(tmp_path / "d2")),
+                      FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
+                      COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "d2pc"))):
+        results = inference_on_dataset(GroundTruthEchoModel(), loader, evaluator)
+        for key in D2_KEYS:
+            assert results["panoptic_seg"][key] == pytest.approx(100.0, abs=1e-9), (type(evaluator), key)
+    assert results["panoptic_seg"]["PQ-person"] == pytest.approx(100.0)
+
+
+def test_fast_equals_d2_and_pq_compute_on_perturbed_coco_sample(tmp_path):
+    """Several rounds of perturbed predictions: ours == Detectron2's evaluator (pq_compute) for
+    All/Things/Stuff; its written predictions re-scored by pq_compute give the same per-class
+    numbers; the per-class subclass agrees too."""
+    name = register_coco_sample()
+    rng = np.random.default_rng(7)
+    for round_ in range(4):
+        inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
+        out_dir = tmp_path / f"round{round_}"
+        fast = _run(FastCOCOPanopticEvaluator(name, str(out_dir), write_predictions=True), inputs, outputs)
+        d2 = _run(COCOPanopticEvaluator(name), inputs, outputs)
+        per_class = _run(COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "pc")), inputs, outputs)
+        for key in D2_KEYS:
+            assert abs(fast["panoptic_seg"][key] - d2["panoptic_seg"][key]) <= 1e-9, key
+        assert fast["panoptic_seg"] == pytest.approx(per_class["panoptic_seg"], abs=1e-9)
+        ref = quiet_pq_compute(COCO_SAMPLE_JSON, str(out_dir / "predictions.json"),
+                               gt_folder=COCO_SAMPLE_PNGS, pred_folder=str(out_dir / "predictions"))
+        with open(out_dir / "panoptic_per_class.json") as f:
+            report = json.load(f)
+        ours = {"per_class": {r["category_id"]: {k.lower(): r[k] / 100 for k in ("PQ", "SQ", "RQ")}
+                              for r in report["per_class"]}}
+        for group, values in report["summary"].items():
+            ours[group] = {"pq": values["PQ"] / 100, "sq": values["SQ"] / 100, "rq": values["RQ"] / 100,
+                           "n": values["n"]}
+        assert_same_pq(ours, ref)
+        assert ref["All"]["pq"] < 1.0  # the perturbations did change the result
+
+
+def test_synthetic_dataset_with_crowd_and_unused_categories(tmp_path):
+    """Non-contiguous category ids, most never appearing, several crowd regions: ours equals
+    pq_compute (All/Things/Stuff and per class) through written predictions."""
+    cats = synthetic_categories()
+    used = [c for i, c in enumerate(cats) if i % 3 != 1]  # a third of the categories never appear
+    json_path, png_root = write_synthetic_dataset(str(tmp_path / "gt"), np.random.default_rng(3), 6, used,
+                                                  crowd_prob=0.4)
+    _set_json_categories(json_path, cats)
+    name = register_panoptic(f"detr_d2_test_eval_synth_{uuid.uuid4().hex}", json_path, png_root,
+                             str(tmp_path))
+    inputs, outputs = _perturbed_outputs(name, json_path, png_root, np.random.default_rng(4),
+                                         category_ids=[c["id"] for c in used])
+    out_dir = tmp_path / "out"
+    results = _run(FastCOCOPanopticEvaluator(name, str(out_dir), write_predictions=True), inputs, outputs)
+    ref = quiet_pq_compute(json_path, str(out_dir / "predictions.json"), gt_folder=png_root,
+                           pred_folder=str(out_dir / "predictions"))
+    assert ref["All"]["n"] < len(cats)  # some categories never appear
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100 * ref["All"]["pq"], abs=1e-9)
+    assert results["panoptic_seg"]["PQ_st"] == pytest.approx(100 * ref["Stuff"]["pq"], abs=1e-9)
+    with open(out_dir / "panoptic_per_class.json") as f:
+        report = json.load(f)
+    present = {r["category_id"] for r in report["per_class"] if r["present"]}
+    assert len(present) == ref["All"]["n"]
+    for r in report["per_class"]:
+        assert r["PQ"] == pytest.approx(100 * ref["per_class"][r["category_id"]]["pq"], abs=1e-9)
+
+
+def test_category_group_absent_does_not_crash(tmp_path):
+    """No stuff category appears: pq_compute raises ZeroDivisionError, both of our evaluators
+    report Stuff as NaN with 0 categories and keep All/Things."""
+    cats = synthetic_categories(num_things=4, num_stuff=3)
+    things_only = [c for c in cats if c["isthing"]]
+    json_path, png_root = write_synthetic_dataset(str(tmp_path / "gt"), np.random.default_rng(5), 2,
+                                                  things_only, crowd_prob=0.0)
+    _set_json_categories(json_path, cats)  # stuff categories exist but never appear
+    name = register_panoptic(f"detr_d2_test_eval_nostuff_{uuid.uuid4().hex}", json_path, png_root,
+                             str(tmp_path))
+    inputs, outputs = _perturbed_outputs(name, json_path, png_root, np.random.default_rng(6),
+                                         ops=("drop", "shift", "relabel"),
+                                         category_ids=[c["id"] for c in things_only])
+    with pytest.raises(ZeroDivisionError):
+        _run(COCOPanopticEvaluator(name), inputs, outputs)
+    for evaluator in (FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
+                      COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "d2"))):
+        res = _run(evaluator, inputs, outputs)["panoptic_seg"]
+        assert np.isnan(res["PQ_st"]) and res["PQ"] == res["PQ_th"] and 0 < res["PQ"] <= 100
+    with open(tmp_path / "fast" / "panoptic_per_class.json") as f:
+        report = json.load(f)
+    assert report["summary"]["Stuff"] == {"PQ": None, "SQ": None, "RQ": None, "n": 0}
+
+
+def test_per_class_json_and_plot_are_written(tmp_path):
+    name = register_coco_sample()
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(1))
+    gt, categories = coco_sample()
+    for cls in (FastCOCOPanopticEvaluator, COCOPanopticEvaluatorWithPerClass):
+        out_dir = tmp_path / cls.__name__
+        results = _run(cls(name, str(out_dir)), inputs, outputs)["panoptic_seg"]
+        with open(out_dir / "panoptic_per_class.json") as f:
+            report = json.load(f)
+        assert report["units"] == "percent"
+        assert [r["category_id"] for r in report["per_class"]] == [c["id"] for c in gt["categories"]]
+        present = [r for r in report["per_class"] if r["present"]]
+        assert report["summary"]["All"]["n"] == len(present) < len(categories)
+        assert report["summary"]["All"]["PQ"] == pytest.approx(results["PQ"])
+        assert np.mean([r["PQ"] for r in present]) == pytest.approx(results["PQ"])
+        for r in present:
+            assert results["PQ-" + r["name"]] == pytest.approx(r["PQ"])
+            assert r["tp"] + r["fp"] + r["fn"] > 0
+        with Image.open(out_dir / "panoptic_per_class_pq.png") as image:
+            assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 400
+        assert not [p for p in os.listdir(out_dir) if p.startswith(".")]  # no temp files left
+
+
+def test_write_predictions_round_trip(tmp_path):
+    """The written PNG + JSON are the standard format: pq_compute reads and scores them like ours,
+    and the PNGs hold the predicted ids."""
+    name = register_coco_sample()
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(2))
+    results = _run(FastCOCOPanopticEvaluator(name, str(tmp_path), write_predictions=True), inputs, outputs)
+    with open(tmp_path / "predictions.json") as f:
+        written = json.load(f)
+    assert {a["image_id"] for a in written["annotations"]} == {x["image_id"] for x in inputs}
+    assert len(written["categories"]) == 133
+    for x, y, ann in zip(inputs, outputs, written["annotations"]):
+        assert ann["file_name"] == os.path.splitext(os.path.basename(x["file_name"]))[0] + ".png"
+        ids = read_panoptic_png_ids(str(tmp_path / "predictions" / ann["file_name"]))
+        assert np.array_equal(ids, y["panoptic_seg"][0].numpy())
+        assert {s["id"] for s in ann["segments_info"]} == set(np.unique(ids).tolist()) - {0}
+    ref = quiet_pq_compute(COCO_SAMPLE_JSON, str(tmp_path / "predictions.json"))  # default folder
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100 * ref["All"]["pq"], abs=1e-9)
+    assert results["panoptic_seg"]["RQ_th"] == pytest.approx(100 * ref["Things"]["rq"], abs=1e-9)
+    with pytest.raises(ValueError, match="needs an output_dir"):
+        FastCOCOPanopticEvaluator(name, None, write_predictions=True)
+
+
+def test_label_divisor_outputs_match_detectron2(tmp_path):
+    """``segments_info is None``: ids = contiguous category * label_divisor + instance, -1 = VOID."""
+    name = register_coco_sample()
+    metadata = MetadataCatalog.get(name)
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(9))
+    encoded = []
+    for y in outputs:
+        ids, segments = y["panoptic_seg"]
+        ids = ids.numpy()
+        out = np.full(ids.shape, -1, np.int32)
+        for k, s in enumerate(segments):
+            out[ids == s["id"]] = s["category_id"] * metadata.label_divisor + (k if s["isthing"] else 0)
+        encoded.append({"panoptic_seg": (torch.from_numpy(out), None)})
+    fast = _run(FastCOCOPanopticEvaluator(name), inputs, encoded)
+    d2 = _run(COCOPanopticEvaluator(name), inputs, encoded)
+    for key in D2_KEYS:
+        assert fast["panoptic_seg"][key] == pytest.approx(d2["panoptic_seg"][key], abs=1e-9), key
+    before = [y["panoptic_seg"][0].clone() for y in encoded]
+    FastCOCOPanopticEvaluator(name).process(inputs, encoded)
+    assert all(torch.equal(a, y["panoptic_seg"][0]) for a, y in zip(before, encoded))  # not mutated
+
+
+def test_evaluator_errors_name_the_problem(tmp_path):
+    name = register_coco_sample()
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(0),
+                                         ops=())
+    evaluator = FastCOCOPanopticEvaluator(name)
+    evaluator.process(inputs[:1], outputs[:1])
+    with pytest.raises(ValueError, match=r"no prediction for 1 of the 2 images .*image ids \[439180\]"):
+        evaluator.evaluate()
+    small = {"panoptic_seg": (outputs[0]["panoptic_seg"][0][:100], outputs[0]["panoptic_seg"][1])}
+    with pytest.raises(ValueError, match="image 142238 .* does not match the ground truth"):
+        evaluator.process(inputs[:1], [small])
+    ids, segments = outputs[0]["panoptic_seg"]
+    bad = [dict(s, category_id=500) for s in segments]
+    with pytest.raises(KeyError, match="contiguous category_id 500"):
+        evaluator.process(inputs[:1], [{"panoptic_seg": (ids, bad)}])
+    with pytest.raises(ValueError, match="unknown panoptic evaluator 'slow'"):
+        build_panoptic_evaluator("slow", name)
+    assert isinstance(build_panoptic_evaluator("fast", name), FastCOCOPanopticEvaluator)
+    assert isinstance(build_panoptic_evaluator("d2", name), COCOPanopticEvaluatorWithPerClass)
+    MetadataCatalog.get(f"detr_d2_test_eval_nometa_{uuid.uuid4().hex}").set(
+        thing_dataset_id_to_contiguous_id={}, stuff_dataset_id_to_contiguous_id={})
+    with pytest.raises(ValueError, match="metadata has no 'panoptic_json'"):
+        FastCOCOPanopticEvaluator(MetadataCatalog.list()[-1])
+
+
+def _distributed_eval(result_path):
+    """Worker of the 2-process test: each rank evaluates one image of the COCO sample."""
+    from detectron2.utils import comm
+
+    name = register_coco_sample()
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(11))
+    evaluator = FastCOCOPanopticEvaluator(name)
+    rank = comm.get_rank()
+    evaluator.process(inputs[rank::2], outputs[rank::2])
+    results = evaluator.evaluate()
+    if comm.is_main_process():
+        with open(result_path, "w") as f:
+            json.dump(results["panoptic_seg"], f)
+    else:
+        assert results is None
+
+
+def test_two_process_gather_equals_single_process(tmp_path):
+    from detectron2.engine import launch
+
+    result_path = str(tmp_path / "ddp.json")
+    launch(_distributed_eval, 2, dist_url="auto", args=(result_path,))
+    with open(result_path) as f:
+        distributed = json.load(f)
+    name = register_coco_sample()
+    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(11))
+    single = _run(FastCOCOPanopticEvaluator(name), inputs, outputs)["panoptic_seg"]
+    assert distributed == pytest.approx(single, abs=1e-12)

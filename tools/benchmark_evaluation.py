@@ -1,0 +1,267 @@
+#!/usr/bin/env python
+"""Benchmark panoptic evaluation: Detectron2's COCOPanopticEvaluator vs panopticapi's pq_compute vs
+detr_d2's FastCOCOPanopticEvaluator, per image, on the same predictions.
+
+    python tools/benchmark_evaluation.py                       # 50 copies of the COCO sample (100 images)
+    python tools/benchmark_evaluation.py --copies 100 --synthetic 100 --size 480 640
+
+Data: every copy of the COCO sample (tests/data/coco_panoptic_sample) gets its own GT PNG file and
+image id and a randomly perturbed prediction (segments dropped, merged, shifted, relabelled, VOID
+boxes, crowd overlaps, extra false segments); ``--synthetic`` adds random GT of the given size.
+Timed, each the best of ``--repeat`` runs, divided by the number of images:
+- ``d2``: COCOPanopticEvaluator.process (PNG encoding) + evaluate (PNG + JSON writing, pq_compute);
+- ``pq_compute``: panopticapi.evaluation.pq_compute alone on the already written PNG + JSON
+  (it uses a pool of ``os.cpu_count()`` processes);
+- ``pq_compute 1 core``: the same work in this process (``pq_compute_single_core``, no pool);
+- ``fast cold``: FastCOCOPanopticEvaluator.process + evaluate with an empty GT cache (every GT PNG
+  decoded), one thread;
+- ``fast warm``: the same with the GT maps cached by a previous evaluation in the process (every
+  periodic evaluation during training after the first).
+All three must agree on PQ/SQ/RQ; the script checks it. No output file is written outside a
+temporary folder (``--keep DIR`` keeps the generated data there instead).
+"""
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Tuple
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detectron2.data.datasets import register_coco_panoptic  # noqa: E402
+from detectron2.evaluation import COCOPanopticEvaluator  # noqa: E402
+
+from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator  # noqa: E402
+from detr_d2.evaluation.panoptic_predictions import encode_panoptic_png  # noqa: E402
+from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids  # noqa: E402
+from detr_d2.evaluation.synthetic_panoptic import (  # noqa: E402
+    make_synthetic_panoptic_gt,
+    perturb_prediction,
+    write_panoptic_png,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COCO_SAMPLE = os.path.join(ROOT, "tests", "data", "coco_panoptic_sample")
+# Edits a model's errors look like; "noise" (salt-and-pepper) is left out as unrealistic.
+MODEL_LIKE_PERTURBATIONS = ("drop", "merge", "shift", "relabel", "void", "crowd_overlap", "extra")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=50,
+                        help="copies of the 2-image COCO sample (default 50 -> 100 images; 0 = none)")
+    parser.add_argument("--synthetic", type=int, default=0,
+                        help="number of synthetic images to benchmark as a second set (default 0)")
+    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                        help="synthetic image size (default 480 640)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per method; the best is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-d2", action="store_true", help="do not time Detectron2's evaluator")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="write the generated data to DIR (must not exist) and keep it")
+    args = parser.parse_args(argv)
+    if args.copies < 0 or args.synthetic < 0 or args.copies + args.synthetic == 0:
+        parser.error("--copies and --synthetic must be >= 0 and not both 0")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if args.keep and os.path.exists(args.keep):
+        parser.error(f"--keep {args.keep}: already exists (this tool never overwrites)")
+    return args
+
+
+def _standard_metadata(categories: List[Dict[str, Any]]) -> Dict[str, Any]:
+    names = [c["name"] for c in categories]
+    return {
+        "thing_classes": names,
+        "stuff_classes": names,
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if not c["isthing"]},
+    }
+
+
+class BenchmarkSet:
+    """A registered GT set with one model-style prediction per image, and those predictions also
+    written in the standard format (``pred.json`` + ``pred/``) for pq_compute."""
+
+    def __init__(self, root: str, title: str, gt: List[Tuple[np.ndarray, List[Dict]]],
+                 categories: List[Dict[str, Any]], rng: np.random.Generator):
+        self.title = title
+        self.root = root
+        self.gt_json = os.path.join(root, "gt.json")
+        self.gt_dir = os.path.join(root, "gt")
+        self.pred_json = os.path.join(root, "pred.json")
+        self.pred_dir = os.path.join(root, "pred")
+        os.makedirs(self.gt_dir)
+        os.makedirs(self.pred_dir)
+        self.name = f"benchmark_evaluation_{title}_{uuid.uuid4().hex[:8]}"
+        meta = _standard_metadata(categories)
+        things, stuff = meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"]
+        # Relabelled / extra segments take categories of the GT (PQ averages over categories: a
+        # random one of 133 classes per error would drive it to ~0 and look nothing like a model).
+        category_ids = sorted({s["category_id"] for _, segments in gt for s in segments})
+        images, gt_anns, pred_anns = [], [], []
+        self.inputs, self.outputs = [], []
+        for i, (gt_map, segments) in enumerate(tqdm(gt, desc=f"preparing {title}", leave=False)):
+            file_name = f"{i:06d}.png"
+            write_panoptic_png(os.path.join(self.gt_dir, file_name), gt_map)
+            images.append({"id": i, "file_name": f"{i:06d}.jpg", "height": gt_map.shape[0],
+                           "width": gt_map.shape[1]})
+            gt_anns.append({"image_id": i, "file_name": file_name, "segments_info": segments})
+            pred, pred_segments = perturb_prediction(gt_map, segments, category_ids, rng,
+                                                     MODEL_LIKE_PERTURBATIONS)
+            with open(os.path.join(self.pred_dir, file_name), "wb") as f:
+                f.write(encode_panoptic_png(pred))
+            pred_anns.append({"image_id": i, "file_name": file_name, "segments_info": pred_segments})
+            self.inputs.append({"image_id": i, "file_name": f"{i:06d}.jpg"})
+            model_segments = []
+            for s in pred_segments:
+                isthing = s["category_id"] in things
+                model_segments.append({"id": s["id"], "isthing": isthing,
+                                       "category_id": (things if isthing else stuff)[s["category_id"]]})
+            self.outputs.append({"panoptic_seg": (torch.from_numpy(pred), model_segments)})
+        for path, anns in ((self.gt_json, gt_anns), (self.pred_json, pred_anns)):
+            with open(path, "w") as f:
+                json.dump({"images": images, "annotations": anns, "categories": categories}, f)
+        register_coco_panoptic(self.name, meta, root, self.gt_dir, self.gt_json)
+        self.num_images = len(gt)
+        self.height, self.width = gt[0][0].shape
+
+
+def coco_sample_set(root: str, copies: int, rng: np.random.Generator) -> BenchmarkSet:
+    with open(os.path.join(COCO_SAMPLE, "panoptic_examples.json")) as f:
+        sample = json.load(f)
+    maps = [read_panoptic_png_ids(os.path.join(COCO_SAMPLE, "panoptic_examples", a["file_name"]))
+            for a in sample["annotations"]]
+    gt = [(maps[j], sample["annotations"][j]["segments_info"]) for _ in range(copies) for j in range(len(maps))]
+    return BenchmarkSet(os.path.join(root, "coco"), "coco_sample", gt, sample["categories"], rng)
+
+
+def synthetic_set(root: str, count: int, size: Tuple[int, int], rng: np.random.Generator) -> BenchmarkSet:
+    with open(os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")) as f:
+        categories = json.load(f)
+    gt = [make_synthetic_panoptic_gt(rng, size[0], size[1], categories, num_things=int(rng.integers(5, 25)))
+          for _ in tqdm(range(count), desc="synthetic GT", leave=False)]
+    return BenchmarkSet(os.path.join(root, "synthetic"), "synthetic", gt, categories, rng)
+
+
+def _best_time(fn: Callable[[], Any], repeat: int, before: Callable[[], None] = lambda: None):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        before()
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _pq_compute_one_core(data: BenchmarkSet):
+    """pq_compute's work (JSON loading, per-image statistics) in this process, without its pool."""
+    from panopticapi.evaluation import pq_compute_single_core
+
+    with open(data.gt_json) as f:
+        gt_json = json.load(f)
+    with open(data.pred_json) as f:
+        pred_json = json.load(f)
+    categories = {c["id"]: c for c in gt_json["categories"]}
+    preds = {a["image_id"]: a for a in pred_json["annotations"]}
+    matched = [(a, preds[a["image_id"]]) for a in gt_json["annotations"]]
+    return pq_compute_single_core(0, matched, data.gt_dir, data.pred_dir, categories)
+
+
+def _copy_outputs(outputs: List[Dict]) -> List[Dict]:
+    """The outputs with copied segments_info dicts (the id map tensors are shared, not modified)."""
+    return [{"panoptic_seg": (y["panoptic_seg"][0], [dict(s) for s in y["panoptic_seg"][1]])}
+            for y in outputs]
+
+
+def _run_evaluator(make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]]) -> Dict[str, float]:
+    evaluator = make()
+    evaluator.reset()
+    for x, y in zip(data.inputs, outputs.pop()):
+        evaluator.process([x], [y])
+    return evaluator.evaluate()["panoptic_seg"]
+
+
+def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool) -> Dict[str, float]:
+    """Seconds per image of each method (best of ``repeat``); checks that they agree."""
+    from panopticapi.evaluation import pq_compute
+
+    # Fresh segments_info per run, copied outside the timed region (D2's evaluator pops "isthing").
+    outputs = [_copy_outputs(data.outputs) for _ in range(repeat * 3)]
+    timings, results = {}, {}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        timings["pq_compute"], ref = _best_time(
+            lambda: pq_compute(data.gt_json, data.pred_json, data.gt_dir, data.pred_dir), repeat)
+    results["pq_compute"] = {"PQ": 100 * ref["All"]["pq"], "SQ": 100 * ref["All"]["sq"],
+                             "RQ": 100 * ref["All"]["rq"]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        timings["pq_compute 1 core"], _ = _best_time(lambda: _pq_compute_one_core(data), repeat)
+    if not skip_d2:
+        timings["d2"], results["d2"] = _best_time(
+            lambda: _run_evaluator(lambda: COCOPanopticEvaluator(data.name), data, outputs), repeat)
+    timings["fast cold"], results["fast cold"] = _best_time(
+        lambda: _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, outputs), repeat,
+        before=GROUND_TRUTH_CACHE.clear)
+    _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, [_copy_outputs(data.outputs)])
+    timings["fast warm"], results["fast warm"] = _best_time(
+        lambda: _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, outputs), repeat)
+
+    for method, res in results.items():
+        for key in ("PQ", "SQ", "RQ"):
+            if abs(res[key] - results["pq_compute"][key]) > 1e-9:
+                raise RuntimeError(f"{method} gives {key} {res[key]} but pq_compute {results['pq_compute'][key]}")
+    return {"PQ": results["pq_compute"]["PQ"], **{k: v / data.num_images for k, v in timings.items()}}
+
+
+def print_report(data: BenchmarkSet, per_image: Dict[str, float]) -> None:
+    print(f"\n{data.title}: {data.num_images} images of {data.height}x{data.width}, PQ {per_image['PQ']:.2f} "
+          "(identical for every method)")
+    print(f"{'method':<18} {'ms/image':>9}")
+    for method in ("d2", "pq_compute", "pq_compute 1 core", "fast cold", "fast warm"):
+        if method in per_image:
+            print(f"{method:<18} {1000 * per_image[method]:9.2f}")
+    for ours in ("fast cold", "fast warm"):
+        ratios = [f"pq_compute / {ours} = {per_image['pq_compute'] / per_image[ours]:.1f}x",
+                  f"pq_compute 1 core / {ours} = {per_image['pq_compute 1 core'] / per_image[ours]:.1f}x"]
+        if "d2" in per_image:
+            ratios.append(f"d2 / {ours} = {per_image['d2'] / per_image[ours]:.1f}x")
+        print("  " + ", ".join(ratios))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.disable(logging.WARNING)  # the evaluators' result tables would flood the output
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed)
+    root = args.keep or tempfile.mkdtemp(prefix="benchmark_evaluation_")
+    if args.keep:
+        os.makedirs(root)
+    print(f"{os.cpu_count()} CPUs (pq_compute uses a pool of that many processes; the fast "
+          f"evaluator one thread); best of {args.repeat} runs")
+    try:
+        sets = []
+        if args.copies:
+            sets.append(coco_sample_set(root, args.copies, rng))
+        if args.synthetic:
+            sets.append(synthetic_set(root, args.synthetic, tuple(args.size), rng))
+        for data in sets:
+            print_report(data, benchmark(data, args.repeat, args.skip_d2))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
