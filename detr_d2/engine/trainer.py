@@ -2,13 +2,14 @@
 ``setup`` / ``main`` used by ``tools/train_net.py``."""
 import logging
 import os
+import weakref
 from typing import List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -32,6 +33,26 @@ def _build_mapper(cfg: CfgNode, is_train: bool):
 
 class DetrTrainer(DefaultTrainer):
     """DefaultTrainer + DETR's mapper, AdamW with a backbone multiplier, and panoptic evaluators."""
+
+    def __init__(self, cfg):
+        """As ``DefaultTrainer.__init__``, except that DistributedDataParallel gets ``device_ids=None`` for a
+        CPU model, so ``launch`` with several CPU processes (gloo) works."""
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
