@@ -1,0 +1,105 @@
+"""DetrPanopticPredictor and tools/demo.py on the real COCO sample with a tiny random model: Visualizer overlay,
+query-mask grid, and the COCO panoptic PNG + JSON round trip through rgb2id."""
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from panopticapi.utils import rgb2id
+from PIL import Image
+
+from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
+from detr_d2.data.datasets import register_panoptic_dataset
+
+NAME = "_detr_test_coco_sample_demo"
+
+
+@pytest.fixture(scope="module")
+def sample_cfg(tmp_path_factory):
+    if NAME not in DatasetCatalog.list():
+        register_panoptic_dataset(
+            NAME, os.path.join(COCO_SAMPLE, "input_images"), os.path.join(COCO_SAMPLE, "panoptic_examples"),
+            os.path.join(COCO_SAMPLE, "panoptic_examples.json"),
+        )
+    cfg = tiny_detr_cfg(num_classes=133)
+    cfg.DATASETS.TEST = (NAME,)
+    cfg.INPUT.MIN_SIZE_TEST = 160
+    cfg.INPUT.MAX_SIZE_TEST = 320
+    cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.0  # a random model: keep every query so segments exist
+    torch.manual_seed(0)
+    from detectron2.modeling import build_model
+
+    weights = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    cfg.MODEL.WEIGHTS = str(weights)
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(cfg.dump())
+    return cfg, str(path)
+
+
+def test_predictor_outputs_at_image_size(sample_cfg):
+    from detr_d2.predictor import DetrPanopticPredictor
+
+    cfg, _ = sample_cfg
+    pred = DetrPanopticPredictor(cfg)
+    img = cv2.imread(os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg"))
+    out = pred(img)
+    ids, segs = out["panoptic_seg"]
+    assert ids.shape == img.shape[:2] and segs
+    assert all(0 <= s["category_id"] < 133 for s in segs)
+    same, raw = pred.raw(img)
+    assert torch.equal(same["panoptic_seg"][0], ids)
+    assert raw["pred_logits"].shape == (10, 134) and raw["pred_masks"].shape == (10, 40, 60)
+    with pytest.raises(ValueError, match="HxWx3 BGR"):
+        pred(img[:, :, 0])
+
+
+def test_demo_writes_overlays_grid_and_panoptic_png_json(sample_cfg, tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import demo
+
+    _, cfg_path = sample_cfg
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in os.listdir(os.path.join(COCO_SAMPLE, "input_images")):
+        shutil.copy(os.path.join(COCO_SAMPLE, "input_images", f), inputs / f)
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", cfg_path, "--input", str(inputs / "000000142238.jpg"), str(inputs / "*439180*"),
+                    "--output", str(out), "--save-query-masks", "--save-panoptic"])
+    assert rc == 0
+    for stem in ("000000142238", "000000439180"):
+        overlay = cv2.imread(str(out / f"{stem}_panoptic.jpg"))
+        original = cv2.imread(str(inputs / f"{stem}.jpg"))
+        assert overlay.shape == original.shape
+        assert np.abs(overlay.astype(int) - original.astype(int)).mean() > 1  # something was drawn
+        assert cv2.imread(str(out / f"{stem}_queries.jpg")) is not None
+    data = json.loads((out / "predictions.json").read_text())
+    cats = {c["id"]: c for c in data["categories"]}
+    assert len(cats) == 133
+    assert len(data["annotations"]) == 2
+    for ann in data["annotations"]:
+        ids = rgb2id(np.asarray(Image.open(out / "panoptic" / ann["file_name"]), dtype=np.uint32))
+        listed = {s["id"] for s in ann["segments_info"]}
+        assert set(np.unique(ids)) - {0} == listed
+        for s in ann["segments_info"]:
+            assert s["category_id"] in cats  # dataset ids, not contiguous
+            assert s["area"] == int((ids == s["id"]).sum())
+    # inputs untouched
+    assert sorted(os.listdir(inputs)) == ["000000142238.jpg", "000000439180.jpg"]
+
+
+def test_demo_bad_input(sample_cfg, tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import demo
+
+    _, cfg_path = sample_cfg
+    with pytest.raises(FileNotFoundError, match="no_such.jpg"):
+        demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "no_such.jpg"), "--output", str(tmp_path / "o")])
