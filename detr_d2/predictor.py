@@ -1,8 +1,6 @@
 """``DetrPanopticPredictor``: one-image inference with a config, like Detectron2's ``DefaultPredictor``,
 plus helpers that turn predictions into COCO panoptic PNG + JSON."""
-import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -12,8 +10,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from panopticapi.utils import id2rgb
-from PIL import Image
 
+from .data.panoptic_io import atomic_save_image, atomic_write_json
 from .data.transforms import build_detr_test_augmentation
 
 __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]
@@ -96,37 +94,17 @@ def panoptic_to_coco(
     return id2rgb(ids).astype(np.uint8), out
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_panoptic_png_json(
     annotations: List[Dict], png_dir: str, json_path: str, metadata, pngs: Dict[str, np.ndarray]
 ) -> None:
     """Write COCO panoptic predictions: ``pngs`` (file_name -> RGB array) under ``png_dir`` and the JSON
     (``annotations`` + ``categories`` from the metadata) at ``json_path``, each file atomically."""
     for name, rgb in pngs.items():
-        _atomic_write(os.path.join(png_dir, name), lambda p, rgb=rgb: Image.fromarray(rgb).save(p, format="PNG"))
+        atomic_save_image(os.path.join(png_dir, name), rgb)
     categories = getattr(metadata, "categories", None)
     if categories is None:
         categories = _categories_from_metadata(metadata)
-    payload = {"annotations": annotations, "categories": categories}
-
-    def dump(p):
-        with open(p, "w") as f:
-            json.dump(payload, f)
-
-    _atomic_write(json_path, dump)
+    atomic_write_json(json_path, {"annotations": annotations, "categories": categories})
 
 
 def _categories_from_metadata(metadata) -> List[Dict]:

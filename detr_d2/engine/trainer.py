@@ -45,6 +45,8 @@ class DetrTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = next(model.parameters()).device.type == "cpu"
+        if cfg.SOLVER.AMP.ENABLED and on_cpu:
+            raise ValueError("SOLVER.AMP.ENABLED needs a CUDA model (Detectron2's AMPTrainer); MODEL.DEVICE is cpu")
         model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

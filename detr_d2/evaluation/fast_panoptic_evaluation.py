@@ -9,7 +9,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -23,24 +22,14 @@ from .panoptic_predictions import PanopticPredictionConverter, encode_panoptic_p
 from .panoptic_quality import PQStats, image_pq_stats, pair_intersections, summarize_pq_stats
 from .per_class_report import report_panoptic_results
 
+from ..data.panoptic_io import atomic_write_bytes
+
 __all__ = ["FastCOCOPanopticEvaluator", "PREDICTIONS_JSON", "PREDICTIONS_DIR"]
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_JSON = "predictions.json"
 PREDICTIONS_DIR = "predictions"  # panopticapi's default folder for predictions.json
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class FastCOCOPanopticEvaluator(DatasetEvaluator):
@@ -125,13 +114,13 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         annotations = []
         for p in predictions:
             p = dict(p)
-            _atomic_write(os.path.join(pred_dir, p["file_name"]), p.pop("png_string"))
+            atomic_write_bytes(os.path.join(pred_dir, p["file_name"]), p.pop("png_string"))
             annotations.append(p)
         with open(self._gt.panoptic_json, "r") as f:
             json_data = json.load(f)
         json_data["annotations"] = annotations
         json_path = os.path.join(self._output_dir, PREDICTIONS_JSON)
-        _atomic_write(json_path, json.dumps(json_data).encode("utf-8"))
+        atomic_write_bytes(json_path, json.dumps(json_data).encode("utf-8"))
         logger.info(f"Wrote {len(annotations)} panoptic predictions to {json_path} and {pred_dir}/")
 
     def evaluate(self) -> Optional["OrderedDict[str, Dict[str, float]]"]:

@@ -7,13 +7,18 @@ Algorithm (same decisions as DETR's post-processor, see docs in README "Faithful
    to the network input size (h, w);
 3. per pixel argmax of the softmax over the kept masks;
 4. first pass only: all queries of a stuff class are merged into the first one of that class;
-5. the id map is resized (nearest-exact, like PIL NEAREST) to the output size and segment areas counted;
+5. the id map is resized like PIL NEAREST to the output size and segment areas counted;
    while some kept segment has area <= ``min_area``, drop those queries and redo 3 and 5 (without 4).
 Segments are numbered 1..N in query order; 0 (void) only when no query is kept.
+
+Speed: steps 2-5 only need the pixels of the (h, w) map that the nearest resize reads (e.g. 427x640 of
+800x1199), so the bilinear masks are evaluated there only (same arithmetic as ``F.interpolate``, bit-identical
+on CPU) and the argmax, merges and areas run on that grid: the result is that of resizing everything.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
@@ -29,15 +34,50 @@ def crop_mask_padding(masks: Tensor, image_size: Tuple[int, int], stride: int) -
 
 
 def _argmax_ids(masks: Tensor) -> Tensor:
-    """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR: bit-identical ties)."""
-    return masks.softmax(0).argmax(0)
+    """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR: bit-identical ties;
+    ``max(0).indices`` returns the first maximal index like ``argmax`` and is ~3x faster on CPU)."""
+    return masks.softmax(0).max(0).indices
 
 
-def _resize_ids(ids: Tensor, size: Tuple[int, int]) -> Tensor:
-    if tuple(ids.shape) == tuple(size):
-        return ids
-    # nearest-exact == PIL NEAREST; ids < 2**24 are exact in float32
-    return F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+def pil_nearest_indices(n_in: int, n_out: int, device=None) -> Tensor:
+    """(n_out,) int64 source index of each output row (or column) of PIL's NEAREST resize n_in -> n_out.
+
+    Pillow (``ImagingScaleAffine``) steps ``x = scale / 2``, ``x += scale`` in float64 and truncates
+    (scale = n_in / n_out). PyTorch's ``nearest-exact`` (floor((i + 0.5) * scale)) differs from it
+    wherever the accumulated sum falls just below an integer, e.g. on 0.3% of the pixels for 800x800 ->
+    612x612 and 20% for 64x64 -> 48x48."""
+    scale = n_in / n_out
+    steps = np.full(n_out, scale, dtype=np.float64)
+    steps[0] = scale * 0.5
+    idx = np.minimum(np.add.accumulate(steps).astype(np.int64), n_in - 1)
+    return torch.from_numpy(idx).to(device)
+
+
+def bilinear_taps(n_in: int, n_out: int, sel: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples ``sel`` of
+    PyTorch's bilinear (align_corners=False) resize n_in -> n_out, computed as its kernel does: source
+    position ``scale * (i + 0.5) - 0.5`` (scale = float32(n_in) / n_out) rounded once to float32 and
+    clamped at 0, ``i0 = floor``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = position - i0``, ``w0 = 1 - w1``."""
+    scale = float(np.float32(n_in) / np.float32(n_out))
+    src = ((sel.double() + 0.5) * scale - 0.5).float().clamp(min=0)  # float64 product is exact: one rounding
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    w1 = (src - i0.float()).clamp(0, 1)
+    return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
+
+
+def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: Tensor) -> Tensor:
+    """(K, hm, wm) -> (K, len(rows), len(cols)): ``F.interpolate(masks, size, mode="bilinear")`` read at
+    ``rows`` x ``cols`` only. Same arithmetic as PyTorch's CPU kernel, ``fma(wr0, t0, wr1 * t1)`` with
+    ``t = fma(wc0, x_left, wc1 * x_right)`` (``addcmul`` fuses the multiply-add the same way), so the values
+    are bit-identical to it on CPU and equal to float rounding elsewhere."""
+    _, hm, wm = masks.shape
+    r0, r1, wr0, wr1 = (t.to(masks.device) for t in bilinear_taps(hm, size[0], rows))
+    c0, c1, wc0, wc1 = (t.to(masks.device) for t in bilinear_taps(wm, size[1], cols))
+    columns = masks.float().transpose(1, 2).contiguous()  # (K, wm, hm): column gathers become row copies
+    left = columns.index_select(1, c0).transpose(1, 2)
+    right = columns.index_select(1, c1).transpose(1, 2)
+    t = torch.addcmul(right * wc1, left, wc0)  # width pass at the kept columns: (K, hm, C)
+    return torch.addcmul(t.index_select(1, r1) * wr1[:, None], t.index_select(1, r0), wr0[:, None])
 
 
 def panoptic_fusion(
@@ -78,10 +118,17 @@ def panoptic_fusion(
     if idx.numel() == 0:
         return torch.zeros((h_out, w_out), dtype=torch.int32, device=logits.device), []
 
+    # Only the pixels of the (h, w) map that PIL's NEAREST resize reads to build the output map matter
+    # (their ids and the output areas): compute the bilinear masks, the argmax and the areas there only.
+    rows = pil_nearest_indices(image_size[0], h_out, logits.device)
+    cols = pil_nearest_indices(image_size[1], w_out, logits.device)
+    rows_u, rows_inv = torch.unique(rows, return_inverse=True)
+    cols_u, cols_inv = torch.unique(cols, return_inverse=True)
+
     cur_masks = masks[idx]
     if crop_padding:
         cur_masks = crop_mask_padding(cur_masks, image_size, mask_stride)
-    cur_masks = F.interpolate(cur_masks[:, None].float(), size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+    cur_masks = _sampled_bilinear(cur_masks, tuple(image_size), rows_u, cols_u)
     cur_classes = labels[idx]
     cur_scores = scores[idx]
     cur_thing = is_thing.to(cur_classes.device)[cur_classes]
@@ -95,7 +142,7 @@ def panoptic_fusion(
     ids = first_of_class[ids]
     alive = torch.arange(len(idx), device=ids.device)
     while True:
-        ids_out = _resize_ids(ids, (h_out, w_out))
+        ids_out = ids.index_select(0, rows_inv).index_select(1, cols_inv)
         area = torch.bincount(ids_out.flatten(), minlength=len(alive))
         small = area <= min_area
         if not small.any():

@@ -1,0 +1,247 @@
+"""Measurement helpers for the benchmark tools (``tools/benchmark_*.py``).
+
+* :class:`StageTimer` attributes wall time (or any other running counter, e.g. FLOPs) to named stages
+  without changing the code it measures: forward pre/post hooks on submodules, temporary wrappers
+  around bound methods (:func:`patch_method`), or explicit ``with timer.stage(name):`` blocks. Only
+  the outermost active stage is counted (a stage entered while another runs counts in the running
+  one). On CUDA every stage boundary synchronises the device, so times are wall-clock GPU times.
+* :class:`PeakMemory`: peak tensor memory allocated inside a block (CUDA allocator stats, or the
+  profiler's allocation events on CPU).
+* :func:`summarize_iterations`, :func:`format_table`: per-stage means and plain-text tables.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import statistics
+import time
+from collections import defaultdict
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+__all__ = ["MethodPatch", "PeakMemory", "StageTimer", "format_table", "patch_method", "summarize_iterations", "synchronize"]
+
+DeviceLike = Union[str, torch.device]
+
+
+def synchronize(device: DeviceLike) -> None:
+    """Wait for queued kernels on ``device`` (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageTimer:
+    """Accumulates seconds per stage name for the current iteration; ``history`` keeps one dict per
+    finished iteration (``end_iteration``), including ``"total"`` (wall time of the whole iteration)
+    and ``"other"`` (total minus the named stages: glue code between them)."""
+
+    def __init__(self, device: DeviceLike = "cpu", clock: Optional[Callable[[], float]] = None):
+        """``clock``: a monotone counter read at stage boundaries (default ``time.perf_counter``;
+        e.g. a FLOP counter's running total to attribute FLOPs to stages instead of seconds)."""
+        self.device = torch.device(device)
+        self.clock = clock or time.perf_counter
+        self.current: Dict[str, float] = defaultdict(float)
+        self.history: List[Dict[str, float]] = []
+        self._depth = 0
+        self._start = 0.0
+        self._iter_start: Optional[float] = None
+        self._handles: list = []
+
+    # -- low-level enter/exit (outermost stage only) ---------------------------------------
+    def _enter(self) -> None:
+        if self._depth == 0:
+            synchronize(self.device)
+            self._start = self.clock()
+        self._depth += 1
+
+    def _exit(self, name: str) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            synchronize(self.device)
+            self.current[name] += self.clock() - self._start
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as ``name``."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._exit(name)
+
+    # -- iterations ---------------------------------------------------------------------------
+    def start_iteration(self) -> None:
+        synchronize(self.device)
+        self.current = defaultdict(float)
+        self._iter_start = self.clock()
+
+    def end_iteration(self, record: bool = True) -> Dict[str, float]:
+        """Close the iteration; returns its stage times (and appends them to ``history`` if ``record``)."""
+        if self._iter_start is None:
+            raise RuntimeError("StageTimer.end_iteration() without start_iteration()")
+        synchronize(self.device)
+        total = self.clock() - self._iter_start
+        self._iter_start = None
+        result = dict(self.current)
+        result["other"] = max(0.0, total - sum(result.values()))
+        result["total"] = total
+        if record:
+            self.history.append(result)
+        return result
+
+    # -- instrumentation ------------------------------------------------------------------------
+    def hook_modules(self, stages: Mapping[str, Sequence[nn.Module]]) -> None:
+        """Time every call of each module as its stage (forward pre/post hooks; removed by ``remove``)."""
+        for name, modules in stages.items():
+            for module in modules:
+                self._handles.append(module.register_forward_pre_hook(lambda *_: self._enter()))
+                self._handles.append(module.register_forward_hook(functools.partial(self._post_hook, name)))
+
+    def _post_hook(self, name: str, *_args) -> None:
+        self._exit(name)
+
+    def wrap_method(self, obj: object, attr: str, name: str) -> None:
+        """Replace ``obj.attr`` (a bound method) by a timed wrapper stored on the instance; ``remove``
+        deletes the instance attribute again, restoring the class method."""
+        self._handles.append(patch_method(obj, attr, lambda: self.stage(name)))
+
+    def remove(self) -> None:
+        """Undo ``hook_modules`` and ``wrap_method``."""
+        for h in reversed(self._handles):
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "StageTimer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class MethodPatch:
+    """Handle of :func:`patch_method`; ``remove()`` puts back what ``obj.attr`` was on the instance before
+    (nothing, i.e. the class method, or an earlier patch). Remove nested patches in reverse order."""
+
+    _MISSING = object()
+
+    def __init__(self, obj: object, attr: str, previous: object, wrapper: Callable):
+        self.obj, self.attr, self.previous, self.wrapper = obj, attr, previous, wrapper
+
+    def remove(self) -> None:
+        current = vars(self.obj).get(self.attr, self._MISSING)
+        if current is not self.wrapper:
+            raise RuntimeError(f"{type(self.obj).__name__}.{self.attr}: patches must be removed in reverse order")
+        if self.previous is self._MISSING:
+            delattr(self.obj, self.attr)
+        else:
+            setattr(self.obj, self.attr, self.previous)
+
+
+def patch_method(
+    obj: object,
+    attr: str,
+    around: Optional[Callable[[], ContextManager]] = None,
+    *,
+    on_return: Optional[Callable[[Any], None]] = None,
+) -> MethodPatch:
+    """Wrap the bound method ``obj.attr`` of this instance only (the class is untouched): every call runs
+    inside a fresh ``around()`` context (if given) and its return value is passed to ``on_return`` (if
+    given). Patches nest (the newest is outermost). Returns a :class:`MethodPatch` to undo it."""
+    previous = vars(obj).get(attr, MethodPatch._MISSING)
+    original: Callable = getattr(obj, attr)
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        with around() if around is not None else contextlib.nullcontext():
+            result = original(*args, **kwargs)
+        if on_return is not None:
+            on_return(result)
+        return result
+
+    setattr(obj, attr, wrapped)
+    return MethodPatch(obj, attr, previous, wrapped)
+
+
+def summarize_iterations(history: Sequence[Mapping[str, float]], reduce: str = "mean") -> Dict[str, float]:
+    """Per-stage ``mean`` or ``median`` over iterations (a stage missing in an iteration counts as 0)."""
+    if not history:
+        raise ValueError("no timed iterations to summarise")
+    keys = sorted({k for h in history for k in h})
+    fn = statistics.fmean if reduce == "mean" else statistics.median
+    return {k: fn([h.get(k, 0.0) for h in history]) for k in keys}
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned; floats as given."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as pm: ...`` -> ``pm.peak_bytes``: the peak of tensor memory allocated
+    inside the block above what was allocated at entry (inputs that already exist are not counted).
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the allocation/free events of ``torch.profiler``
+    (``profile_memory=True``), accumulated in time order; this slows the block down, so use it on an
+    untimed pass.
+    """
+
+    def __init__(self, device: DeviceLike = "cpu"):
+        self.device = torch.device(device)
+        self.peak_bytes: Optional[int] = None
+        self._baseline = 0
+        self._prof = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            from torch.profiler import ProfilerActivity, profile
+
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence Kineto's "Completed Stage" lines
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._baseline
+            return
+        self._prof.__exit__(*exc)
+        events = [
+            e for e in self._prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        ]
+        events.sort(key=lambda e: e.start_us())
+        running, peak = 0, 0
+        for e in events:
+            running += e.nbytes()
+            peak = max(peak, running)
+        self.peak_bytes = peak
+
+
+def cpu_contention_note(threads: int) -> Optional[str]:
+    """A warning when other processes already keep the CPU busy (1-minute load average + ``threads`` >
+    cores): multi-threaded ops then wait for descheduled worker threads, which inflates the time of
+    every small op (optimizer steps, post-processing) far more than that of large convolutions."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load + threads <= cores:
+        return None
+    hint = "; compare with --threads 1" if threads > 1 else ""
+    return (f"note: load average {load:.2f} on {cores} cores before this run: other processes compete for the CPU, "
+            f"so timings with {threads} thread(s) are inflated (small ops most){hint}")
