@@ -268,6 +268,9 @@ def _distributed_eval(result_path):
             json.dump(results["panoptic_seg"], f)
     else:
         assert results is None
+    # tear the gloo group down before exit: left to interpreter shutdown, its threads can abort a worker
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 def test_two_process_gather_equals_single_process(tmp_path):

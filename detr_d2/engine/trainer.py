@@ -114,6 +114,16 @@ def setup(args) -> CfgNode:
 
 
 def main(args):
+    """Train (or ``--eval-only`` evaluate) one process; under ``launch`` the process group is torn down after
+    success (left to interpreter shutdown, gloo's threads can abort a worker)."""
+    result = _main(args)
+    if comm.get_world_size() > 1 and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DetrTrainer.build_model(cfg)
