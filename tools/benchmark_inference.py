@@ -32,7 +32,6 @@ Example (the figures in the README)::
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -545,24 +544,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from detr_d2.reference import PostProcessPanoptic, official_is_thing_map
-    from detr_d2.utils.profiling import cpu_contention_note, format_table
+    from detr_d2.utils.profiling import format_table, print_contention_note, setup_benchmark_device
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+    device = setup_benchmark_device(args.device, args.threads)
+    if device is None:
         return 2
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"torch {torch.__version__}, device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-          + (f", load average {load[0]:.2f}" if load else ""), flush=True)
     print(f"model: ResNet-{args.depth}, hidden {args.hidden_dim}, {args.enc_layers}+{args.dec_layers} layers, "
           f"{args.num_queries} queries, 251 class logits (250 dataset-id slots + no-object); random weights", flush=True)
-    note = cpu_contention_note(torch.get_num_threads()) if device.type == "cpu" else None
-    if note:
-        print(note, flush=True)
+    print_contention_note(device)
 
     t_start = time.perf_counter()
     ours_model, ref_model = build_models(args, device)

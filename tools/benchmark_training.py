@@ -228,26 +228,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _import_project()
     import torch
 
-    from detr_d2.utils.profiling import cpu_contention_note, format_table
+    from detr_d2.utils.profiling import format_table, print_contention_note, setup_benchmark_device
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+    device = setup_benchmark_device(args.device, args.threads)
+    if device is None:
         return 2
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"torch {torch.__version__}, device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} cores" + (f", load average {load[0]:.2f}" if load else ""))
     h, w = args.image_size
     print(f"config: ResNet-{args.depth} (frozen BN, res2..res5), hidden {args.hidden_dim}, {args.enc_layers}+"
           f"{args.dec_layers} layers, FFN {args.dim_feedforward}, {args.num_queries} queries, 133 classes, aux losses, "
           f"mask head on; batch {args.batch_size} x {h}x{w} random images, {args.segments} things + 2 stuff each; "
           f"AdamW + full-model clipping", flush=True)
-    note = cpu_contention_note(torch.get_num_threads()) if device.type == "cpu" else None
-    if note:
-        print(note, flush=True)
+    print_contention_note(device)
 
     t_start = time.perf_counter()
     print(f"settings: AMP {' and '.join(args.amp)}; {args.warmup} warm-up + {args.iters} timed iterations each"

@@ -245,3 +245,32 @@ def cpu_contention_note(threads: int) -> Optional[str]:
     hint = "; compare with --threads 1" if threads > 1 else ""
     return (f"note: load average {load:.2f} on {cores} cores before this run: other processes compete for the CPU, "
             f"so timings with {threads} thread(s) are inflated (small ops most){hint}")
+
+
+def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.device]:
+    """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the device,
+    print the torch/device/threads/cores/processor/load header and, on CPU, the contention note.
+    Returns the device, or None (after printing an error) when CUDA is asked for but not available."""
+    import platform
+    import sys
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} CPU threads, "
+          f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+          + (f", load average {load[0]:.2f}" if load else ""), flush=True)
+    return device
+
+
+def print_contention_note(device: torch.device) -> None:
+    """On CPU, print :func:`cpu_contention_note` when the machine is already busy."""
+    note = cpu_contention_note(torch.get_num_threads()) if device.type == "cpu" else None
+    if note:
+        print(note, flush=True)
+
