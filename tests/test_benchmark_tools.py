@@ -1,9 +1,10 @@
-"""Benchmark tools (tools/benchmark_inference.py, tools/benchmark_training.py) and their timing helpers.
+"""Benchmark tools (tools/benchmark_inference.py, benchmark_training.py, benchmark_evaluation.py) and their timing helpers.
 
 Smoke tests run each tool's ``main`` at the tiniest settings and check that every figure line is printed
 and that the checks the tools report hold; nothing here is timed.
 """
 import importlib.util
+import logging
 import os
 import re
 
@@ -222,3 +223,33 @@ def test_training_batch_targets_are_disjoint_panoptic_segments():
         assert is_stuff == sorted(is_stuff, reverse=True) and 1 <= sum(is_stuff) <= 2  # stuff bands first
         boxes = inst.gt_boxes.tensor
         assert bool((boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all())
+
+
+def test_evaluation_benchmark_prints_all_figures(capsys, tmp_path):
+    """Tiny sets; the tool itself raises if any method's PQ/SQ/RQ differs from pq_compute's."""
+    tool = _load_tool("benchmark_evaluation")
+    keep = str(tmp_path / "data")
+    tool.main(["--copies", "1", "--synthetic", "3", "--size", "24", "32", "--repeat", "1",
+               "--model-ms", "1", "--keep", keep])
+    out = capsys.readouterr().out
+    assert "coco_sample: 2 images of 427x640" in out and "synthetic: 3 images of 24x32" in out
+    for label in ("d2", "pq_compute", "pq_compute 1 core", "fast cold", "fast cold 1 thread", "fast warm",
+                  "fast warm 1 thread"):
+        assert len(re.findall(r"^" + re.escape(label) + r"\s+" + NUMBER + r"\s*$", out, re.M)) >= 2, label
+    assert len(re.findall(r"inside inference_on_dataset, stand-in model", out)) == 2
+    assert re.search(r"pq_compute / fast cold \(added\) = " + NUMBER + "x", out)
+    assert os.path.isfile(os.path.join(keep, "coco", "pred.json"))  # --keep keeps the generated data
+    assert logging.root.manager.disable == logging.NOTSET  # the tool's log silencing is undone
+
+
+def test_evaluation_benchmark_rejects_bad_arguments(capsys, tmp_path):
+    tool = _load_tool("benchmark_evaluation")
+    with pytest.raises(SystemExit):
+        tool.main(["--copies", "0", "--synthetic", "0"])
+    assert "not both 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--model-ms", "-1"])
+    assert "--model-ms must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--keep", str(tmp_path)])
+    assert "already exists" in capsys.readouterr().err

@@ -109,6 +109,15 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
     out = tmp_path / "run" / "inference" / VAL
     assert (out / "panoptic_per_class.json").exists() and (out / "panoptic_per_class_pq.png").exists()
 
+    # the evaluator options reach the evaluator
+    from detr_d2.evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
+
+    cfg.TEST.PANOPTIC_EVAL_WORKERS = 0
+    evaluator = DetrTrainer.build_evaluator(cfg, VAL)
+    assert isinstance(evaluator, FastCOCOPanopticEvaluator) and evaluator._num_workers == 0
+    cfg.TEST.PANOPTIC_EVALUATOR = "d2"
+    assert isinstance(DetrTrainer.build_evaluator(cfg, VAL), COCOPanopticEvaluatorWithPerClass)
+
 
 def test_train_net_cli_with_overrides(tiny_data, tmp_path):
     yaml = _write(_cfg(tmp_path / "cli"), tmp_path / "cfg.yaml")

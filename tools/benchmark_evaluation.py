@@ -13,11 +13,19 @@ Timed, each the best of ``--repeat`` runs, divided by the number of images:
 - ``pq_compute``: panopticapi.evaluation.pq_compute alone on the already written PNG + JSON
   (it uses a pool of ``os.cpu_count()`` processes);
 - ``pq_compute 1 core``: the same work in this process (``pq_compute_single_core``, no pool);
-- ``fast cold``: FastCOCOPanopticEvaluator.process + evaluate with an empty GT cache (every GT PNG
-  decoded), one thread;
+- ``fast cold``: FastCOCOPanopticEvaluator (construction + process + evaluate) with an empty GT
+  cache (every GT PNG decoded), the per-image work in its 2 background threads (the default);
 - ``fast warm``: the same with the GT maps cached by a previous evaluation in the process (every
-  periodic evaluation during training after the first).
-All three must agree on PQ/SQ/RQ; the script checks it. No output file is written outside a
+  periodic evaluation during training after the first);
+- ``... 1 thread``: the same with everything in ``process`` (``num_workers=0``).
+These are evaluations back to back with no model: the cold ones are bound by PNG decoding.
+
+In a real evaluation the evaluator runs inside Detectron2's ``inference_on_dataset``, between model
+forwards. ``--model-ms T`` (default 40, about DETR R50 at 800px on a GPU; 0 skips it) also times
+that loop with a stand-in model that waits T ms per image (as the host waits for a GPU forward) and
+returns the prepared prediction, and prints the time each evaluator *adds* per image over a no-op
+evaluator (the fast evaluator's background threads work during the model's forwards).
+All methods must agree on PQ/SQ/RQ; the script checks it. No output file is written outside a
 temporary folder (``--keep DIR`` keeps the generated data there instead).
 """
 import argparse
@@ -40,7 +48,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from detectron2.data.datasets import register_coco_panoptic  # noqa: E402
-from detectron2.evaluation import COCOPanopticEvaluator  # noqa: E402
+from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, inference_on_dataset  # noqa: E402
 
 from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator  # noqa: E402
 from detr_d2.evaluation.panoptic_predictions import encode_panoptic_png  # noqa: E402
@@ -68,11 +76,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per method; the best is kept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-d2", action="store_true", help="do not time Detectron2's evaluator")
+    parser.add_argument("--model-ms", type=float, default=40.0,
+                        help="stand-in model time per image for the inference_on_dataset timing "
+                             "(default 40; 0 = skip that timing)")
     parser.add_argument("--keep", metavar="DIR", default=None,
                         help="write the generated data to DIR (must not exist) and keep it")
     args = parser.parse_args(argv)
     if args.copies < 0 or args.synthetic < 0 or args.copies + args.synthetic == 0:
         parser.error("--copies and --synthetic must be >= 0 and not both 0")
+    if args.model_ms < 0:
+        parser.error("--model-ms must be >= 0")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     if args.keep and os.path.exists(args.keep):
@@ -193,13 +206,35 @@ def _run_evaluator(make: Callable[[], Any], data: BenchmarkSet, outputs: List[Li
     return evaluator.evaluate()["panoptic_seg"]
 
 
-def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool) -> Dict[str, float]:
-    """Seconds per image of each method (best of ``repeat``); checks that they agree."""
+class StandInModel(torch.nn.Module):
+    """Returns each image's prepared prediction after waiting ``seconds`` (the host thread blocks as
+    it does while a GPU runs the forward; other threads run meanwhile)."""
+
+    def __init__(self, outputs_by_id: Dict[Any, Dict], seconds: float):
+        super().__init__()
+        self.outputs_by_id = outputs_by_id
+        self.seconds = seconds
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        time.sleep(self.seconds)
+        return [self.outputs_by_id[x["image_id"]] for x in batched_inputs]
+
+
+def _run_in_inference_loop(make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]],
+                           model_seconds: float) -> Dict[str, float]:
+    model = StandInModel({x["image_id"]: y for x, y in zip(data.inputs, outputs.pop())}, model_seconds)
+    results = inference_on_dataset(model, [[x] for x in data.inputs], make())
+    return results.get("panoptic_seg", {})
+
+
+def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool, model_ms: float) -> Dict[str, Any]:
+    """Seconds per image of each method (best of ``repeat``) and, with ``model_ms``, seconds each
+    evaluator adds per image inside ``inference_on_dataset``; checks that all agree."""
     from panopticapi.evaluation import pq_compute
 
     # Fresh segments_info per run, copied outside the timed region (D2's evaluator pops "isthing").
-    outputs = [_copy_outputs(data.outputs) for _ in range(repeat * 3)]
-    timings, results = {}, {}
+    outputs = [_copy_outputs(data.outputs) for _ in range(repeat * 13 + 2)]
+    timings, results, added = {}, {}, {}
 
     with contextlib.redirect_stdout(io.StringIO()):
         timings["pq_compute"], ref = _best_time(
@@ -208,48 +243,86 @@ def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool) -> Dict[str, float
                              "RQ": 100 * ref["All"]["rq"]}
     with contextlib.redirect_stdout(io.StringIO()):
         timings["pq_compute 1 core"], _ = _best_time(lambda: _pq_compute_one_core(data), repeat)
+    d2 = lambda: COCOPanopticEvaluator(data.name)  # noqa: E731
+    fast = lambda: FastCOCOPanopticEvaluator(data.name)  # noqa: E731
+    fast_inline = lambda: FastCOCOPanopticEvaluator(data.name, num_workers=0)  # noqa: E731
     if not skip_d2:
-        timings["d2"], results["d2"] = _best_time(
-            lambda: _run_evaluator(lambda: COCOPanopticEvaluator(data.name), data, outputs), repeat)
+        timings["d2"], results["d2"] = _best_time(lambda: _run_evaluator(d2, data, outputs), repeat)
     timings["fast cold"], results["fast cold"] = _best_time(
-        lambda: _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, outputs), repeat,
-        before=GROUND_TRUTH_CACHE.clear)
-    _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, [_copy_outputs(data.outputs)])
-    timings["fast warm"], results["fast warm"] = _best_time(
-        lambda: _run_evaluator(lambda: FastCOCOPanopticEvaluator(data.name), data, outputs), repeat)
+        lambda: _run_evaluator(fast, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear)
+    timings["fast cold 1 thread"], results["fast cold 1 thread"] = _best_time(
+        lambda: _run_evaluator(fast_inline, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear)
+    _run_evaluator(fast, data, outputs)
+    timings["fast warm"], results["fast warm"] = _best_time(lambda: _run_evaluator(fast, data, outputs), repeat)
+    timings["fast warm 1 thread"], results["fast warm 1 thread"] = _best_time(
+        lambda: _run_evaluator(fast_inline, data, outputs), repeat)
+
+    if model_ms:
+        seconds = model_ms / 1000
+        loop = {}
+        loop["no evaluator"], _ = _best_time(
+            lambda: _run_in_inference_loop(lambda: DatasetEvaluators([]), data, outputs, seconds), repeat)
+        if not skip_d2:
+            loop["d2"], results["d2 in loop"] = _best_time(
+                lambda: _run_in_inference_loop(d2, data, outputs, seconds), repeat)
+        loop["fast cold"], results["fast cold in loop"] = _best_time(
+            lambda: _run_in_inference_loop(fast, data, outputs, seconds), repeat, before=GROUND_TRUTH_CACHE.clear)
+        loop["fast warm"], results["fast warm in loop"] = _best_time(
+            lambda: _run_in_inference_loop(fast, data, outputs, seconds), repeat)
+        added = {k: (v - loop["no evaluator"]) / data.num_images for k, v in loop.items() if k != "no evaluator"}
+        added["model"] = loop["no evaluator"] / data.num_images
 
     for method, res in results.items():
         for key in ("PQ", "SQ", "RQ"):
             if abs(res[key] - results["pq_compute"][key]) > 1e-9:
                 raise RuntimeError(f"{method} gives {key} {res[key]} but pq_compute {results['pq_compute'][key]}")
-    return {"PQ": results["pq_compute"]["PQ"], **{k: v / data.num_images for k, v in timings.items()}}
+    return {"PQ": results["pq_compute"]["PQ"], "added": added,
+            **{k: v / data.num_images for k, v in timings.items()}}
 
 
-def print_report(data: BenchmarkSet, per_image: Dict[str, float]) -> None:
+def print_report(data: BenchmarkSet, per_image: Dict[str, Any]) -> None:
     print(f"\n{data.title}: {data.num_images} images of {data.height}x{data.width}, PQ {per_image['PQ']:.2f} "
           "(identical for every method)")
-    print(f"{'method':<18} {'ms/image':>9}")
-    for method in ("d2", "pq_compute", "pq_compute 1 core", "fast cold", "fast warm"):
+    print(f"{'method':<20} {'ms/image':>9}")
+    ours_methods = ("fast cold", "fast cold 1 thread", "fast warm", "fast warm 1 thread")
+    for method in ("d2", "pq_compute", "pq_compute 1 core") + ours_methods:
         if method in per_image:
-            print(f"{method:<18} {1000 * per_image[method]:9.2f}")
-    for ours in ("fast cold", "fast warm"):
+            print(f"{method:<20} {1000 * per_image[method]:9.2f}")
+    for ours in ours_methods:
         ratios = [f"pq_compute / {ours} = {per_image['pq_compute'] / per_image[ours]:.1f}x",
                   f"pq_compute 1 core / {ours} = {per_image['pq_compute 1 core'] / per_image[ours]:.1f}x"]
         if "d2" in per_image:
             ratios.append(f"d2 / {ours} = {per_image['d2'] / per_image[ours]:.1f}x")
         print("  " + ", ".join(ratios))
+    added = per_image["added"]
+    if added:
+        print(f"inside inference_on_dataset, stand-in model {1000 * added['model']:.1f} ms/image; "
+              "time each evaluator adds:")
+        print(f"{'method':<20} {'ms/image':>9}")
+        for method in ("d2", "fast cold", "fast warm"):
+            if method in added:
+                print(f"{method:<20} {1000 * added[method]:9.2f}")
+        for ours in ("fast cold", "fast warm"):
+            ratio = per_image["pq_compute"] / max(added[ours], 1e-9)
+            line = f"  pq_compute / {ours} (added) = {ratio:.1f}x"
+            if "d2" in added:
+                line += f", d2 (added) / {ours} (added) = {added['d2'] / max(added[ours], 1e-9):.1f}x"
+            print(line)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.disable(logging.WARNING)  # the evaluators' result tables would flood the output
+    # The evaluators' result tables would flood the output; restored on return (main is also
+    # called in process, by tests).
+    previous_disable, previous_threads = logging.root.manager.disable, torch.get_num_threads()
+    logging.disable(logging.WARNING)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
     root = args.keep or tempfile.mkdtemp(prefix="benchmark_evaluation_")
     if args.keep:
         os.makedirs(root)
     print(f"{os.cpu_count()} CPUs (pq_compute uses a pool of that many processes; the fast "
-          f"evaluator one thread); best of {args.repeat} runs")
+          f"evaluator 2 threads by default); best of {args.repeat} runs")
     try:
         sets = []
         if args.copies:
@@ -257,8 +330,10 @@ def main(argv=None) -> None:
         if args.synthetic:
             sets.append(synthetic_set(root, args.synthetic, tuple(args.size), rng))
         for data in sets:
-            print_report(data, benchmark(data, args.repeat, args.skip_d2))
+            print_report(data, benchmark(data, args.repeat, args.skip_d2, args.model_ms))
     finally:
+        logging.disable(previous_disable)
+        torch.set_num_threads(previous_threads)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

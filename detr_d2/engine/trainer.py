@@ -84,7 +84,11 @@ class DetrTrainer(DefaultTrainer):
         if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
             evaluators.append(
                 build_panoptic_evaluator(
-                    cfg.TEST.PANOPTIC_EVALUATOR, dataset_name, output_folder, cfg.TEST.PANOPTIC_WRITE_PREDICTIONS
+                    cfg.TEST.PANOPTIC_EVALUATOR,
+                    dataset_name,
+                    output_folder,
+                    cfg.TEST.PANOPTIC_WRITE_PREDICTIONS,
+                    cfg.TEST.PANOPTIC_EVAL_WORKERS,
                 )
             )
         instances_on = d.INSTANCE_ON or not cfg.MODEL.MASK_ON

@@ -26,18 +26,24 @@ PANOPTIC_EVALUATORS = {
 
 
 def build_panoptic_evaluator(
-    kind: str, dataset_name: str, output_dir: Optional[str] = None, write_predictions: bool = False
+    kind: str,
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    write_predictions: bool = False,
+    num_workers: int = 2,
 ) -> DatasetEvaluator:
     """The panoptic evaluator named by ``kind`` ("fast": in-process, "d2": Detectron2's
     ``COCOPanopticEvaluator`` + per-class results). ``write_predictions`` (PNG + JSON kept in
-    ``output_dir``) is a "fast" option."""
+    ``output_dir``) and ``num_workers`` (background threads) are "fast" options."""
     if kind not in PANOPTIC_EVALUATORS:
         raise ValueError(
             f"unknown panoptic evaluator {kind!r} (TEST.PANOPTIC_EVALUATOR); choose from "
             f"{sorted(PANOPTIC_EVALUATORS)}"
         )
     if kind == "fast":
-        return FastCOCOPanopticEvaluator(dataset_name, output_dir, write_predictions=write_predictions)
+        return FastCOCOPanopticEvaluator(
+            dataset_name, output_dir, write_predictions=write_predictions, num_workers=num_workers
+        )
     if write_predictions:
         raise ValueError(
             "write_predictions is an option of the 'fast' panoptic evaluator; Detectron2's evaluator "

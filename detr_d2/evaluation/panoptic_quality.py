@@ -153,7 +153,7 @@ def _index_dtype(n_pixels: int) -> type:
 
 
 def _starts_from_changes(change: np.ndarray) -> np.ndarray:
-    """Run start indices (first is 0) from ``change[i] = flat[i + 1] != flat[i]``."""
+    """Run start indices (first is 0) from ``change[i] = flat[i + 1] != flat[i]`` (bool)."""
     changes = np.flatnonzero(change)
     starts = np.empty(changes.size + 1, dtype=_index_dtype(change.size + 1))
     starts[0] = 0
@@ -217,12 +217,17 @@ def pair_intersections(
         raise TypeError(f"predicted panoptic ids must be integers, got dtype {pred_id_map.dtype}")
     flat = np.ascontiguousarray(pred_id_map).reshape(-1)
     n_pixels = flat.size
-    # Elementary intervals: the union of GT and prediction run boundaries.
+    # Elementary intervals: the union of GT and prediction run boundaries; each interval's GT run
+    # is the running count of GT boundaries (cheaper than a search per interval).
+    gt_boundary = np.zeros(n_pixels - 1, dtype=bool)
+    gt_boundary[gt.run_starts[1:] - 1] = True
     change = flat[1:] != flat[:-1]
-    change[gt.run_starts[1:] - 1] = True
+    change |= gt_boundary
     starts = _starts_from_changes(change)
     lengths = np.diff(starts, append=n_pixels)
-    gt_labels = gt.run_labels[np.searchsorted(gt.run_starts, starts, side="right") - 1].astype(np.int64)
+    gt_run = np.zeros(starts.size, dtype=np.int64)
+    np.cumsum(gt_boundary[starts[1:] - 1], out=gt_run[1:])
+    gt_labels = gt.run_labels[gt_run].astype(np.int64)
     pred_values = flat[starts].astype(np.int64)
     n_gt = gt.ids.size
     if pred_values.min() < 0 or pred_values.max() >= ID_MODULUS:
