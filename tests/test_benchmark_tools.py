@@ -237,7 +237,8 @@ def test_evaluation_benchmark_prints_all_figures(capsys, tmp_path):
                   "fast warm 1 thread"):
         assert len(re.findall(r"^" + re.escape(label) + r"\s+" + NUMBER + r"\s*$", out, re.M)) >= 2, label
     assert len(re.findall(r"inside inference_on_dataset, stand-in model", out)) == 2
-    assert re.search(r"pq_compute / fast cold \(added\) = " + NUMBER + "x", out)
+    assert re.search(r"pq_compute / fast cold \(added\) = " + NUMBER + r"x|fast cold \(added\) is below the timing noise",
+                     out)
     assert os.path.isfile(os.path.join(keep, "coco", "pred.json"))  # --keep keeps the generated data
     assert logging.root.manager.disable == logging.NOTSET  # the tool's log silencing is undone
 
