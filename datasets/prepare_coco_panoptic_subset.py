@@ -19,6 +19,8 @@ import shutil
 import sys
 from typing import Optional
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 def make_subset(
     panoptic_json: str, panoptic_root: str, output_json: str, output_root: str, num_images: int
@@ -68,10 +70,6 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--output-root", default=os.path.join(coco, "panoptic_val2017_100"))
     p.add_argument("-n", "--num-images", type=int, default=100)
     args = p.parse_args(argv)
-    try:
-        import detr_d2  # noqa: F401
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         n = make_subset(
             args.panoptic_json,

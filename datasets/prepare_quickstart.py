@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
@@ -21,11 +23,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--root", default=None, help="output folder (default: see above)")
     args = p.parse_args(argv)
-    try:
-        from detr_d2.data.datasets import quickstart
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from detr_d2.data.datasets import quickstart
+    from detr_d2.data.datasets import quickstart
 
     root = args.root or quickstart.quickstart_root()
     for name, (split, num_images, seed) in quickstart.QUICKSTART_SPLITS.items():

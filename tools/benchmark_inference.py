@@ -37,6 +37,8 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 STAGES = ("preprocess", "backbone", "transformer", "mask head", "postprocess", "other")
 NETWORK_STAGES = ("backbone", "transformer", "mask head")
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -93,14 +95,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not 0 <= args.pp_kept <= args.num_queries:
         p.error(f"--pp-kept must be in 0..--num-queries ({args.num_queries}), got {args.pp_kept}")
     return args
-
-
-def _import_project():
-    try:
-        import detr_d2  # noqa: F401
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import detr_d2  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -540,7 +534,6 @@ def print_flops_table(batch: int, counter: str, ours: Dict[str, float], official
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    _import_project()
     import torch
 
     from detr_d2.reference import PostProcessPanoptic, official_is_thing_map

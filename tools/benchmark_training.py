@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 STAGES = ("forward", "loss", "backward", "optimizer", "other")
 
 
@@ -64,14 +66,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1 or args.segments < 0:
         p.error("--iters and --batch-size must be >= 1, --warmup and --segments >= 0")
     return args
-
-
-def _import_project():
-    try:
-        import detr_d2  # noqa: F401
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import detr_d2  # noqa: F401
 
 
 def build_cfg(args: argparse.Namespace):
@@ -225,7 +219,6 @@ def run_settings(args: argparse.Namespace, device) -> Dict[str, TrainRunner]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    _import_project()
     import torch
 
     from detr_d2.utils.profiling import format_table, print_contention_note, setup_benchmark_device

@@ -20,6 +20,8 @@ import logging
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -62,11 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
+    from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
 
     try:
         report = convert_detection_to_panoptic(

@@ -27,6 +27,8 @@ import logging
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,11 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        import detr_d2  # noqa: F401  (registers detr_d2's datasets for --dataset)
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        import detr_d2  # noqa: F401
+    import detr_d2  # noqa: F401  (registers detr_d2's datasets for --dataset)
     from detr_d2.checkpoint import (
         convert_official_detr,
         d2_checkpoint,

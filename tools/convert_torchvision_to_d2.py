@@ -26,6 +26,8 @@ import logging
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,25 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        from detr_d2.checkpoint import (
-            convert_torchvision_resnet,
-            d2_checkpoint,
-            extract_state_dict,
-            infer_resnet_depth,
-            load_torch_file,
-            write_atomically,
-        )
-    except ImportError:  # running from a clone without `pip install -e .`
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from detr_d2.checkpoint import (
-            convert_torchvision_resnet,
-            d2_checkpoint,
-            extract_state_dict,
-            infer_resnet_depth,
-            load_torch_file,
-            write_atomically,
-        )
+    from detr_d2.checkpoint import (
+        convert_torchvision_resnet,
+        d2_checkpoint,
+        extract_state_dict,
+        infer_resnet_depth,
+        load_torch_file,
+        write_atomically,
+    )
 
     try:
         ext = os.path.splitext(args.output)[1].lower()
