@@ -16,6 +16,7 @@ from torch import nn
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_panoptic
 
+from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids
 from detr_d2.evaluation.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
@@ -30,23 +31,12 @@ COCO_SAMPLE_PNGS = os.path.join(COCO_SAMPLE, "panoptic_examples")
 COCO_SAMPLE_DATASET = "detr_d2_test_evaluation_coco_sample"
 
 
-def standard_metadata(categories: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Detectron2 "standard" panoptic metadata: contiguous id = position in ``categories``."""
-    names = [c["name"] for c in categories]
-    return {
-        "thing_classes": names,
-        "stuff_classes": names,
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if not c["isthing"]},
-    }
-
-
 def register_panoptic(name: str, json_path: str, png_root: str, image_root: str) -> str:
     """Register a COCO-panoptic JSON + PNG folder with Detectron2 under ``name`` (idempotent)."""
     if name not in DatasetCatalog.list():
         with open(json_path) as f:
             categories = json.load(f)["categories"]
-        register_coco_panoptic(name, standard_metadata(categories), image_root, png_root, json_path)
+        register_coco_panoptic(name, build_panoptic_metadata(categories, json_path), image_root, png_root, json_path)
     return name
 
 

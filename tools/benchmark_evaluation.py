@@ -50,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from detectron2.data.datasets import register_coco_panoptic  # noqa: E402
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, inference_on_dataset  # noqa: E402
 
+from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata  # noqa: E402
 from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator  # noqa: E402
 from detr_d2.evaluation.panoptic_predictions import encode_panoptic_png  # noqa: E402
 from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids  # noqa: E402
@@ -93,16 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _standard_metadata(categories: List[Dict[str, Any]]) -> Dict[str, Any]:
-    names = [c["name"] for c in categories]
-    return {
-        "thing_classes": names,
-        "stuff_classes": names,
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if not c["isthing"]},
-    }
-
-
 class BenchmarkSet:
     """A registered GT set with one model-style prediction per image, and those predictions also
     written in the standard format (``pred.json`` + ``pred/``) for pq_compute."""
@@ -118,7 +109,7 @@ class BenchmarkSet:
         os.makedirs(self.gt_dir)
         os.makedirs(self.pred_dir)
         self.name = f"benchmark_evaluation_{title}_{uuid.uuid4().hex[:8]}"
-        meta = _standard_metadata(categories)
+        meta = build_panoptic_metadata(categories, self.gt_json)
         things, stuff = meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"]
         # Relabelled / extra segments take categories of the GT (PQ averages over categories: a
         # random one of 133 classes per error would drive it to ~0 and look nothing like a model).
