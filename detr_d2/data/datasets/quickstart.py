@@ -34,8 +34,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..panoptic_io import atomic_save_image, atomic_write_json, read_json, save_panoptic_png
 from ..segment_ids import SegmentIdGenerator
-from .panoptic_metadata import build_panoptic_metadata
-from .register_panoptic import load_panoptic_json
+from .register_panoptic import load_panoptic_json, panoptic_dataset_metadata
 
 __all__ = [
     "QUICKSTART_CATEGORIES",
@@ -325,15 +324,7 @@ def register_quickstart(root: Optional[str] = None) -> None:
     root = quickstart_root() if root is None else root
     for name, (split, num_images, seed) in QUICKSTART_SPLITS.items():
         image_dir, png_dir, json_path = _split_paths(root, split)
-        meta = build_panoptic_metadata(QUICKSTART_CATEGORIES, "quickstart categories")
-        meta.update(
-            panoptic_root=png_dir,
-            panoptic_json=json_path,
-            image_root=image_dir,
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=255,
-            label_divisor=1000,
-        )
+        meta = panoptic_dataset_metadata(QUICKSTART_CATEGORIES, "quickstart categories", image_dir, png_dir, json_path)
 
         def load(
             split=split,

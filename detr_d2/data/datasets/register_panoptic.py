@@ -18,7 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..panoptic_io import read_json, require_keys
 from .panoptic_metadata import build_panoptic_metadata
 
-__all__ = ["load_panoptic_json", "register_panoptic_dataset", "IMAGE_EXTENSIONS"]
+__all__ = ["load_panoptic_json", "panoptic_dataset_metadata", "register_panoptic_dataset", "IMAGE_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,29 @@ def load_panoptic_json(
     return dicts
 
 
+def panoptic_dataset_metadata(
+    categories: Sequence[Mapping[str, Any]],
+    source: str,
+    image_root: str,
+    panoptic_root: str,
+    panoptic_json: str,
+    json_file: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The metadata :func:`register_panoptic_dataset` registers (see there); errors name ``source``."""
+    meta = build_panoptic_metadata(categories, source)
+    meta.update(
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        image_root=image_root,
+        evaluator_type="coco_panoptic_seg",
+        ignore_label=255,
+        label_divisor=1000,
+    )
+    if json_file is not None:
+        meta["json_file"] = json_file
+    return meta
+
+
 def register_panoptic_dataset(
     name: str,
     image_root: str,
@@ -205,17 +228,7 @@ def register_panoptic_dataset(
         source = panoptic_json
     else:
         source = f"categories passed for dataset {name!r}"
-    meta = build_panoptic_metadata(categories, source)
-    meta.update(
-        panoptic_root=panoptic_root,
-        panoptic_json=panoptic_json,
-        image_root=image_root,
-        evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-    )
-    if json_file is not None:
-        meta["json_file"] = json_file
+    meta = panoptic_dataset_metadata(categories, source, image_root, panoptic_root, panoptic_json, json_file)
     DatasetCatalog.register(
         name, lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, meta, missing)
     )
