@@ -114,13 +114,13 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             id_map, segments_info = self._converter(output["panoptic_seg"])
             if self._write_predictions and "file_name" not in input:
                 raise KeyError(f"image {input['image_id']}: write_predictions needs the input's 'file_name'")
-            args = (input["image_id"], input.get("file_name"), id_map, segments_info)
+            image_id, file_name = input["image_id"], input.get("file_name")
             if self._executor is None:
-                self._collect(self._image_result(*args))
+                self._collect(self._image_result(image_id, file_name, id_map, segments_info))
                 continue
-            # The caller may reuse the output's memory once process returns.
-            args = (args[0], args[1], np.array(id_map, copy=True), segments_info)
-            self._pending.append(self._executor.submit(self._image_result, *args))
+            # The caller may reuse the output's memory once process returns: queue a copy.
+            id_map = np.array(id_map, copy=True)
+            self._pending.append(self._executor.submit(self._image_result, image_id, file_name, id_map, segments_info))
             self._collect_finished(max_pending=4 * self._num_workers)
 
     def _collect_finished(self, max_pending: int) -> None:
