@@ -23,6 +23,12 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"panopticapi": ["panopticapi-lite"], "test": ["pytest", "pytest-xdist"]},
+    extras_require={
+        "panopticapi": ["panopticapi-lite"],
+        # reading Hugging Face model.safetensors checkpoints (tools/convert_detr_checkpoint.py)
+        "hf": ["safetensors"],
+        # the converter tests build transformers DETR models (timm backbones) to compare against
+        "test": ["pytest", "pytest-xdist", "safetensors", "transformers>=4.40,<5", "timm>=1.0"],
+    },
     include_package_data=True,
 )

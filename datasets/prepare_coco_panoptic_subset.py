@@ -19,20 +19,15 @@ import shutil
 import sys
 from typing import Optional
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detr_d2.data.panoptic_io import read_json, require_keys
+from detr_d2.utils.atomic_io import atomic_write_json, refuse_overwrite
+from detr_d2.utils.cli import run_tool, tool_parser
 
 
 def make_subset(
     panoptic_json: str, panoptic_root: str, output_json: str, output_root: str, num_images: int
 ) -> int:
     """Write the first ``num_images`` annotations (by image id) and their PNGs; returns how many."""
-    from detr_d2.data.panoptic_io import (
-        atomic_write_json,
-        read_json,
-        refuse_overwrite,
-        require_keys,
-    )
-
     refuse_overwrite(output_json, [panoptic_json])
     if os.path.realpath(output_root) == os.path.realpath(panoptic_root):
         raise ValueError(f"refusing to write into the input PNG folder {panoptic_root}")
@@ -55,11 +50,9 @@ def make_subset(
     return len(anns)
 
 
-def main(argv: Optional[list] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     coco = os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "coco")
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = tool_parser(__doc__)
     p.add_argument(
         "--panoptic-json", default=os.path.join(coco, "annotations", "panoptic_val2017.json")
     )
@@ -69,20 +62,17 @@ def main(argv: Optional[list] = None) -> int:
     )
     p.add_argument("--output-root", default=os.path.join(coco, "panoptic_val2017_100"))
     p.add_argument("-n", "--num-images", type=int, default=100)
-    args = p.parse_args(argv)
-    try:
-        n = make_subset(
-            args.panoptic_json,
-            args.panoptic_root,
-            args.output_json,
-            args.output_root,
-            args.num_images,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    n = make_subset(args.panoptic_json, args.panoptic_root, args.output_json, args.output_root, args.num_images)
     print(f"wrote {n} images: {args.output_json}, {args.output_root}")
     return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    return run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,27 +10,30 @@ If you pass ``--root``, export ``DETR_D2_QUICKSTART_ROOT`` to the same folder fo
 """
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detr_d2.data.datasets import quickstart
+from detr_d2.utils.cli import run_tool, tool_parser
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    p = tool_parser(__doc__)
     p.add_argument("--root", default=None, help="output folder (default: see above)")
-    args = p.parse_args(argv)
-    from detr_d2.data.datasets import quickstart
+    return p
 
+
+def run(args: argparse.Namespace) -> int:
     root = args.root or quickstart.quickstart_root()
     for name, (split, num_images, seed) in quickstart.QUICKSTART_SPLITS.items():
         start = time.perf_counter()
         json_path = quickstart.ensure_quickstart_split(root, split, num_images, seed)
         print(f"{name}: {num_images} images, {json_path} ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Detectron2 config options for detr_d2 (``add_detr_config``).
 
-All model options live under ``cfg.MODEL.DETR``; input/augmentation extras under ``cfg.INPUT``;
-optimiser extras under ``cfg.SOLVER``. Defaults reproduce the official DETR panoptic recipe.
+Model options live under ``cfg.MODEL.DETR``; test-time options (outputs, fusion, evaluator) under
+Detectron2's own ``cfg.TEST``; input extras under ``cfg.INPUT`` (DETR's random crop is Detectron2's
+``INPUT.CROP`` plus two keys); optimiser extras under ``cfg.SOLVER``. ``configs/Base-DETR.yaml``
+sets the official DETR panoptic recipe.
 """
 from detectron2.config import CfgNode as CN
 
@@ -12,8 +14,12 @@ def add_detr_config(cfg: CN) -> None:
     # Number of real classes (contiguous ids 0..NUM_CLASSES-1); the classifier has NUM_CLASSES + 1
     # outputs, the last one is "no object". With CLASS_SLOTS == "dataset_id" the logit index is the
     # dataset category id (official checkpoints: 250 slots) and NUM_CLASSES is the number of slots.
+    # 0: derive it from the metadata of the datasets in DATASETS.TRAIN/TEST.
     cfg.MODEL.DETR.NUM_CLASSES = 133
     cfg.MODEL.DETR.CLASS_SLOTS = "contiguous"  # "contiguous" | "dataset_id"
+    # Backbone outputs the model reads, strides 4, 8, 16, 32 (the mask head uses all four, the
+    # transformer the last); any Detectron2 backbone with these outputs works.
+    cfg.MODEL.DETR.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     # Transformer
     cfg.MODEL.DETR.HIDDEN_DIM = 256
     cfg.MODEL.DETR.NHEADS = 8
@@ -23,7 +29,8 @@ def add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.DEC_LAYERS = 6
     cfg.MODEL.DETR.PRE_NORM = False
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
-    cfg.MODEL.DETR.DEEP_SUPERVISION = True  # auxiliary decoding losses
+    # Auxiliary decoding losses. Must be False with FROZEN_WEIGHTS (the frozen decoder cannot learn).
+    cfg.MODEL.DETR.DEEP_SUPERVISION = True
     # Loss weights (set criterion) and matcher costs
     cfg.MODEL.DETR.NO_OBJECT_WEIGHT = 0.1
     cfg.MODEL.DETR.CLASS_WEIGHT = 1.0
@@ -42,39 +49,44 @@ def add_detr_config(cfg: CN) -> None:
     # head are scaled to unit RMS per position and the attention maps so a uniform map is 1, so each
     # query's attention map keeps its weight against the image features.
     cfg.MODEL.DETR.MASK_HEAD_FEATURE_NORM = False
-    # Zero the padded region after every backbone conv: an image gives the same result alone and in a
-    # padded batch. Single images are unaffected (official checkpoints are reproduced either way).
-    cfg.MODEL.DETR.BATCH_INVARIANT_BACKBONE = True
-    # Inference
-    cfg.MODEL.DETR.TEST = CN()
-    cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.85  # keep queries with score > threshold
-    cfg.MODEL.DETR.TEST.MIN_SEGMENT_AREA = 4  # segments with area <= this are dropped
-    cfg.MODEL.DETR.TEST.PANOPTIC_ON = True
-    cfg.MODEL.DETR.TEST.INSTANCE_ON = False
-    cfg.MODEL.DETR.TEST.SEMANTIC_ON = False
-    # "d2": crop the batch padding, resize masks to the image size (correct for batches).
-    # "official": DETR's post-processor as published (no padding crop), for comparison.
-    cfg.MODEL.DETR.TEST.POSTPROCESS = "d2"
+    # An image gives the same outputs alone and in a padded batch: the padded region is zeroed after
+    # every backbone conv, feature masks cover ceil(h/stride) cells and at inference the mask head runs
+    # on each image's own region. Single images are unaffected (official checkpoints reproduce either way).
+    cfg.MODEL.DETR.BATCH_INVARIANT = True
+    # Compute the masks of all queries, as official DETR (slower; for raw masks and comparison). Default:
+    # only the masks that are used (the fusion's kept queries at inference, the matched ones in training).
+    cfg.MODEL.DETR.ALL_QUERY_MASKS = False
+
+    # Test-time outputs and panoptic fusion (DETR's post-processor)
+    cfg.TEST.OBJECT_MASK_THRESHOLD = 0.85  # keep queries with score > threshold
+    cfg.TEST.MIN_SEGMENT_AREA = 4  # segments with area <= this are dropped
+    cfg.TEST.PANOPTIC_ON = True
+    cfg.TEST.INSTANCE_ON = False
+    cfg.TEST.SEMANTIC_ON = False
+    # INSTANCE_ON: keep the thing queries whose class score is above this (0: all, as DETR's COCO
+    # detection evaluation; a higher value computes fewer masks).
+    cfg.TEST.INSTANCE_SCORE_THRESHOLD = 0.0
+    # Crop each image's batch padding from the mask grid before resizing (correct for batches).
+    # False: DETR's post-processor as published, for comparison.
+    cfg.TEST.CROP_MASK_PADDING = True
+    # Panoptic evaluator: "in_process" (same numbers as panopticapi, much faster) or "panopticapi"
+    # (Detectron2's COCOPanopticEvaluator + per-class results).
+    cfg.TEST.PANOPTIC_EVALUATOR = "in_process"
+    # "in_process" only: also write the standard predictions.json + predictions/*.png to the output dir.
+    cfg.TEST.PANOPTIC_WRITE_PREDICTIONS = False
+    # "in_process" only: threads computing each image's PQ statistics while the model runs (0: inline).
+    cfg.TEST.PANOPTIC_EVAL_WORKERS = 2
 
     # Input pipeline
     cfg.INPUT.DATASET_MAPPER_NAME = "detr_panoptic"
-    # DETR's optional "resize then random crop" branch, applied with probability PROB.
-    cfg.INPUT.DETR_CROP = CN()
-    cfg.INPUT.DETR_CROP.ENABLED = True
-    cfg.INPUT.DETR_CROP.PROB = 0.5
-    cfg.INPUT.DETR_CROP.RESIZE_SHORT = (400, 500, 600)
-    cfg.INPUT.DETR_CROP.MIN_SIZE = 384
-    cfg.INPUT.DETR_CROP.MAX_SIZE = 600
-    # "d2": ResizeShortestEdge (long side rounded); "detr": long side truncated exactly as DETR.
-    cfg.INPUT.RESIZE_ROUNDING = "d2"
-
-    # Panoptic evaluator: "fast" (in-process PQ, same numbers as panopticapi) or "d2"
-    # (Detectron2's COCOPanopticEvaluator + per-class results).
-    cfg.TEST.PANOPTIC_EVALUATOR = "fast"
-    # "fast" only: also write the standard predictions.json + predictions/*.png to the output dir.
-    cfg.TEST.PANOPTIC_WRITE_PREDICTIONS = False
-    # "fast" only: threads computing each image's PQ statistics while the model runs (0: in process()).
-    cfg.TEST.PANOPTIC_EVAL_WORKERS = 2
+    # DETR's optional "resize then random crop" branch is Detectron2's INPUT.CROP (ENABLED, TYPE, SIZE;
+    # DETR: absolute_range 384..600), applied with probability PROB after resizing the short side to
+    # one of RESIZE_SHORT_EDGE (no long-side cap).
+    cfg.INPUT.CROP.PROB = 0.5
+    cfg.INPUT.CROP.RESIZE_SHORT_EDGE = (400, 500, 600)
+    # Long side of a shortest-edge resize: "round" (Detectron2's ResizeShortestEdge) or "truncate"
+    # (DETR's resize, e.g. 480x640 -> 800x1066 instead of 800x1067).
+    cfg.INPUT.RESIZE_ROUNDING = "round"
 
     # Optimiser
     cfg.SOLVER.OPTIMIZER = "ADAMW"

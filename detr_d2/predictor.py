@@ -9,10 +9,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from panopticapi.utils import id2rgb
-
-from .data.panoptic_io import atomic_save_image, atomic_write_json
+from .data.panoptic_io import PanopticPredictionConverter, save_panoptic_png
 from .data.transforms import build_detr_test_augmentation
+from .utils.atomic_io import atomic_write_json
 
 __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]
 
@@ -60,47 +59,39 @@ class DetrPanopticPredictor:
     @torch.no_grad()
     def raw(self, bgr_image: np.ndarray) -> Tuple[Dict, Dict]:
         """(prediction dict, raw outputs of the single image: pred_logits (Q, S+1), pred_boxes (Q, 4)
-        cxcywh normalised, pred_masks (Q, H/4, W/4) logits)."""
+        cxcywh normalised, pred_masks (Q, H/4, W/4) logits of every query)."""
         inputs = [self._inputs(bgr_image)]
         images, mask = self.model.preprocess_image(inputs)
-        out = self.model.forward_network(images.tensor, mask)
-        pred = self.model.postprocess(out, inputs, images.image_sizes)[0]
-        return pred, {k: v[0] for k, v in out.items() if isinstance(v, torch.Tensor)}
+        out, state = self.model.forward_detector(images.tensor, mask)
+        pred = self.model.inference(out, state, inputs, images.image_sizes)[0]
+        raw = {"pred_logits": out["pred_logits"][0], "pred_boxes": out["pred_boxes"][0]}
+        if self.model.mask_on:
+            raw["pred_masks"] = self.model.all_masks(state, crop_to_image=False)[0]
+        return pred, raw
 
 
 def panoptic_to_coco(
-    panoptic_seg: torch.Tensor, segments_info: List[Dict], metadata
+    panoptic_seg: Tuple[torch.Tensor, List[Dict]], metadata
 ) -> Tuple[np.ndarray, List[Dict]]:
-    """Prediction (id map, segments_info with contiguous ids) -> (RGB uint8 PNG array encoded with
-    panopticapi's ``id2rgb``, COCO ``segments_info`` with dataset category ids, area, bbox xywh)."""
-    contig_to_ds = {}
-    for attr in ("stuff_dataset_id_to_contiguous_id", "thing_dataset_id_to_contiguous_id"):
-        for ds, c in (getattr(metadata, attr, None) or {}).items():
-            contig_to_ds[c] = ds
-    ids = panoptic_seg.cpu().numpy().astype(np.int64)
-    out = []
-    for s in segments_info:
-        m = ids == s["id"]
-        ys, xs = np.nonzero(m)
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if len(xs) else [0, 0, 0, 0]
-        out.append({
-            "id": int(s["id"]),
-            "category_id": int(contig_to_ds.get(s["category_id"], s["category_id"])),
-            "iscrowd": 0,
-            "area": int(m.sum()),
-            "bbox": bbox,
-            "score": float(s.get("score", 1.0)),
-        })
-    return id2rgb(ids).astype(np.uint8), out
+    """A model's ``panoptic_seg`` -> (H, W) id map and COCO ``segments_info`` with dataset category ids
+    (:class:`~detr_d2.data.panoptic_io.PanopticPredictionConverter`, as Detectron2's evaluator), each
+    with ``iscrowd`` 0, the pixel ``area`` and ``bbox`` (x, y, w, h) of the segment in the map."""
+    ids, segments = PanopticPredictionConverter(metadata)(panoptic_seg)
+    for s in segments:
+        ys, xs = np.nonzero(ids == s["id"])
+        s["iscrowd"] = 0
+        s["area"] = int(len(xs))
+        s["bbox"] = [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1] if len(xs) else [0, 0, 0, 0]
+    return ids, segments
 
 
 def write_panoptic_png_json(
-    annotations: List[Dict], png_dir: str, json_path: str, metadata, pngs: Dict[str, np.ndarray]
+    annotations: List[Dict], png_dir: str, json_path: str, metadata, id_maps: Dict[str, np.ndarray]
 ) -> None:
-    """Write COCO panoptic predictions: ``pngs`` (file_name -> RGB array) under ``png_dir`` and the JSON
-    (``annotations`` + ``categories`` from the metadata) at ``json_path``, each file atomically."""
-    for name, rgb in pngs.items():
-        atomic_save_image(os.path.join(png_dir, name), rgb)
+    """Write COCO panoptic predictions: ``id_maps`` (file_name -> (H, W) ids) as PNGs under ``png_dir``
+    and the JSON (``annotations`` + ``categories`` from the metadata) at ``json_path``, each atomically."""
+    for name, ids in id_maps.items():
+        save_panoptic_png(os.path.join(png_dir, name), ids)
     categories = getattr(metadata, "categories", None)
     if categories is None:
         categories = _categories_from_metadata(metadata)

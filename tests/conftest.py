@@ -21,6 +21,8 @@ def tiny_detr_cfg(num_classes: int = 5, mask_on: bool = True):
     cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-DETR.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.MASK_ON = mask_on
+    if not mask_on:  # detection only: boxes as instances
+        cfg.TEST.PANOPTIC_ON, cfg.TEST.INSTANCE_ON = False, True
     cfg.MODEL.RESNETS.DEPTH = 18
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.DETR.HIDDEN_DIM = 128

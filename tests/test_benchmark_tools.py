@@ -3,7 +3,6 @@
 Smoke tests run each tool's ``main`` at the tiniest settings and check that every figure line is printed
 and that the checks the tools report hold; nothing here is timed.
 """
-import importlib.util
 import logging
 import os
 import re
@@ -13,8 +12,11 @@ import torch
 from torch import nn
 
 from conftest import ROOT
-from detr_d2.utils import profiling
-from detr_d2.utils.profiling import PeakMemory, StageTimer, format_table, patch_method, summarize_iterations
+from tests.utils.scripts import load_script
+
+profiling = load_script("benchmark_utils")
+PeakMemory, StageTimer, format_table = profiling.PeakMemory, profiling.StageTimer, profiling.format_table
+patch_method, summarize_iterations = profiling.patch_method, profiling.summarize_iterations
 
 TINY_MODEL = [
     "--threads", "1", "--depth", "18", "--hidden-dim", "128", "--enc-layers", "1", "--dec-layers", "1",
@@ -24,10 +26,7 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 
 
 def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def _row(text: str, label: str, n: int):

@@ -3,7 +3,6 @@ computes, class slots are remapped to the right rows, and bad inputs are refused
 
 import argparse
 import copy
-import importlib.util
 import logging
 import os
 
@@ -22,7 +21,8 @@ from detr_d2.checkpoint import (
     infer_official_layout,
     load_torch_file,
 )
-from detr_d2.reference import OfficialDETRsegm, build_official_detr, randomize_frozen_batchnorm_
+from tests.utils.official_detr import OfficialDETRsegm, build_official_detr, randomize_frozen_batchnorm_
+from tests.utils.scripts import load_script
 
 SMALL = dict(hidden_dim=128, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=7)
 
@@ -47,10 +47,7 @@ def meta_official_state_dict(**kwargs):
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +222,13 @@ def test_convert_tool_writes_d2_checkpoint_and_protects_files(tmp_path, official
     assert set(ckpt) == {"model", "__author__", "matching_heuristics"}
     assert ckpt["__author__"] == "detr_d2" and ckpt["matching_heuristics"] is False
     assert list(ckpt["model"]) == list(convert_official_detr(src))
-    assert ckpt["model"]["class_embed.weight"].shape == (134, 128)
-    assert "CLASS_SLOTS contiguous, MODEL.DETR.NUM_CLASSES 133" in capsys.readouterr().out
+    # --dataset maps by class name; for COCO's own panoptic classes that is the dataset-id rows
+    by_id = convert_official_detr(src, class_slots=dataset_class_mapping("coco_2017_val_panoptic"))
+    assert torch.equal(ckpt["model"]["class_embed.weight"], by_id["class_embed.weight"])
+    assert torch.equal(ckpt["model"]["class_embed.bias"], by_id["class_embed.bias"])
+    out = capsys.readouterr().out
+    assert "MODEL.DETR.NUM_CLASSES 133 MODEL.DETR.CLASS_SLOTS contiguous" in out
+    assert "133 of 133 classes of coco_2017_val_panoptic copied from the checkpoint, 0 new" in out
 
     assert tool.main(["--source", source, "--output", output]) == 1  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
@@ -236,6 +238,8 @@ def test_convert_tool_writes_d2_checkpoint_and_protects_files(tmp_path, official
     assert tool.main(["--source", source, "--output", output, "--overwrite"]) == 0
     assert torch.load(output, weights_only=True)["model"]["class_embed.weight"].shape == (251, 128)
     assert sorted(os.listdir(tmp_path)) == ["converted.pth", "official.pth"]  # no temp files left
+    assert tool.main(["--source", output, "--output", str(tmp_path / "again.pth")]) == 1  # already converted
+    assert "already has Detectron2 / detr_d2 names" in capsys.readouterr().err
 
     bad = {k: v for k, v in src.items() if not k.startswith("mask_head.lay5")}
     torch.save({"model": bad}, str(tmp_path / "bad.pth"))

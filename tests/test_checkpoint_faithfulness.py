@@ -1,6 +1,6 @@
 """Faithfulness of the official-checkpoint path, end to end on CPU:
 
-reference DETRsegm (detr_d2.reference, random weights) -> "official checkpoint" -> converter ->
+reference DETRsegm (tests.utils.official_detr, random weights) -> "official checkpoint" -> converter ->
 DetrPanoptic loaded through DetectionCheckpointer -> Detectron2 test mapper with DETR's resize on the
 COCO sample image -> raw outputs and panoptic map compared with the reference model + DETR's
 PostProcessPanoptic (tolerances from issue 6: logits 1e-2, boxes 1e-4, mask logits 5e-2; same segments,
@@ -27,7 +27,7 @@ import detr_d2
 from conftest import COCO_SAMPLE, ROOT
 from detr_d2.checkpoint import convert_official_detr, d2_checkpoint
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import DetrPanopticDatasetMapper
-from detr_d2.reference import (
+from tests.utils.official_detr import (
     OfficialDETRsegm,
     PostProcessPanoptic,
     decode_panoptic_png,
@@ -185,7 +185,7 @@ def _padded_batch(setup):
 
 
 def test_padded_batch_gives_single_image_reference_outputs(setup):
-    """Default MODEL.DETR.BATCH_INVARIANT_BACKBONE True: in a padded batch each image gets DETR's
+    """Default MODEL.DETR.BATCH_INVARIANT True: in a padded batch each image gets DETR's
     single-image outputs (masks on its own region of the grid)."""
     model = setup["model"]
     inputs, ref_images = _padded_batch(setup)
@@ -201,12 +201,12 @@ def test_padded_batch_gives_single_image_reference_outputs(setup):
 
 
 def test_padded_batch_matches_reference_batch_without_batch_invariance(setup):
-    """MODEL.DETR.BATCH_INVARIANT_BACKBONE False + TEST.POSTPROCESS official: DETR's own padded-batch
+    """MODEL.DETR.BATCH_INVARIANT False + TEST.CROP_MASK_PADDING False: DETR's own padded-batch
     computation (padding leaks into the valid region through the convolutions and the mask head's
     GroupNorm) and post-processing (masks resized from the whole padded grid)."""
     cfg = setup["cfg"].clone()
-    cfg.MODEL.DETR.BATCH_INVARIANT_BACKBONE = False
-    cfg.MODEL.DETR.TEST.POSTPROCESS = "official"
+    cfg.MODEL.DETR.BATCH_INVARIANT = False
+    cfg.TEST.CROP_MASK_PADDING = False
     model = build_model(cfg).eval()
     model.load_state_dict(setup["model"].state_dict(), strict=True)
     inputs, ref_images = _padded_batch(setup)
@@ -262,3 +262,17 @@ def test_panoptic_map_matches_official_postprocessor(setup):
     assert equal >= 0.999, f"only {equal:.4%} of pixels equal"
     for ours_seg, ref_seg in zip(segments, ref_segments):
         assert abs(ours_seg["area"] - ref_seg["area"]) <= 0.001 * ids.size
+
+
+def test_masks_of_kept_queries_only_give_the_all_query_panoptic_map(setup):
+    """8 of the 10 queries are kept: computing only their masks gives exactly the map of computing all."""
+    model = setup["model"]
+    try:
+        with torch.no_grad():
+            model.all_query_masks = True
+            ids_all, segments_all = model([setup["inputs"]])[0]["panoptic_seg"]
+            model.all_query_masks = False
+            ids, segments = model([setup["inputs"]])[0]["panoptic_seg"]
+    finally:
+        model.all_query_masks = False
+    assert torch.equal(ids, ids_all) and segments == segments_all and len(segments) == 7

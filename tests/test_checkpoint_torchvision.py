@@ -1,7 +1,6 @@
 """torchvision ImageNet ResNet -> Detectron2 backbone init: names, refusals, and loading through
 DetectionCheckpointer into DetrPanoptic's ``backbone.*`` (.pkl by suffix matching, .pth by exact names)."""
 
-import importlib.util
 import os
 import pickle
 
@@ -13,6 +12,7 @@ from detectron2.modeling import build_model
 
 from conftest import ROOT, tiny_detr_cfg
 from detr_d2.checkpoint import convert_torchvision_resnet, torchvision_resnet_key_to_d2
+from tests.utils.scripts import load_script
 
 
 class RecordingCheckpointer(DetectionCheckpointer):
@@ -24,11 +24,7 @@ class RecordingCheckpointer(DetectionCheckpointer):
 
 
 def load_tool():
-    path = os.path.join(ROOT, "tools", "convert_torchvision_to_d2.py")
-    spec = importlib.util.spec_from_file_location("convert_torchvision_to_d2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_torchvision_to_d2")
 
 
 @pytest.fixture(scope="module")

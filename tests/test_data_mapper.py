@@ -133,11 +133,8 @@ def test_alignment_with_the_default_detr_augmentation(colour_coded):
     add_detr_config(cfg)
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (200, 232, 264), 400
-    cfg.INPUT.DETR_CROP.RESIZE_SHORT, cfg.INPUT.DETR_CROP.MIN_SIZE, cfg.INPUT.DETR_CROP.MAX_SIZE = (
-        (300,),
-        150,
-        250,
-    )
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE = True, "absolute_range"
+    cfg.INPUT.CROP.RESIZE_SHORT_EDGE, cfg.INPUT.CROP.SIZE = (300,), (150, 250)
     mapper = DetrPanopticDatasetMapper(cfg, is_train=True)
     np.random.seed(3)
     for _ in range(4):
@@ -172,7 +169,7 @@ def test_empty_image_gives_zero_instances(tmp_path, sample_dicts):
 def test_inference_mode_resizes_and_keeps_fields_without_instances(sample_dicts):
     cfg = get_cfg()
     add_detr_config(cfg)
-    cfg.INPUT.FORMAT, cfg.INPUT.RESIZE_ROUNDING = "RGB", "detr"
+    cfg.INPUT.FORMAT, cfg.INPUT.RESIZE_ROUNDING = "RGB", "truncate"
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 400, 1333
     out = DetrPanopticDatasetMapper(cfg, is_train=False)(sample_dicts[0])
     assert "instances" not in out and out["image"].shape == (3, 400, 599)  # 640*400/427 truncated
@@ -190,15 +187,25 @@ def test_unknown_png_id_is_an_error_naming_the_png(sample_dicts):
     assert str(tuple(int(c) for c in id2rgb(removed["id"]))) in msg
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA"])
-def test_non_rgb_panoptic_png_is_an_error(tmp_path, sample_dicts, mode):
+def test_grayscale_panoptic_png_is_an_error(tmp_path, sample_dicts):
     d = copy.deepcopy(sample_dicts[0])
     png = tmp_path / "bad.png"
-    Image.open(d["pan_seg_file_name"]).convert(mode).save(png)
+    Image.open(d["pan_seg_file_name"]).convert("L").save(png)
     d["pan_seg_file_name"] = str(png)
     with pytest.raises(ValueError, match="pan_seg_file_name") as e:
         _mapper([])(d)
-    assert str(png) in str(e.value) and ("grayscale" in str(e.value) or "alpha" in str(e.value))
+    assert str(png) in str(e.value) and "grayscale" in str(e.value)
+
+
+def test_rgba_panoptic_png_reads_as_its_rgb(tmp_path, sample_dicts):
+    """The one panoptic PNG reader ignores alpha, as panopticapi's rgb2id(np.array(Image.open(png)))."""
+    d = copy.deepcopy(sample_dicts[0])
+    png = tmp_path / "rgba.png"
+    Image.open(d["pan_seg_file_name"]).convert("RGBA").save(png)
+    expected = _mapper([])(d)
+    out = _mapper([])(dict(d, pan_seg_file_name=str(png)))
+    assert torch.equal(out["instances"].gt_masks.tensor, expected["instances"].gt_masks.tensor)
+    assert torch.equal(out["instances"].gt_classes, expected["instances"].gt_classes)
 
 
 def test_grayscale_image_is_converted_and_rgba_image_warns(tmp_path, sample_dicts, caplog):

@@ -1,24 +1,19 @@
 """datasets/prepare_*.py scripts."""
 
-import importlib.util
 import json
 import os
 
 from detectron2.data import DatasetCatalog
 
 from detr_d2.data.datasets import quickstart, register_panoptic_dataset
+from tests.utils.scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "tests", "data", "coco_panoptic_sample")
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "datasets", name + ".py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, "datasets")
 
 
 def test_coco_panoptic_subset_is_registrable(tmp_path, capsys):

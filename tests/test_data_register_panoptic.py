@@ -10,8 +10,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import detr_d2  # noqa: F401  (registers datasets)
 from detr_d2.data.datasets import (
+    ClassSlots,
     build_panoptic_metadata,
-    check_num_classes,
+    class_slots,
     load_panoptic_json,
     num_classes_from_metadata,
     register_panoptic_dataset,
@@ -244,18 +245,32 @@ def test_missing_metadata_is_detected():
     )
 
 
-def test_check_num_classes_messages():
+def test_class_slots_check_num_classes_with_messages():
     name = _name("nc")
     cats = [{"id": 5, "name": "a", "isthing": 1}, {"id": 9, "name": "b", "isthing": 0}]
     register_panoptic_dataset(name, "i", "p", "p.json", categories=cats)
-    check_num_classes(2, [name])
+    assert class_slots(2, "contiguous", [name]) == ClassSlots(2, [True, False])
+    assert class_slots(0, "contiguous", [name]).num_slots == 2  # 0 = derive from the metadata
     with pytest.raises(
-        ValueError, match=r"NUM_CLASSES is 133 but dataset .* has 2 classes.*NUM_CLASSES 2"
+        ValueError, match=r"NUM_CLASSES = 133 but dataset .* has 2 classes.*NUM_CLASSES 2"
     ):
-        check_num_classes(133, [name])
-    check_num_classes(10, [name], class_slots="dataset_id")
-    with pytest.raises(ValueError, match="must be > 9"):
-        check_num_classes(9, [name], class_slots="dataset_id")
+        class_slots(133, "contiguous", [name])
+    slots = class_slots(10, "dataset_id", [name])
+    assert slots.label_map == [-1] * 5 + [0] + [-1] * 3 + [1] and slots.num_slots == 10
+    with pytest.raises(ValueError, match="has category id 9 .* need at least 10"):
+        class_slots(9, "dataset_id", [name])
+    with pytest.raises(ValueError, match="CLASS_SLOTS must be"):
+        class_slots(2, "dataset", [name])
+
+
+def test_class_slots_checks_every_dataset():
+    """All datasets of DATASETS.TRAIN/TEST with panoptic metadata must share the model's classes."""
+    a, b = _name("nc_a"), _name("nc_b")
+    register_panoptic_dataset(a, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 1}])
+    register_panoptic_dataset(b, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 0}])
+    with pytest.raises(ValueError, match="have different classes"):
+        class_slots(1, "contiguous", [a, "no_metadata_here", b])
+    assert class_slots(1, "contiguous", [a, a]).num_slots == 1
 
 
 def test_ensure_coco_panoptic_registers_only_missing_names(monkeypatch, tmp_path):

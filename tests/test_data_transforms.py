@@ -57,7 +57,7 @@ def test_detr_resize_without_cap_and_noop_when_short_side_matches():
     assert (tfm.new_h, tfm.new_w) == (800, 1066)
 
 
-@pytest.mark.parametrize("rounding, expected", [("detr", (800, 1066)), ("d2", (800, 1067))])
+@pytest.mark.parametrize("rounding, expected", [("truncate", (800, 1066)), ("round", (800, 1067))])
 def test_test_augmentation_uses_min_size_test_and_rounding(rounding, expected):
     cfg = _cfg(RESIZE_ROUNDING=rounding, MIN_SIZE_TEST=800, MAX_SIZE_TEST=1333)
     shape, _ = _apply(build_detr_test_augmentation(cfg), 480, 640)
@@ -70,11 +70,12 @@ def test_crop_branch_resize_crop_resize_with_sizes_in_range():
         MIN_SIZE_TRAIN=(64,),
         MAX_SIZE_TRAIN=1000,
         MIN_SIZE_TRAIN_SAMPLING="choice",
-        DETR_CROP__PROB=1.0,
-        DETR_CROP__RESIZE_SHORT=(100,),
-        DETR_CROP__MIN_SIZE=40,
-        DETR_CROP__MAX_SIZE=60,
-        RESIZE_ROUNDING="detr",
+        CROP__ENABLED=True,
+        CROP__TYPE="absolute_range",
+        CROP__PROB=1.0,
+        CROP__RESIZE_SHORT_EDGE=(100,),
+        CROP__SIZE=(40, 60),
+        RESIZE_ROUNDING="truncate",
     )
     np.random.seed(0)
     crop_sizes = set()
@@ -96,11 +97,12 @@ def test_crop_branch_probability_and_flip():
         MIN_SIZE_TRAIN=(64,),
         MAX_SIZE_TRAIN=1000,
         MIN_SIZE_TRAIN_SAMPLING="choice",
-        DETR_CROP__RESIZE_SHORT=(100,),
-        DETR_CROP__MIN_SIZE=40,
-        DETR_CROP__MAX_SIZE=60,
+        CROP__ENABLED=True,
+        CROP__TYPE="absolute_range",
+        CROP__RESIZE_SHORT_EDGE=(100,),
+        CROP__SIZE=(40, 60),
     )
-    assert cfg.INPUT.DETR_CROP.PROB == 0.5 and cfg.INPUT.RANDOM_FLIP == "horizontal"
+    assert cfg.INPUT.CROP.PROB == 0.5 and cfg.INPUT.RANDOM_FLIP == "horizontal"
     augs = build_detr_train_augmentation(cfg)
     np.random.seed(1)
     n, crops, flips = 400, 0, 0
@@ -117,7 +119,7 @@ def test_multiscale_range_sampling_and_disabled_crop():
         MIN_SIZE_TRAIN=(48, 80),
         MIN_SIZE_TRAIN_SAMPLING="range",
         MAX_SIZE_TRAIN=1000,
-        DETR_CROP__ENABLED=False,
+        CROP__ENABLED=False,
     )
     augs = build_detr_train_augmentation(cfg)
     assert len(augs) == 1
@@ -129,5 +131,14 @@ def test_multiscale_range_sampling_and_disabled_crop():
 def test_bad_config_values_raise():
     with pytest.raises(ValueError, match="RESIZE_ROUNDING"):
         build_detr_test_augmentation(_cfg(RESIZE_ROUNDING="nearest"))
-    with pytest.raises(ValueError, match="MIN_SIZE <= MAX_SIZE"):
-        build_detr_train_augmentation(_cfg(DETR_CROP__MIN_SIZE=700, DETR_CROP__MAX_SIZE=600))
+    with pytest.raises(ValueError, match=r"INPUT.CROP.SIZE must be \(min, max\) with 0 < min <= max"):
+        build_detr_train_augmentation(_cfg(CROP__ENABLED=True, CROP__TYPE="absolute_range", CROP__SIZE=(700, 600)))
+
+
+def test_detectron2_crop_types_are_honoured():
+    """INPUT.CROP.TYPE/SIZE go to Detectron2's RandomCrop as they are (e.g. relative)."""
+    cfg = _cfg(RANDOM_FLIP="none", MIN_SIZE_TRAIN=(64,), CROP__ENABLED=True, CROP__PROB=1.0,
+               CROP__TYPE="relative", CROP__SIZE=(0.5, 0.5), CROP__RESIZE_SHORT_EDGE=(100,))
+    _, tfms = _apply(build_detr_train_augmentation(cfg), 80, 120)
+    crop = [t for t in tfms.transforms if isinstance(t, CropTransform)][0]
+    assert (crop.h, crop.w) == (50, 75)

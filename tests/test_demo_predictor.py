@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detr_d2.data.datasets import register_panoptic_dataset
+from tests.utils.scripts import load_script
 
 NAME = "_detr_test_coco_sample_demo"
 
@@ -29,7 +30,7 @@ def sample_cfg(tmp_path_factory):
     cfg.DATASETS.TEST = (NAME,)
     cfg.INPUT.MIN_SIZE_TEST = 160
     cfg.INPUT.MAX_SIZE_TEST = 320
-    cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD = 0.0  # a random model: keep every query so segments exist
+    cfg.TEST.OBJECT_MASK_THRESHOLD = 0.0  # a random model: keep every query so segments exist
     torch.manual_seed(0)
     from detectron2.modeling import build_model
 
@@ -59,10 +60,7 @@ def test_predictor_outputs_at_image_size(sample_cfg):
 
 
 def test_demo_writes_overlays_grid_and_panoptic_png_json(sample_cfg, tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import demo
+    demo = load_script("demo")
 
     _, cfg_path = sample_cfg
     inputs = tmp_path / "in"
@@ -95,10 +93,7 @@ def test_demo_writes_overlays_grid_and_panoptic_png_json(sample_cfg, tmp_path):
 
 
 def test_demo_bad_input(sample_cfg, tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import demo
+    demo = load_script("demo")
 
     _, cfg_path = sample_cfg
     with pytest.raises(FileNotFoundError, match="no_such.jpg"):

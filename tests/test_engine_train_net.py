@@ -47,7 +47,7 @@ def _cfg(out_dir, max_iter=4, period=2):
     cfg.INPUT.MAX_SIZE_TRAIN = 64
     cfg.INPUT.MIN_SIZE_TEST = 64
     cfg.INPUT.MAX_SIZE_TEST = 64
-    cfg.INPUT.DETR_CROP.ENABLED = False
+    cfg.INPUT.CROP.ENABLED = False
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.STEPS = (max_iter - 1,)
@@ -115,7 +115,7 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
     cfg.TEST.PANOPTIC_EVAL_WORKERS = 0
     evaluator = DetrTrainer.build_evaluator(cfg, VAL)
     assert isinstance(evaluator, FastCOCOPanopticEvaluator) and evaluator._num_workers == 0
-    cfg.TEST.PANOPTIC_EVALUATOR = "d2"
+    cfg.TEST.PANOPTIC_EVALUATOR = "panopticapi"
     assert isinstance(DetrTrainer.build_evaluator(cfg, VAL), COCOPanopticEvaluatorWithPerClass)
 
 

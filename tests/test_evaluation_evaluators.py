@@ -18,8 +18,8 @@ from detr_d2.evaluation import (
     FastCOCOPanopticEvaluator,
     build_panoptic_evaluator,
 )
-from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids
-from detr_d2.evaluation.synthetic_panoptic import perturb_prediction
+from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
+from tests.utils.synthetic_panoptic import perturb_prediction
 from test_evaluation_support import (
     COCO_SAMPLE_JSON,
     COCO_SAMPLE_PNGS,
@@ -53,7 +53,7 @@ def _perturbed_outputs(dataset_name, gt_json, png_root, rng, ops=None, category_
     category_ids = category_ids or [c["id"] for c in gt["categories"]]
     inputs, outputs = [], []
     for ann in gt["annotations"]:
-        gt_map = read_panoptic_png_ids(os.path.join(png_root, ann["file_name"]))
+        gt_map = read_panoptic_ids(os.path.join(png_root, ann["file_name"]))
         pred, segments = perturb_prediction(gt_map, ann["segments_info"], category_ids, rng, ops)
         inputs.append({"file_name": os.path.splitext(ann["file_name"])[0] + ".jpg", "image_id": ann["image_id"]})
         outputs.append(contiguous_output(pred, segments, metadata))
@@ -196,7 +196,7 @@ def test_write_predictions_round_trip(tmp_path):
     assert len(written["categories"]) == 133
     for x, y, ann in zip(inputs, outputs, written["annotations"]):
         assert ann["file_name"] == os.path.splitext(os.path.basename(x["file_name"]))[0] + ".png"
-        ids = read_panoptic_png_ids(str(tmp_path / "predictions" / ann["file_name"]))
+        ids = read_panoptic_ids(str(tmp_path / "predictions" / ann["file_name"]))
         assert np.array_equal(ids, y["panoptic_seg"][0].numpy())
         assert {s["id"] for s in ann["segments_info"]} == set(np.unique(ids).tolist()) - {0}
     ref = quiet_pq_compute(COCO_SAMPLE_JSON, str(tmp_path / "predictions.json"))  # default folder
@@ -245,9 +245,9 @@ def test_evaluator_errors_name_the_problem(tmp_path):
         evaluator.process(inputs[:1], [{"panoptic_seg": (ids, bad)}])
     with pytest.raises(ValueError, match="unknown panoptic evaluator 'slow'"):
         build_panoptic_evaluator("slow", name)
-    assert isinstance(build_panoptic_evaluator("fast", name), FastCOCOPanopticEvaluator)
-    assert build_panoptic_evaluator("fast", name, num_workers=0)._num_workers == 0
-    assert isinstance(build_panoptic_evaluator("d2", name), COCOPanopticEvaluatorWithPerClass)
+    assert isinstance(build_panoptic_evaluator("in_process", name), FastCOCOPanopticEvaluator)
+    assert build_panoptic_evaluator("in_process", name, num_workers=0)._num_workers == 0
+    assert isinstance(build_panoptic_evaluator("panopticapi", name), COCOPanopticEvaluatorWithPerClass)
     MetadataCatalog.get(f"detr_d2_test_eval_nometa_{uuid.uuid4().hex}").set(
         thing_dataset_id_to_contiguous_id={}, stuff_dataset_id_to_contiguous_id={})
     with pytest.raises(ValueError, match="metadata has no 'panoptic_json'"):

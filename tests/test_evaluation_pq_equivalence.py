@@ -10,33 +10,32 @@ from panopticapi.evaluation import PQStat, pq_compute_single_core
 from panopticapi.utils import rgb2id
 from PIL import Image
 
+from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
 from detr_d2.evaluation.panoptic_quality import (
     PQStats,
     RunLengthIdMap,
     categories_by_id,
     image_pq_stats,
     pair_intersections,
-    read_panoptic_png_ids,
     summarize_pq_stats,
 )
-from detr_d2.evaluation.synthetic_panoptic import (
+from tests.utils.synthetic_panoptic import (
     PERTURBATIONS,
     make_synthetic_panoptic_gt,
     perturb_prediction,
-    write_panoptic_png,
 )
 from test_evaluation_support import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 
 
 def _ours(gt_path, gt_segments, pred_map, pred_segments, categories, image_id=0) -> PQStats:
-    gt = RunLengthIdMap.from_id_map(read_panoptic_png_ids(gt_path))
+    gt = RunLengthIdMap.from_id_map(read_panoptic_ids(gt_path))
     gt_ids, pred_ids, counts = pair_intersections(gt, pred_map)
     return image_pq_stats(gt_ids, pred_ids, counts, gt_segments, pred_segments, categories, image_id)
 
 
 def _panopticapi(gt_ann, gt_folder, pred_map, pred_segments, categories, tmp_path) -> PQStats:
     """panopticapi's statistics for one image, through its PNG + JSON round trip."""
-    write_panoptic_png(os.path.join(tmp_path, "pred.png"), pred_map)
+    save_panoptic_png(os.path.join(tmp_path, "pred.png"), pred_map)
     pred_ann = json.loads(json.dumps({"image_id": gt_ann["image_id"], "file_name": "pred.png",
                                       "segments_info": pred_segments}))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -57,7 +56,7 @@ def test_png_reader_equals_rgb2id():
     gt, _ = coco_sample()
     for ann in gt["annotations"]:
         path = os.path.join(COCO_SAMPLE_PNGS, ann["file_name"])
-        ours = read_panoptic_png_ids(path)
+        ours = read_panoptic_ids(path)
         ref = rgb2id(np.array(Image.open(path), dtype=np.uint32))
         assert ours.dtype == np.uint32 and np.array_equal(ours, ref)
         rle = RunLengthIdMap.from_id_map(ours)
@@ -90,7 +89,7 @@ def test_perturbed_coco_sample_equals_panopticapi(tmp_path, ops):
     for trial in range(12):
         ann = gt["annotations"][trial % 2]
         path = os.path.join(COCO_SAMPLE_PNGS, ann["file_name"])
-        pred, segments = perturb_prediction(read_panoptic_png_ids(path), ann["segments_info"],
+        pred, segments = perturb_prediction(read_panoptic_ids(path), ann["segments_info"],
                                             list(categories), rng, ops)
         ref = _panopticapi(ann, COCO_SAMPLE_PNGS, pred, segments, categories, tmp_path)
         ours = _ours(path, ann["segments_info"], pred, segments, categories)
@@ -109,7 +108,7 @@ def test_crowd_ignore_rule_is_exercised(tmp_path):
     categories = categories_by_id(gt["categories"])
     ann = gt["annotations"][0]
     path = os.path.join(COCO_SAMPLE_PNGS, ann["file_name"])
-    gt_map = read_panoptic_png_ids(path)
+    gt_map = read_panoptic_ids(path)
     crowd = next(s for s in ann["segments_info"] if s["iscrowd"])
     pred = np.zeros(gt_map.shape, np.int32)
     pred[gt_map == crowd["id"]] = 1
@@ -137,7 +136,7 @@ def test_synthetic_crowd_unlisted_and_absent_segments_equal_panopticapi(tmp_path
         if trial % 4 == 1:  # panopticapi takes GT areas from the JSON, even when they are off
             for segment in gt_segments:
                 segment["area"] = int(segment["area"] * 0.8) + 1
-        write_panoptic_png(str(gt_dir / "gt.png"), gt_map)
+        save_panoptic_png(str(gt_dir / "gt.png"), gt_map)
         ann = {"image_id": trial, "file_name": "gt.png", "segments_info": gt_segments}
         pred, segments = perturb_prediction(gt_map, gt_segments, list(categories), rng)
         ref = _panopticapi(ann, str(gt_dir), pred, segments, categories, tmp_path)
@@ -177,7 +176,7 @@ def test_prediction_consistency_errors_match_panopticapi():
     categories = categories_by_id(gt["categories"])
     ann = gt["annotations"][1]
     path = os.path.join(COCO_SAMPLE_PNGS, ann["file_name"])
-    pred = np.zeros(read_panoptic_png_ids(path).shape, np.int32)
+    pred = np.zeros(read_panoptic_ids(path).shape, np.int32)
     pred[:10] = 1
     pred[10:20] = 2
     with pytest.raises(KeyError, match="segment with ID 2 is presented in the prediction map"):
@@ -200,15 +199,15 @@ def test_rgba_and_palette_pngs_read_as_rgb(tmp_path):
     rgba = rng.integers(0, 256, (5, 7, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     ref = rgb2id(np.array(Image.open(tmp_path / "a.png"), dtype=np.uint32))
-    assert np.array_equal(read_panoptic_png_ids(str(tmp_path / "a.png")), ref)
+    assert np.array_equal(read_panoptic_ids(str(tmp_path / "a.png")), ref)
     palette = Image.fromarray(rgba[..., :3], "RGB").convert("P", palette=Image.ADAPTIVE, colors=6)
     palette.save(tmp_path / "p.png")
     expected = rgb2id(np.array(palette.convert("RGB"), dtype=np.uint32))
-    assert np.array_equal(read_panoptic_png_ids(str(tmp_path / "p.png")), expected)
+    assert np.array_equal(read_panoptic_ids(str(tmp_path / "p.png")), expected)
 
 
 def test_non_rgb_ground_truth_png_is_rejected(tmp_path):
     path = str(tmp_path / "gray.png")
     Image.fromarray(np.zeros((4, 5), np.uint8)).save(path)
-    with pytest.raises(ValueError, match="gray.png: expected an RGB panoptic PNG"):
-        read_panoptic_png_ids(path)
+    with pytest.raises(ValueError, match=r"gray.png \(pan_seg_file_name\): a panoptic PNG must be RGB"):
+        read_panoptic_ids(path)

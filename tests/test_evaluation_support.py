@@ -17,11 +17,10 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_panoptic
 
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
-from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids
-from detr_d2.evaluation.synthetic_panoptic import (
+from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
+from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
     write_panoptic_json,
-    write_panoptic_png,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +68,7 @@ def write_synthetic_dataset(root: str, rng: np.random.Generator, num_images: int
     for i in range(num_images):
         id_map, segments = make_synthetic_panoptic_gt(rng, height, width, categories, **gt_kwargs)
         file_name = f"{i:04d}.png"
-        write_panoptic_png(os.path.join(png_root, file_name), id_map)
+        save_panoptic_png(os.path.join(png_root, file_name), id_map)
         annotations.append({"image_id": 1000 + i, "file_name": file_name, "segments_info": segments})
     json_path = os.path.join(root, "panoptic.json")
     write_panoptic_json(json_path, annotations, categories)
@@ -101,7 +100,7 @@ class GroundTruthEchoModel(nn.Module):
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         outputs = []
         for x in batched_inputs:
-            ids = read_panoptic_png_ids(x["pan_seg_file_name"]).astype(np.int32)
+            ids = read_panoptic_ids(x["pan_seg_file_name"]).astype(np.int32)
             segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
                         for s in x["segments_info"]]
             outputs.append({"panoptic_seg": (torch.from_numpy(ids), segments)})

@@ -9,7 +9,7 @@ from PIL import Image
 from panopticapi.utils import id2rgb, rgb2id
 
 from detr_d2.modeling.panoptic_inference import _sampled_bilinear, panoptic_fusion, pil_nearest_indices
-from detr_d2.reference import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+from tests.utils.official_detr import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
 
 
 @pytest.mark.parametrize("size", [(64, 48), (800, 612), (1066, 500), (7, 25), (1199, 640), (5, 5)])

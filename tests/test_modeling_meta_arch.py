@@ -111,6 +111,9 @@ def test_frozen_weights_only_mask_head_trains(tmp_path):
     torch.save({"model": det.state_dict()}, path)
     cfg = tiny_detr_cfg()
     cfg.MODEL.DETR.FROZEN_WEIGHTS = str(path)
+    with pytest.raises(ValueError, match="set MODEL.DETR.DEEP_SUPERVISION False"):
+        build_model(cfg)  # the frozen decoder cannot learn from auxiliary losses: no silent override
+    cfg.MODEL.DETR.DEEP_SUPERVISION = False
     m = build_model(cfg)
     for k, v in det.state_dict().items():
         assert torch.equal(m.state_dict()[k], v), k
@@ -131,6 +134,7 @@ def test_frozen_weights_rejects_wrong_checkpoint(tmp_path):
     torch.save({"model": {"foo": torch.zeros(1)}}, path)
     cfg = tiny_detr_cfg()
     cfg.MODEL.DETR.FROZEN_WEIGHTS = str(path)
+    cfg.MODEL.DETR.DEEP_SUPERVISION = False
     with pytest.raises(ValueError, match="FROZEN_WEIGHTS.*missing keys"):
         build_model(cfg)
 
@@ -153,10 +157,14 @@ def test_batched_equals_single():
             for x in (a, b):
                 images, mask = model.preprocess_image([x])
                 raw_alone.append(model.forward_network(images.tensor, mask))
-            model.crop_padding = False
+            # DETR's published post-processor (no crop) on masks of the padded batch grid (batch invariance
+            # off: with it, each image's masks are computed on its own region and have no padding)
+            invariant, model.batch_invariant, model.crop_mask_padding = model.batch_invariant, None, False
             uncropped = model([a, b])
+            model.crop_mask_padding = True
+            cropped = model([a, b])
     finally:
-        model.crop_padding = True
+        model.batch_invariant, model.crop_mask_padding = invariant, True
         model.object_mask_threshold = 0.85
     for i, ra in enumerate(raw_alone):
         torch.testing.assert_close(raw_both["pred_logits"][i], ra["pred_logits"][0], atol=1e-4, rtol=1e-4)
@@ -168,13 +176,14 @@ def test_batched_equals_single():
         my, sy = y["panoptic_seg"]
         assert [s["category_id"] for s in sx] == [s["category_id"] for s in sy]
         assert (mx == my).float().mean().item() >= 0.999
-    # DETR's published post-processor (no crop) misaligns the padded images
+    # DETR's published post-processor (no crop) misaligns the padded images; cropping aligns them
     assert (uncropped[1]["panoptic_seg"][0] == alone[1]["panoptic_seg"][0]).float().mean() < 0.99
+    assert (uncropped[1]["panoptic_seg"][0] == cropped[1]["panoptic_seg"][0]).float().mean() < 0.99
 
 
 def test_batch_invariance_can_be_disabled():
     cfg = tiny_detr_cfg()
-    cfg.MODEL.DETR.BATCH_INVARIANT_BACKBONE = False
+    cfg.MODEL.DETR.BATCH_INVARIANT = False
     m = build_model(cfg).eval()
     a, b = make_input(64, 96, 0, seed=1), make_input(97, 45, 0, seed=2)
     with torch.no_grad():
@@ -271,8 +280,8 @@ def test_dataset_id_slots_map_back_to_contiguous():
 
 def test_instances_and_sem_seg_outputs():
     cfg = tiny_detr_cfg()
-    cfg.MODEL.DETR.TEST.INSTANCE_ON = True
-    cfg.MODEL.DETR.TEST.SEMANTIC_ON = True
+    cfg.TEST.INSTANCE_ON = True
+    cfg.TEST.SEMANTIC_ON = True
     m = build_model(cfg).eval()
     with torch.no_grad():
         (r,) = m([{"image": torch.zeros(3, 40, 60, dtype=torch.uint8), "height": 80, "width": 120}])

@@ -18,8 +18,8 @@ def test_config_defaults_and_registries():
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
     assert cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100 and cfg.MODEL.DETR.HIDDEN_DIM == 256
-    assert cfg.MODEL.DETR.TEST.OBJECT_MASK_THRESHOLD == 0.85 and cfg.MODEL.DETR.PRE_NORM is False
-    assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1 and cfg.TEST.PANOPTIC_EVALUATOR == "fast"
+    assert cfg.TEST.OBJECT_MASK_THRESHOLD == 0.85 and cfg.MODEL.DETR.PRE_NORM is False
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1 and cfg.TEST.PANOPTIC_EVALUATOR == "in_process"
     for name in os.listdir(os.path.join(ROOT, "configs")) + [
         os.path.join("coco_panoptic", f) for f in os.listdir(os.path.join(ROOT, "configs", "coco_panoptic"))
     ] + [os.path.join("quickstart", f) for f in os.listdir(os.path.join(ROOT, "configs", "quickstart"))]:

@@ -1,4 +1,4 @@
-"""The reference oracle (detr_d2.reference) against the facts document: official state-dict layout,
+"""The reference oracle (tests.utils.official_detr) against the facts document: official state-dict layout,
 input pipeline, and each numerically delicate block recomputed independently from its description."""
 
 import math
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import COCO_SAMPLE
-from detr_d2.reference import (
+from tests.utils.official_detr import (
     FrozenBatchNorm2d,
     NestedTensor,
     OfficialDETRsegm,
@@ -23,7 +23,7 @@ from detr_d2.reference import (
     official_state_dict_template,
     randomize_frozen_batchnorm_,
 )
-from detr_d2.reference.official_detr import MaskHeadSmallConv, MHAttentionMap, PositionEmbeddingSine, Transformer
+from tests.utils.official_detr.model import MaskHeadSmallConv, MHAttentionMap, PositionEmbeddingSine, Transformer
 
 SAMPLE_IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 640x427 (WxH)
 

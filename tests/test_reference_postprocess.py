@@ -1,9 +1,9 @@
-"""DETR's PostProcessPanoptic as re-implemented in detr_d2.reference, on hand-built outputs whose
+"""DETR's PostProcessPanoptic as re-implemented in tests.utils.official_detr, on hand-built outputs whose
 result follows from the facts document (section 5) step by step."""
 
 import torch
 
-from detr_d2.reference import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+from tests.utils.official_detr import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
 
 NUM_LOGITS = 251  # 250 slots (COCO panoptic ids) + no-object
 

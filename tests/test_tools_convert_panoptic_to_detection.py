@@ -161,14 +161,25 @@ def test_segment_missing_from_png_is_skipped_and_counted(pan_copy):
     assert report.segments == 43 and report.dropped == [(142238, 99, 1, "id not in the PNG")]
 
 
-@pytest.mark.parametrize("mode, word", [("L", "grayscale"), ("RGBA", "alpha")])
-def test_non_rgb_png_is_an_error(pan_copy, mode, word):
+def test_grayscale_png_is_an_error(pan_copy):
     data, root, json_path = pan_copy
     png = root / "000000439180.png"
-    Image.open(png).convert(mode).save(png)
-    with pytest.raises(ValueError, match=word) as e:
+    Image.open(png).convert("L").save(png)
+    with pytest.raises(ValueError, match="grayscale") as e:
         _convert(data, root, json_path)
     assert str(png) in str(e.value)
+
+
+def test_rgba_png_converts_like_its_rgb(pan_copy):
+    """The one panoptic PNG reader ignores alpha, as panopticapi's rgb2id(np.array(Image.open(png)))."""
+    data, root, json_path = pan_copy
+    _convert(data, root, json_path)
+    expected = (json_path.parent / "out.json").read_text()
+    os.remove(json_path.parent / "out.json")
+    png = root / "000000439180.png"
+    Image.open(png).convert("RGBA").save(png)
+    _convert(data, root, json_path)
+    assert (json_path.parent / "out.json").read_text() == expected
 
 
 def test_missing_png_unknown_category_malformed_json_and_overwrite(pan_copy):

@@ -41,23 +41,20 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from detectron2.data.datasets import register_coco_panoptic
+from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, inference_on_dataset
 
-from detectron2.data.datasets import register_coco_panoptic  # noqa: E402
-from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, inference_on_dataset  # noqa: E402
-
-from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata  # noqa: E402
-from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator  # noqa: E402
-from detr_d2.evaluation.panoptic_predictions import encode_panoptic_png  # noqa: E402
-from detr_d2.evaluation.panoptic_quality import read_panoptic_png_ids  # noqa: E402
-from detr_d2.evaluation.synthetic_panoptic import (  # noqa: E402
+import benchmark_utils  # noqa: F401  (puts the checkout on sys.path for tests.utils)
+from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
+from detr_d2.data.panoptic_io import encode_panoptic_png, read_panoptic_ids
+from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator
+from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
     perturb_prediction,
-    write_panoptic_png,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +115,7 @@ class BenchmarkSet:
         self.inputs, self.outputs = [], []
         for i, (gt_map, segments) in enumerate(tqdm(gt, desc=f"preparing {title}", leave=False)):
             file_name = f"{i:06d}.png"
-            write_panoptic_png(os.path.join(self.gt_dir, file_name), gt_map)
+            save_panoptic_png(os.path.join(self.gt_dir, file_name), gt_map)
             images.append({"id": i, "file_name": f"{i:06d}.jpg", "height": gt_map.shape[0],
                            "width": gt_map.shape[1]})
             gt_anns.append({"image_id": i, "file_name": file_name, "segments_info": segments})
@@ -145,7 +142,7 @@ class BenchmarkSet:
 def coco_sample_set(root: str, copies: int, rng: np.random.Generator) -> BenchmarkSet:
     with open(os.path.join(COCO_SAMPLE, "panoptic_examples.json")) as f:
         sample = json.load(f)
-    maps = [read_panoptic_png_ids(os.path.join(COCO_SAMPLE, "panoptic_examples", a["file_name"]))
+    maps = [read_panoptic_ids(os.path.join(COCO_SAMPLE, "panoptic_examples", a["file_name"]))
             for a in sample["annotations"]]
     gt = [(maps[j], sample["annotations"][j]["segments_info"]) for _ in range(copies) for j in range(len(maps))]
     return BenchmarkSet(os.path.join(root, "coco"), "coco_sample", gt, sample["categories"], rng)

@@ -2,7 +2,7 @@
 """Inference benchmark: detr_d2's ``DetrPanoptic`` against the official DETR panoptic model.
 
 Both networks carry the *same* random weights: the reference re-implementation of the official
-``DETRsegm`` (``detr_d2.reference``, official parameter names, frozen BN with random statistics) is
+``DETRsegm`` (``tests.utils.official_detr``, official parameter names, frozen BN with random statistics) is
 built first, its state dict is converted with ``detr_d2.checkpoint.convert_official_detr`` (all 251
 class logits kept: ``MODEL.DETR.CLASS_SLOTS dataset_id``) and loaded strictly into ours, and the raw
 outputs of the two are checked to agree.
@@ -37,23 +37,13 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmark_utils import hw_size  # also puts the checkout on sys.path for the test oracle
 
 STAGES = ("preprocess", "backbone", "transformer", "mask head", "postprocess", "other")
 NETWORK_STAGES = ("backbone", "transformer", "mask head")
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 NUM_OFFICIAL_SLOTS = 250  # official classifier: 250 dataset-id slots + no-object
-
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 800x1199), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return h, w
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -66,9 +56,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="untimed passes per batch size and model (default 1); the first one also counts "
                         "FLOPs and peak memory, so it must be >= 1 unless --flops off")
     p.add_argument("--iters", type=int, default=1, help="timed passes per batch size and model (default 1)")
-    p.add_argument("--input-size", type=_size, default=(800, 1199),
+    p.add_argument("--input-size", type=hw_size(), default=(800, 1199),
                    help="network input HxW (default 800x1199: a 427x640 COCO image resized to short side 800)")
-    p.add_argument("--output-size", type=_size, default=(427, 640),
+    p.add_argument("--output-size", type=hw_size(), default=(427, 640),
                    help="panoptic output HxW (the original image size, default 427x640)")
     p.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101), help="ResNet depth (default 50)")
     p.add_argument("--hidden-dim", type=int, default=256)
@@ -107,7 +97,7 @@ def build_models(args: argparse.Namespace, device):
 
     import detr_d2
     from detr_d2.checkpoint import convert_official_detr
-    from detr_d2.reference import build_official_detr, randomize_frozen_batchnorm_
+    from tests.utils.official_detr import build_official_detr, randomize_frozen_batchnorm_
 
     torch.manual_seed(args.seed)
     ref = build_official_detr(
@@ -205,7 +195,7 @@ class OfficialPipeline:
         return self.model(samples)
 
     def __call__(self, batched_inputs: List[Dict]):
-        from detr_d2.reference import nested_tensor_from_tensor_list
+        from tests.utils.official_detr import nested_tensor_from_tensor_list
 
         stage = self._timer.stage if self._timer is not None else (lambda _: contextlib.nullcontext())
         with stage("preprocess"):
@@ -248,7 +238,7 @@ class PipelineRunner:
         self.outputs: Optional[Dict] = None
 
     def __enter__(self) -> "PipelineRunner":
-        from detr_d2.utils.profiling import StageTimer, patch_method
+        from benchmark_utils import StageTimer, patch_method
 
         self.timer = StageTimer(self.device)
         self.pipeline.instrument(self.timer)
@@ -264,7 +254,7 @@ class PipelineRunner:
         self.timer.remove()
 
     def run_pass(self, record: bool = False, measure: bool = False) -> None:
-        from detr_d2.utils.profiling import PeakMemory, patch_method
+        from benchmark_utils import PeakMemory, patch_method
 
         measuring = None
         if measure:  # around the network call only: its peak memory and FLOPs per stage
@@ -284,7 +274,7 @@ class PipelineRunner:
                 self.flops = flop_meter.result
 
     def times(self) -> Dict[str, float]:
-        from detr_d2.utils.profiling import summarize_iterations
+        from benchmark_utils import summarize_iterations
 
         return summarize_iterations(self.timer.history)
 
@@ -322,7 +312,7 @@ class _TorchFlopStages:
     def __enter__(self):
         from torch.utils.flop_counter import FlopCounterMode
 
-        from detr_d2.utils.profiling import StageTimer
+        from benchmark_utils import StageTimer
 
         self._counter = FlopCounterMode(display=False)
         self._meter = StageTimer("cpu", clock=lambda: float(self._counter.get_total_flops()))
@@ -346,7 +336,7 @@ def fvcore_stage_flops(pipeline, batch: List[Dict], device) -> Tuple[Dict[str, f
     from fvcore.nn import FlopCountAnalysis
     from torch import nn
 
-    from detr_d2.reference import NestedTensor
+    from tests.utils.official_detr import NestedTensor
 
     is_ours = isinstance(pipeline, OursPipeline)
 
@@ -368,7 +358,7 @@ def fvcore_stage_flops(pipeline, batch: List[Dict], device) -> Tuple[Dict[str, f
     else:
         mean = torch.tensor(IMAGENET_MEAN_RGB, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD_RGB, device=device).view(3, 1, 1)
-        from detr_d2.reference import nested_tensor_from_tensor_list
+        from tests.utils.official_detr import nested_tensor_from_tensor_list
 
         nt = nested_tensor_from_tensor_list([(x["image"].to(device).float() / 255 - mean) / std for x in batch])
         inputs = (nt.tensors, nt.mask)
@@ -437,7 +427,7 @@ def compare_panoptic(ours_result: Tuple, official_result: Dict, slot_of_contiguo
     whether both list the same categories (dataset ids) in the same order."""
     import numpy as np
 
-    from detr_d2.reference import decode_panoptic_png
+    from tests.utils.official_detr import decode_panoptic_png
 
     ids, info = ours_result
     ref_ids = decode_panoptic_png(official_result["png_string"])
@@ -455,7 +445,7 @@ def time_postprocessing(model, postprocessor, outputs: Dict, input_size, output_
     after one untimed call each; plus kept/segment counts and the agreement of the two results."""
     import torch
 
-    from detr_d2.utils.profiling import synchronize
+    from benchmark_utils import synchronize
 
     outputs = {k: v[:1].to(device) for k, v in outputs.items() if k in ("pred_logits", "pred_masks", "pred_boxes")}
     inputs = [{"height": output_size[0], "width": output_size[1]}]
@@ -500,7 +490,7 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_inference_table(batch: int, args, ours: Dict[str, float], official: Dict[str, float]) -> None:
-    from detr_d2.utils.profiling import format_table
+    from benchmark_utils import format_table
 
     rows = [[s, _ms(ours.get(s, 0.0) / batch), _ms(official.get(s, 0.0) / batch), _ratio(ours.get(s, 0.0), official.get(s, 0.0))]
             for s in STAGES]
@@ -515,7 +505,7 @@ def print_inference_table(batch: int, args, ours: Dict[str, float], official: Di
 
 def print_flops_table(batch: int, counter: str, ours: Dict[str, float], official: Dict[str, float],
                       peaks: Tuple[Optional[int], Optional[int]]) -> bool:
-    from detr_d2.utils.profiling import format_table
+    from benchmark_utils import format_table
 
     unit = "GFLOPs (torch: 2 per multiply-add)" if counter == "torch" else "GFLOPs (fvcore: 1 per multiply-add)"
     rows = []
@@ -536,8 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from detr_d2.reference import PostProcessPanoptic, official_is_thing_map
-    from detr_d2.utils.profiling import format_table, print_contention_note, setup_benchmark_device
+    from tests.utils.official_detr import PostProcessPanoptic, official_is_thing_map
+    from benchmark_utils import format_table, print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:

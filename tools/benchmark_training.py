@@ -29,19 +29,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmark_utils import hw_size  # also puts the checkout on sys.path for the test oracle
 
 STAGES = ("forward", "loss", "backward", "optimizer", "other")
-
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x256), got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"images must be at least 32x32 (one res5 cell), got {text!r}")
-    return h, w
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,7 +43,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per setting (default 1)")
     p.add_argument("--iters", type=int, default=3, help="timed iterations per setting (default 3)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--image-size", type=_size, default=(256, 256), help="HxW of every image (default 256x256)")
+    p.add_argument("--image-size", type=hw_size(32), default=(256, 256), help="HxW of every image (default 256x256)")
     p.add_argument("--segments", type=int, default=6, help="thing segments per image (plus 2 stuff bands)")
     p.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101), help="ResNet depth (default 50)")
     p.add_argument("--hidden-dim", type=int, default=256)
@@ -156,7 +146,7 @@ class TrainRunner:
         self.iteration = 0
 
     def __enter__(self) -> "TrainRunner":
-        from detr_d2.utils.profiling import StageTimer
+        from benchmark_utils import StageTimer
 
         self.timer = StageTimer(self.device)
         self.timer.wrap_method(self.model, "preprocess_image", "forward")
@@ -194,7 +184,7 @@ class TrainRunner:
         self.iteration += 1
 
     def times(self) -> Dict[str, float]:
-        from detr_d2.utils.profiling import summarize_iterations
+        from benchmark_utils import summarize_iterations
 
         return summarize_iterations(self.timer.history)
 
@@ -221,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from detr_d2.utils.profiling import format_table, print_contention_note, setup_benchmark_device
+    from benchmark_utils import format_table, print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:

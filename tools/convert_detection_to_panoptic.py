@@ -16,17 +16,14 @@ Example (the COCO sample shipped with the tests)::
 """
 
 import argparse
-import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
+from detr_d2.utils.cli import run_tool, tool_parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    p = tool_parser(__doc__)
     p.add_argument(
         "--detection-json",
         required=True,
@@ -58,30 +55,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed of the colour jitter of thing ids (default 0)"
     )
     p.add_argument("--workers", type=int, default=1, help="processes writing PNGs (default 1)")
-    return p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    report = convert_detection_to_panoptic(
+        args.detection_json,
+        args.categories_json,
+        args.output_json,
+        args.output_root,
+        overlap=args.overlap,
+        id_scheme=args.id_scheme,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    print(f"{report.summary()}\nwrote {args.output_json} and PNGs in {args.output_root}")
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
-
-    try:
-        report = convert_detection_to_panoptic(
-            args.detection_json,
-            args.categories_json,
-            args.output_json,
-            args.output_root,
-            overlap=args.overlap,
-            id_scheme=args.id_scheme,
-            seed=args.seed,
-            workers=args.workers,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{report.summary()}\nwrote {args.output_json} and PNGs in {args.output_root}")
-    return 0
+    return run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

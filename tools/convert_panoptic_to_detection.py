@@ -14,17 +14,14 @@ Example (the COCO sample shipped with the tests)::
 """
 
 import argparse
-import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detr_d2.data.panoptic_conversion import convert_panoptic_to_detection
+from detr_d2.utils.cli import run_tool, tool_parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    p = tool_parser(__doc__)
     p.add_argument(
         "--panoptic-json",
         required=True,
@@ -34,27 +31,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-json", required=True, help="instances JSON to write")
     p.add_argument("--include-stuff", action="store_true", help="export stuff segments too")
     p.add_argument("--workers", type=int, default=1, help="processes reading PNGs (default 1)")
-    return p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    report = convert_panoptic_to_detection(
+        args.panoptic_json,
+        args.panoptic_root,
+        args.output_json,
+        include_stuff=args.include_stuff,
+        workers=args.workers,
+    )
+    print(f"{report.summary()}\nwrote {args.output_json}")
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from detr_d2.data.panoptic_conversion import convert_panoptic_to_detection
-
-    try:
-        report = convert_panoptic_to_detection(
-            args.panoptic_json,
-            args.panoptic_root,
-            args.output_json,
-            include_stuff=args.include_stuff,
-            workers=args.workers,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{report.summary()}\nwrote {args.output_json}")
-    return 0
+    return run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,22 @@ import glob
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import cv2
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import detr_d2
+from detr_d2.predictor import DetrPanopticPredictor, panoptic_to_coco, write_panoptic_png_json
+from detr_d2.utils.cli import run_tool, tool_parser
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = tool_parser(__doc__)
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--input", nargs="+", required=True, help="image files, directories or quoted globs")
     p.add_argument("--output", required=True, help="output directory (created; inputs are never overwritten)")
@@ -67,14 +71,7 @@ def query_mask_grid(raw, num: int, cell: int = 160) -> np.ndarray:
     return grid
 
 
-def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
-    import detr_d2
-    from detectron2.config import get_cfg
-    from detectron2.utils.visualizer import ColorMode, Visualizer
-
-    from detr_d2.predictor import DetrPanopticPredictor, panoptic_to_coco, write_panoptic_png_json
-
+def run(args: argparse.Namespace) -> int:
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -107,13 +104,17 @@ def main(argv=None) -> int:
         if args.save_query_masks and "pred_masks" in raw:
             cv2.imwrite(os.path.join(out_dir, f"{stem}_queries.jpg"), query_mask_grid(raw, args.num_query_masks))
         if args.save_panoptic and "panoptic_seg" in pred:
-            rgb, coco_segs = panoptic_to_coco(ids, segs, meta)
-            pngs[f"{stem}.png"] = rgb
+            id_map, coco_segs = panoptic_to_coco(pred["panoptic_seg"], meta)
+            pngs[f"{stem}.png"] = id_map
             annotations.append({"image_id": stem, "file_name": f"{stem}.png", "segments_info": coco_segs})
     if args.save_panoptic and annotations:
         write_panoptic_png_json(annotations, os.path.join(out_dir, "panoptic"), os.path.join(out_dir, "predictions.json"), meta, pngs)
     print(f"wrote {len(files)} overlay(s) to {out_dir}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

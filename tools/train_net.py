@@ -6,14 +6,9 @@
     python tools/train_net.py --config-file <yaml> --num-gpus 8            # multi-GPU via launch
     python tools/train_net.py --config-file <yaml> --resume                # continue from last_checkpoint
 """
-import os
-import sys
+from detectron2.engine import default_argument_parser, launch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-
-from detr_d2.engine import main  # noqa: E402
+from detr_d2.engine import main
 
 
 def cli(argv=None) -> None:

@@ -13,12 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["d2_checkpoint", "extract_state_dict", "load_torch_file", "write_atomically"]
+from ..utils.atomic_io import atomic_write
+
+__all__ = [
+    "check_output_path",
+    "d2_checkpoint",
+    "extract_state_dict",
+    "load_state_dict_file",
+    "load_torch_file",
+    "write_atomically",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,24 @@ def extract_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
+def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
+    """The weights of a checkpoint file as ``{name: tensor}``: a Detectron2 model-zoo ``.pkl`` (pickle of
+    ``{"model": numpy arrays}``) or a ``.pth`` read by :func:`load_torch_file` (``checkpoint["model"]`` or a
+    flat state dict). Errors name ``path``."""
+    if path.endswith(".pkl"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        try:
+            with open(path, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")
+        except Exception as e:
+            raise ValueError(f"{path}: cannot be read as a Detectron2 .pkl checkpoint ({type(e).__name__}: {e})") from e
+        if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+            obj = {"model": {k: torch.as_tensor(v) for k, v in obj["model"].items()}}
+        return extract_state_dict(obj, path)
+    return extract_state_dict(load_torch_file(path), path)
+
+
 def d2_checkpoint(model: Dict[str, Any], *, author: str, matching_heuristics: bool) -> Dict[str, Any]:
     """The dict ``DetectionCheckpointer`` expects: ``{"model", "__author__", "matching_heuristics"}``.
 
@@ -84,38 +110,35 @@ def d2_checkpoint(model: Dict[str, Any], *, author: str, matching_heuristics: bo
     return {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
 
 
-def write_atomically(
-    obj: Any, output: str, *, source: Optional[str] = None, overwrite: bool = False, use_pickle: bool = False
-) -> None:
-    """Write ``obj`` to ``output`` via a temporary file in the same folder + ``os.replace``.
-
-    ``use_pickle`` writes a plain pickle (Detectron2 ``.pkl`` model-zoo files) instead of
-    ``torch.save``. Refuses to write over ``source`` and, unless ``overwrite``, over an existing file.
-    """
+def check_output_path(output: str, *, sources: Sequence[str] = (), overwrite: bool = False) -> None:
+    """Refuse (``ValueError`` / ``FileExistsError`` / ``FileNotFoundError``) to write ``output`` when it is
+    one of the input files ``sources`` (also through links), exists and ``overwrite`` is False, or its
+    folder does not exist. Tools call it before converting, so a refused run does no work."""
     output_abs = os.path.abspath(output)
-    same = source is not None and (
-        os.path.realpath(source) == os.path.realpath(output_abs)
-        or (os.path.exists(source) and os.path.exists(output_abs) and os.path.samefile(source, output_abs))
-    )
-    if same:
-        raise ValueError(f"refusing to overwrite the source checkpoint {source}; choose another --output")
+    for source in sources:
+        if os.path.realpath(source) == os.path.realpath(output_abs) or (
+            os.path.exists(source) and os.path.exists(output_abs) and os.path.samefile(source, output_abs)
+        ):
+            raise ValueError(f"refusing to overwrite the source checkpoint {source}; choose another --output")
     if os.path.exists(output_abs) and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     out_dir = os.path.dirname(output_abs)
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"output folder does not exist: {out_dir}")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(output_abs) + ".", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if use_pickle:
-                pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            else:
-                torch.save(obj, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, output_abs)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+
+def write_atomically(
+    obj: Any, output: str, *, source: Optional[str] = None, overwrite: bool = False, use_pickle: bool = False
+) -> None:
+    """Write ``obj`` to ``output`` atomically (:func:`detr_d2.utils.atomic_io.atomic_write`).
+
+    ``use_pickle`` writes a plain pickle (Detectron2 ``.pkl`` model-zoo files) instead of
+    ``torch.save``. Refuses to write over ``source`` and, unless ``overwrite``, over an existing file
+    (:func:`check_output_path`).
+    """
+    check_output_path(output, sources=[source] if source else [], overwrite=overwrite)
+    output_abs = os.path.abspath(output)
+    if use_pickle:
+        atomic_write(output_abs, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+    else:
+        atomic_write(output_abs, lambda f: torch.save(obj, f))

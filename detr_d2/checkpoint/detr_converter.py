@@ -9,136 +9,37 @@ Source layouts (``checkpoint["model"]``):
 
 Target layout: ``backbone.<Detectron2 ResNet names>`` (see :mod:`.resnet_keys`) and, for everything
 else, the official names with ``detr.`` stripped. The source layout is checked strictly against
-:func:`detr_d2.reference.official_state_dict_template` for the configuration inferred from the
-checkpoint: any missing, unexpected or mis-shaped tensor raises ``ValueError`` listing them.
+:func:`.official_layout.official_state_dict_spec` for the configuration inferred from the checkpoint
+(:func:`.official_layout.infer_official_layout`, majority over several tensors per size): any missing,
+unexpected or mis-shaped tensor raises ``ValueError`` naming the file and listing exactly those tensors
+(mis-shaped ones with the shape found and the shape expected).
 
 Class slots: the official classifier has 251 outputs whose index *is* the COCO panoptic category id
 (0..249) plus no-object (250). ``class_slots="keep"`` keeps them (``MODEL.DETR.CLASS_SLOTS
 dataset_id``, ``NUM_CLASSES 250``: exact official scores, since the softmax runs over all 251 logits);
 a mapping ``{dataset id: contiguous id}`` keeps rows ``[dataset id of contiguous 0..K-1] + [250]``
 (``CLASS_SLOTS contiguous``, ``NUM_CLASSES K``; probabilities change slightly because the softmax
-loses the 117 never-trained rows).
+loses the 117 never-trained rows). That mapping is by *category id* and only right for datasets that
+use COCO's ids; for any other dataset re-target the head by class *name* with
+:func:`.class_transfer.transfer_class_head` (what ``tools/convert_detr_checkpoint.py --dataset`` does).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Union
 
 import torch
 
-from .layout import format_list, layout_errors
-from .resnet_keys import infer_resnet_depth, torchvision_resnet_key_to_d2
+from .layout import layout_errors
+from .official_layout import BACKBONE_BODY, infer_official_layout, official_state_dict_spec
+from .resnet_keys import torchvision_resnet_key_to_d2
 
-__all__ = [
-    "OfficialDETRLayout",
-    "class_rows_from_mapping",
-    "convert_official_detr",
-    "dataset_class_mapping",
-    "infer_official_layout",
-]
+__all__ = ["class_rows_from_mapping", "convert_official_detr", "dataset_class_mapping"]
 
 logger = logging.getLogger(__name__)
 
 ClassSlots = Union[str, Mapping[int, int]]
-_BACKBONE_BODY = "backbone.0.body."
-
-
-@dataclass(frozen=True)
-class OfficialDETRLayout:
-    """The configuration an official checkpoint was built with, as far as its tensors reveal it.
-
-    ``nheads`` is only visible through the mask head (264 = hidden + heads); detection checkpoints
-    report the official 8 (it does not change any tensor shape). DC5 (dilated res5) has the same
-    tensors as the plain model and cannot be told apart.
-    """
-
-    masks: bool
-    depth: int
-    hidden_dim: int
-    nheads: int
-    enc_layers: int
-    dec_layers: int
-    dim_feedforward: int
-    pre_norm: bool
-    num_queries: int
-    num_classes: int  # class slots before no-object (250 for the panoptic checkpoints)
-
-    @property
-    def prefix(self) -> str:
-        """Prefix of the detector's keys in the source (``"detr."`` for panoptic checkpoints)."""
-        return "detr." if self.masks else ""
-
-    def template_kwargs(self) -> Dict[str, object]:
-        """Keyword arguments for :func:`detr_d2.reference.official_state_dict_template`."""
-        return asdict(self)
-
-    def describe(self) -> str:
-        kind = "panoptic (DETRsegm)" if self.masks else "detection (DETR)"
-        norm = "pre-norm" if self.pre_norm else "post-norm"
-        return (
-            f"{kind}, ResNet-{self.depth}, hidden {self.hidden_dim}, {self.nheads} heads, "
-            f"{self.enc_layers}+{self.dec_layers} layers ({norm}), FFN {self.dim_feedforward}, "
-            f"{self.num_queries} queries, {self.num_classes + 1} class logits"
-        )
-
-
-def _require(state_dict: Mapping[str, torch.Tensor], keys: List[str], source: str) -> None:
-    missing = [k for k in keys if k not in state_dict]
-    if missing:
-        raise ValueError(
-            f"{source}: not an official DETR state dict: cannot find {format_list(missing)} "
-            f"(first keys present: {format_list(list(state_dict)[:5], 5)})"
-        )
-
-
-def _layer_count(keys: List[str], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = [int(m.group(1)) for m in map(pattern.match, keys) if m]
-    return max(indices) + 1 if indices else 0
-
-
-def infer_official_layout(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> OfficialDETRLayout:
-    """Read the model configuration off an official DETR state dict (panoptic or detection).
-
-    Raises ``ValueError`` (naming ``source``) when the anchor tensors it needs are absent or the
-    backbone matches no standard ResNet. Completeness is checked by :func:`convert_official_detr`.
-    """
-    keys = list(state_dict)
-    masks = any(k.startswith("detr.") for k in keys)
-    p = "detr." if masks else ""
-    anchors = [f"{p}class_embed.weight", f"{p}query_embed.weight", f"{p}transformer.encoder.layers.0.linear1.weight"]
-    if masks:
-        anchors.append("mask_head.lay1.weight")
-    _require(state_dict, anchors, source)
-    hidden_dim = int(state_dict[f"{p}class_embed.weight"].shape[1])
-    body = [k[len(p + _BACKBONE_BODY) :] for k in keys if k.startswith(p + _BACKBONE_BODY)]
-    if not body:
-        raise ValueError(f"{source}: no backbone tensors under '{p}{_BACKBONE_BODY}'")
-    try:
-        depth = infer_resnet_depth(body)
-    except ValueError as e:
-        raise ValueError(f"{source}: backbone under '{p}{_BACKBONE_BODY}': {e}") from None
-    nheads = int(state_dict["mask_head.lay1.weight"].shape[0]) - hidden_dim if masks else 8
-    if nheads <= 0:
-        raise ValueError(
-            f"{source}: mask_head.lay1.weight has {state_dict['mask_head.lay1.weight'].shape[0]} output channels; "
-            f"expected hidden_dim ({hidden_dim}) + number of heads"
-        )
-    return OfficialDETRLayout(
-        masks=masks,
-        depth=depth,
-        hidden_dim=hidden_dim,
-        nheads=nheads,
-        enc_layers=_layer_count(keys, f"{p}transformer.encoder.layers."),
-        dec_layers=_layer_count(keys, f"{p}transformer.decoder.layers."),
-        dim_feedforward=int(state_dict[f"{p}transformer.encoder.layers.0.linear1.weight"].shape[0]),
-        pre_norm=f"{p}transformer.encoder.norm.weight" in state_dict,
-        num_queries=int(state_dict[f"{p}query_embed.weight"].shape[0]),
-        num_classes=int(state_dict[f"{p}class_embed.weight"].shape[0]) - 1,
-    )
 
 
 def dataset_class_mapping(dataset_name: str) -> Dict[int, int]:
@@ -220,11 +121,9 @@ def convert_official_detr(
     Raises ``ValueError`` listing missing / unexpected / mis-shaped tensors, or a bad mapping.
     ``num_batches_tracked`` buffers (not in official files, harmless) are dropped.
     """
-    from detr_d2.reference import official_state_dict_template
-
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     layout = infer_official_layout(state_dict, source)
-    template = official_state_dict_template(**layout.template_kwargs())
+    template = official_state_dict_spec(layout)
     errors = layout_errors(state_dict, template)
     if errors:
         raise ValueError(
@@ -245,8 +144,8 @@ def convert_official_detr(
     for key in template:  # official order; every key is present (checked above)
         value = state_dict[key]
         name = key[len(p) :] if key.startswith(p) else key
-        if name.startswith(_BACKBONE_BODY):
-            name = backbone_prefix + torchvision_resnet_key_to_d2(name[len(_BACKBONE_BODY) :])
+        if name.startswith(BACKBONE_BODY):
+            name = backbone_prefix + torchvision_resnet_key_to_d2(name[len(BACKBONE_BODY) :])
         elif rows is not None and name in ("class_embed.weight", "class_embed.bias"):
             value = value.index_select(0, rows)
         if name in converted:

@@ -36,16 +36,8 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
-from .panoptic_io import (
-    atomic_write_json,
-    check_png_ids_listed,
-    read_json,
-    read_panoptic_png,
-    refuse_overwrite,
-    require_keys,
-    rgb2id,
-    save_panoptic_png,
-)
+from ..utils.atomic_io import atomic_write_json, refuse_overwrite
+from .panoptic_io import check_png_ids_listed, read_json, read_panoptic_ids, require_keys, save_panoptic_png
 from .segment_ids import SegmentIdGenerator
 
 __all__ = [
@@ -396,7 +388,7 @@ def panoptic_image_to_detection(
     (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. Segments
     absent from the PNG are dropped and reported; PNG ids missing from ``segments_info`` raise.
     """
-    ids = rgb2id(read_panoptic_png(png_path)).astype(np.int64)
+    ids = read_panoptic_ids(png_path).astype(np.int64)
     if "height" in image and "width" in image and ids.shape != (image["height"], image["width"]):
         raise ValueError(
             f"{png_path} (pan_seg_file_name) is {ids.shape[1]}x{ids.shape[0]} but 'images' says "

@@ -1,20 +1,23 @@
-"""Checked reading and atomic writing of COCO-panoptic files (JSON, id PNGs, images).
+"""The project's one panoptic I/O layer: COCO-panoptic JSON and id PNGs in and out, and model outputs
+converted to COCO panoptic predictions.
 
 Conventions: a panoptic PNG is an RGB image whose colour encodes a segment id as
-``id = R + 256 * G + 256**2 * B`` (panopticapi's ``rgb2id``); id 0 is void. Every error raised here
-names the offending file and, where there is one, the dataset field (``file_name``,
-``pan_seg_file_name``, ``segments_info``...) so a user can find the bad entry.
+``id = R + 256 * G + 256**2 * B`` (panopticapi's ``rgb2id``/``id2rgb``, imported on first use); id 0
+is void. Every error raised here names the offending file and, where there is one, the dataset field
+(``file_name``, ``pan_seg_file_name``, ``segments_info``...) so a user can find the bad entry. Files
+are written atomically (:mod:`detr_d2.utils.atomic_io`).
 """
 
-import functools
 import io
 import json
 import os
-import tempfile
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ..utils.atomic_io import atomic_write_bytes
 
 __all__ = [
     "rgb2id",
@@ -25,11 +28,10 @@ __all__ = [
     "read_panoptic_ids",
     "check_png_ids_listed",
     "image_mode_problem",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_save_image",
+    "encode_panoptic_png",
     "save_panoptic_png",
-    "refuse_overwrite",
+    "json_safe",
+    "PanopticPredictionConverter",
 ]
 
 
@@ -56,8 +58,9 @@ def id2rgb(id_map: Any) -> Any:
     return _panopticapi_utils().id2rgb(id_map)
 
 
-# PIL modes that encode a panoptic id map without loss once converted to RGB.
-_RGB_COMPATIBLE_MODES = ("RGB", "P")
+# PIL modes that hold a panoptic id map: RGB, a palette of RGB colours, or RGBA whose alpha is ignored
+# (as panopticapi's ``rgb2id(np.array(Image.open(path)))`` does).
+_RGB_COMPATIBLE_MODES = ("RGB", "P", "RGBA")
 
 
 def read_json(path: str, what: str = "JSON file") -> Any:
@@ -90,32 +93,49 @@ def image_mode_problem(mode: str) -> Optional[str]:
         return None
     if mode in ("L", "LA", "1", "I", "I;16", "F"):
         return f"it is single-channel (PIL mode {mode!r}, grayscale)"
-    if mode == "RGBA":
-        return "it has an alpha channel (PIL mode 'RGBA')"
     return f"it has PIL mode {mode!r}"
+
+
+def _open_panoptic_png(path: str, field: str) -> Image.Image:
+    """Open and decode a panoptic PNG; every failure names ``path`` and ``field``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"panoptic PNG not found ({field}): {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt / not an image
+        raise ValueError(f"{path} ({field}): cannot be decoded as a PNG: {e}") from None
+    problem = image_mode_problem(img.mode)
+    if problem is not None:
+        img.close()
+        raise ValueError(
+            f"{path} ({field}): a panoptic PNG must be RGB with id = R + 256*G + 256^2*B, "
+            f"but {problem}. Convert single-channel id maps with panopticapi.utils.id2rgb."
+        )
+    return img.convert("RGB") if img.mode == "P" else img
 
 
 def read_panoptic_png(path: str, field: str = "pan_seg_file_name") -> np.ndarray:
     """Read a panoptic PNG as an ``uint8`` HxWx3 RGB array (ids still colour-encoded).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a PNG that is not RGB
-    (grayscale, RGBA...), naming ``path`` and ``field``.
+    Accepts RGB, palette and RGBA PNGs (alpha ignored, as panopticapi does). Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` for an undecodable or grayscale PNG,
+    naming ``path`` and ``field``.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"panoptic PNG not found ({field}): {path}")
-    with Image.open(path) as img:
-        problem = image_mode_problem(img.mode)
-        if problem is not None:
-            raise ValueError(
-                f"{path} ({field}): a panoptic PNG must be RGB with id = R + 256*G + 256^2*B, "
-                f"but {problem}. Convert single-channel id maps with panopticapi.utils.id2rgb."
-            )
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    with _open_panoptic_png(path, field) as img:
+        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
 
 
 def read_panoptic_ids(path: str, field: str = "pan_seg_file_name") -> np.ndarray:
-    """Read a panoptic PNG and decode it to an ``int32`` HxW segment-id map (0 = void)."""
-    return rgb2id(read_panoptic_png(path, field)).astype(np.int32)
+    """Read a panoptic PNG as an (H, W) ``uint32`` id map (0 = void), identical to panopticapi's
+    ``rgb2id(np.array(Image.open(path), dtype=np.uint32))``; same files and errors as
+    :func:`read_panoptic_png`, decoded without the intermediate (H, W, 3) array."""
+    with _open_panoptic_png(path, field) as img:
+        width, height = img.size
+        # PIL stores RGB(A) as 4 bytes per pixel: packing is a copy, then the 4th byte is masked out.
+        raw_mode = "RGBA" if img.mode == "RGBA" else "RGBX"
+        packed = np.frombuffer(img.tobytes("raw", raw_mode), dtype="<u4").reshape(height, width)
+        return packed & np.uint32(0x00FFFFFF)
 
 
 def check_png_ids_listed(
@@ -138,55 +158,106 @@ def check_png_ids_listed(
         )
 
 
-def refuse_overwrite(output: str, inputs: Iterable[str]) -> None:
-    """Raise ``ValueError`` if ``output`` is (or would replace) one of ``inputs``."""
-    out = os.path.realpath(output)
-    for inp in inputs:
-        if inp and os.path.realpath(inp) == out:
-            raise ValueError(f"refusing to write {output}: it is an input of this command ({inp})")
+def encode_panoptic_png(id_map: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) id map in COCO panoptic RGB encoding (``id2rgb``, ids modulo 2**24)."""
+    with io.BytesIO() as out:
+        Image.fromarray(np.asarray(id2rgb(np.asarray(id_map)), dtype=np.uint8)).save(out, format="PNG")
+        return out.getvalue()
 
 
-@functools.lru_cache(maxsize=1)
-def _file_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp alone gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def save_panoptic_png(path: str, id_map: np.ndarray) -> None:
+    """Atomically write an (H, W) segment-id map as a COCO panoptic RGB PNG."""
+    atomic_write_bytes(path, encode_panoptic_png(id_map))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def json_safe(value: Any) -> Any:
+    """Convert numpy/torch scalars (and containers of them) to plain Python for ``json.dumps``."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Atomically write ``obj`` as JSON (compact, UTF-8)."""
-    atomic_write_bytes(path, json.dumps(obj).encode("utf-8"))
+class PanopticPredictionConverter:
+    """Convert ``output["panoptic_seg"]`` to ``(id_map, segments_info)`` with *dataset* category ids.
 
+    Args:
+        metadata: the dataset's Detectron2 metadata (``thing_dataset_id_to_contiguous_id``,
+            ``stuff_dataset_id_to_contiguous_id``; ``label_divisor`` for ``segments_info is None``).
+    """
 
-def atomic_save_image(path: str, array: np.ndarray, **save_kwargs: Any) -> None:
-    """Atomically save an ``uint8`` HxW or HxWx3 array; the format follows ``path``'s extension."""
-    fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unknown image extension")
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt, **save_kwargs)
-    atomic_write_bytes(path, buf.getvalue())
+    def __init__(self, metadata: Any):
+        self._metadata = metadata
+        self._thing_to_dataset = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
+        self._stuff_to_dataset = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
+        self._thing_contiguous_ids = set(metadata.thing_dataset_id_to_contiguous_id.values())
 
+    def _dataset_category(self, segment: Dict[str, Any]) -> Dict[str, Any]:
+        segment = dict(segment)
+        isthing = segment.pop("isthing", None)
+        if isthing is None:  # the model produced dataset category ids directly
+            return segment
+        mapping, kind = (
+            (self._thing_to_dataset, "thing") if bool(isthing) else (self._stuff_to_dataset, "stuff")
+        )
+        contiguous = int(segment["category_id"])
+        if contiguous not in mapping:
+            raise KeyError(
+                f"predicted segment {segment.get('id')} has isthing={isthing} and contiguous "
+                f"category_id {contiguous}, which is not a {kind} class of this dataset "
+                f"(metadata {kind}_dataset_id_to_contiguous_id has values {sorted(mapping)[:10]}...)"
+            )
+        segment["category_id"] = mapping[contiguous]
+        return segment
 
-def save_panoptic_png(path: str, ids: np.ndarray) -> None:
-    """Atomically write an HxW segment-id map as a COCO panoptic RGB PNG."""
-    atomic_save_image(path, id2rgb(np.asarray(ids)).astype(np.uint8))
+    def _from_label_divisor(self, id_map: np.ndarray) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+        label_divisor = getattr(self._metadata, "label_divisor", None)
+        if label_divisor is None:
+            raise ValueError(
+                "panoptic_seg has segments_info None (ids = category * label_divisor + instance), "
+                "but the dataset metadata has no 'label_divisor'"
+            )
+        segments_info = []
+        for panoptic_label in np.unique(id_map).tolist():
+            if panoptic_label == -1:  # VOID
+                continue
+            pred_class = panoptic_label // label_divisor
+            segments_info.append({
+                "id": int(panoptic_label) + 1,
+                "category_id": int(pred_class),
+                "isthing": pred_class in self._thing_contiguous_ids,
+            })
+        # The official evaluation uses 0 for VOID.
+        return id_map + 1, segments_info
+
+    def __call__(
+        self, panoptic_seg: Tuple[Any, Optional[Sequence[Dict[str, Any]]]]
+    ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+        """Returns ``(id_map (H, W) integer np.ndarray, segments_info with dataset category ids)``.
+
+        Entries keep their other fields (e.g. ``score``) and lose ``isthing``, as in Detectron2.
+        """
+        id_map, segments_info = panoptic_seg
+        if isinstance(id_map, torch.Tensor):
+            id_map = id_map.cpu().numpy()
+        id_map = np.asarray(id_map)
+        if id_map.ndim != 2:
+            raise ValueError(f"panoptic_seg id map must be (H, W), got shape {tuple(id_map.shape)}")
+        if not np.issubdtype(id_map.dtype, np.integer):
+            raise TypeError(f"panoptic_seg id map must hold integers, got dtype {id_map.dtype}")
+        if segments_info is None:
+            id_map, segments_info = self._from_label_divisor(id_map)
+        converted = []
+        for segment in segments_info:
+            segment = json_safe(self._dataset_category(segment))
+            segment["id"] = int(segment["id"])
+            segment["category_id"] = int(segment["category_id"])
+            converted.append(segment)
+        return id_map, converted

@@ -1,14 +1,15 @@
 """DETR's augmentations as Detectron2 ``Augmentation`` lists.
 
-Train (``cfg.INPUT``): horizontal flip (``RANDOM_FLIP``); then, when ``DETR_CROP.ENABLED``, with
-probability ``DETR_CROP.PROB``: resize the short side to one of ``DETR_CROP.RESIZE_SHORT`` (no
-long-side cap) and take a random crop whose height and width are drawn in
-``[DETR_CROP.MIN_SIZE, DETR_CROP.MAX_SIZE]`` (clipped to the image); finally always the multi-scale
-resize (short side from ``MIN_SIZE_TRAIN`` per ``MIN_SIZE_TRAIN_SAMPLING``, long side <=
-``MAX_SIZE_TRAIN``). Test: resize to ``MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``.
+Train (``cfg.INPUT``): horizontal flip (``RANDOM_FLIP``); then, when Detectron2's
+``CROP.ENABLED``, with probability ``CROP.PROB``: resize the short side to one of
+``CROP.RESIZE_SHORT_EDGE`` (no long-side cap) and take Detectron2's ``RandomCrop(CROP.TYPE,
+CROP.SIZE)`` (DETR: ``absolute_range`` 384..600, height and width each drawn in the range and clipped to
+the image); finally always the multi-scale resize (short side from ``MIN_SIZE_TRAIN`` per
+``MIN_SIZE_TRAIN_SAMPLING``, long side <= ``MAX_SIZE_TRAIN``). Test: resize to ``MIN_SIZE_TEST`` /
+``MAX_SIZE_TEST``.
 
-``INPUT.RESIZE_ROUNDING``: "d2" uses Detectron2's ``ResizeShortestEdge`` (long side rounded);
-"detr" uses :class:`DetrResizeShortestEdge`, whose output size is DETR's exactly (long side
+``INPUT.RESIZE_ROUNDING``: "round" uses Detectron2's ``ResizeShortestEdge`` (long side rounded);
+"truncate" uses :class:`DetrResizeShortestEdge`, whose output size is DETR's exactly (long side
 truncated; see :func:`detr_resize_output_shape`).
 """
 
@@ -79,12 +80,13 @@ def build_resize(
     max_size: int = sys.maxsize,
     sample_style: str = "choice",
 ) -> T.Augmentation:
-    """A shortest-edge resize with Detectron2 ("d2") or DETR ("detr") output-size rounding."""
-    if rounding == "d2":
+    """A shortest-edge resize whose long side is rounded (Detectron2, "round") or truncated (DETR,
+    "truncate")."""
+    if rounding == "round":
         return T.ResizeShortestEdge(short_edge_length, max_size, sample_style, Image.BILINEAR)
-    if rounding == "detr":
+    if rounding == "truncate":
         return DetrResizeShortestEdge(short_edge_length, max_size, sample_style, Image.BILINEAR)
-    raise ValueError(f"INPUT.RESIZE_ROUNDING must be 'd2' or 'detr', got {rounding!r}")
+    raise ValueError(f"INPUT.RESIZE_ROUNDING must be 'round' or 'truncate', got {rounding!r}")
 
 
 def _flip(cfg: CfgNode) -> List[T.Augmentation]:
@@ -106,17 +108,14 @@ def build_detr_train_augmentation(cfg: CfgNode) -> List[T.Augmentation]:
     """DETR's training augmentation (see module docstring) from ``cfg.INPUT``."""
     rounding = cfg.INPUT.RESIZE_ROUNDING
     augs = _flip(cfg)
-    crop = cfg.INPUT.DETR_CROP
+    crop = cfg.INPUT.CROP
     if crop.ENABLED and crop.PROB > 0:
-        if not 0 < crop.MIN_SIZE <= crop.MAX_SIZE:
-            raise ValueError(
-                "INPUT.DETR_CROP needs 0 < MIN_SIZE <= MAX_SIZE, "
-                f"got {crop.MIN_SIZE}, {crop.MAX_SIZE}"
-            )
+        if crop.TYPE == "absolute_range" and not 0 < crop.SIZE[0] <= crop.SIZE[1]:
+            raise ValueError(f"INPUT.CROP.SIZE must be (min, max) with 0 < min <= max, got {tuple(crop.SIZE)}")
         crop_branch = T.AugmentationList(
             [
-                build_resize(rounding, list(crop.RESIZE_SHORT), sys.maxsize, "choice"),
-                T.RandomCrop("absolute_range", (crop.MIN_SIZE, crop.MAX_SIZE)),
+                build_resize(rounding, list(crop.RESIZE_SHORT_EDGE), sys.maxsize, "choice"),
+                T.RandomCrop(crop.TYPE, tuple(crop.SIZE)),
             ]
         )
         augs.append(T.RandomApply(crop_branch, prob=crop.PROB))

@@ -1,15 +1,15 @@
 """``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators) and the
 ``setup`` / ``main`` used by ``tools/train_net.py``."""
+import contextlib
 import logging
 import os
-import weakref
 from typing import List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, default_setup
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -31,30 +31,39 @@ def _build_mapper(cfg: CfgNode, is_train: bool):
     raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be 'detr_panoptic' or 'default', got {name!r}")
 
 
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    """Within the block, Detectron2's ``create_ddp_model`` gives a CPU model ``device_ids=None``.
+
+    ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model, broadcast_buffers=False)``,
+    which passes ``device_ids=[local rank]``: right for a GPU, refused by DistributedDataParallel for a CPU
+    model (``launch`` with several CPU processes and gloo). Nothing else of ``DefaultTrainer`` changes."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
+
+
 class DetrTrainer(DefaultTrainer):
     """DefaultTrainer + DETR's mapper, AdamW with a backbone multiplier, and panoptic evaluators."""
 
     def __init__(self, cfg):
-        """As ``DefaultTrainer.__init__``, except that DistributedDataParallel gets ``device_ids=None`` for a
-        CPU model, so ``launch`` with several CPU processes (gloo) works."""
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        if cfg.SOLVER.AMP.ENABLED and on_cpu:
+        """``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU model, so
+        ``launch`` with several CPU processes (gloo) works."""
+        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
             raise ValueError("SOLVER.AMP.ENABLED needs a CUDA model (Detectron2's AMPTrainer); MODEL.DEVICE is cpu")
-        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -70,9 +79,9 @@ class DetrTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
-        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the fast in-process PQ
-        evaluator (``TEST.PANOPTIC_EVALUATOR fast``) or Detectron2's ``COCOPanopticEvaluator`` with per-class
-        results (``d2``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
+        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the in-process PQ evaluator
+        (``TEST.PANOPTIC_EVALUATOR in_process``) or Detectron2's ``COCOPanopticEvaluator`` with per-class
+        results (``panopticapi``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
         an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has ``sem_seg_root``."""
         from ..evaluation import build_panoptic_evaluator
 
@@ -80,7 +89,7 @@ class DetrTrainer(DefaultTrainer):
         meta = MetadataCatalog.get(dataset_name)
         ev_type = getattr(meta, "evaluator_type", None)
         evaluators: List[DatasetEvaluator] = []
-        d = cfg.MODEL.DETR.TEST
+        d = cfg.TEST
         if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
             evaluators.append(
                 build_panoptic_evaluator(
@@ -91,8 +100,7 @@ class DetrTrainer(DefaultTrainer):
                     cfg.TEST.PANOPTIC_EVAL_WORKERS,
                 )
             )
-        instances_on = d.INSTANCE_ON or not cfg.MODEL.MASK_ON
-        if instances_on and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
+        if d.INSTANCE_ON and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
             tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
             evaluators.append(COCOEvaluator(dataset_name, tasks, True, output_folder))
         if d.SEMANTIC_ON and cfg.MODEL.MASK_ON and getattr(meta, "sem_seg_root", None):

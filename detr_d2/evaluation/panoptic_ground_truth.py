@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from detectron2.utils.file_io import PathManager
 
-from .panoptic_quality import RunLengthIdMap, categories_by_id, read_panoptic_png_ids
+from ..data.panoptic_io import read_panoptic_ids
+from .panoptic_quality import RunLengthIdMap, categories_by_id
 
 __all__ = ["GroundTruthCache", "PanopticGroundTruth", "GROUND_TRUTH_CACHE"]
 
@@ -51,7 +52,7 @@ class GroundTruthCache:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return item
-        item = RunLengthIdMap.from_id_map(read_panoptic_png_ids(path))
+        item = RunLengthIdMap.from_id_map(read_panoptic_ids(path))
         with self._lock:
             self.misses += 1
             if item.nbytes <= self.max_bytes and key not in self._items:
@@ -136,5 +137,5 @@ class PanopticGroundTruth:
                 f"(file_name {annotation['file_name']!r} of {self.panoptic_json})"
             )
         if cache is None:
-            return RunLengthIdMap.from_id_map(read_panoptic_png_ids(path))
+            return RunLengthIdMap.from_id_map(read_panoptic_ids(path))
         return cache.get(path)

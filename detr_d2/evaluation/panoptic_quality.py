@@ -4,7 +4,8 @@ This module mirrors ``panopticapi.evaluation.pq_compute_single_core`` rule by ru
 (ground-truth id, predicted id) pixel intersections on run-length encoded id maps instead of writing,
 re-reading and ``np.unique``-sorting PNGs:
 
-- GT id maps come from the COCO panoptic PNGs (``id = R + 256 G + 256^2 B``, read like ``rgb2id``);
+- GT id maps come from the COCO panoptic PNGs (``id = R + 256 G + 256^2 B``, read by
+  :func:`detr_d2.data.panoptic_io.read_panoptic_ids` like ``rgb2id``);
   they are run-length encoded once (row-major) and can be cached between evaluations.
 - Predicted id maps are integer arrays with the *dataset-format* segment ids; like
   ``panopticapi.utils.id2rgb`` (used by Detectron2 to write the PNG) they are taken modulo ``2**24``.
@@ -22,14 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 __all__ = [
     "VOID",
     "ID_MODULUS",
     "PQStats",
     "RunLengthIdMap",
-    "read_panoptic_png_ids",
     "pair_intersections",
     "image_pq_stats",
     "summarize_pq_stats",
@@ -121,31 +120,6 @@ def summarize_pq_stats(stats: PQStats, categories: Mapping[int, Mapping[str, Any
         if name == "All":
             results["per_class"] = per_class
     return results
-
-
-def _rgb_image_to_ids(image: Image.Image) -> np.ndarray:
-    """(H, W) uint32 ids ``R + 256 G + 256^2 B`` of an RGB/RGBA PIL image (== panopticapi ``rgb2id``)."""
-    width, height = image.size
-    # PIL stores RGB(A) as 4 bytes per pixel: packing is a copy, then the 4th byte is masked out.
-    raw_mode = "RGBA" if image.mode == "RGBA" else "RGBX"
-    packed = np.frombuffer(image.tobytes("raw", raw_mode), dtype="<u4").reshape(height, width)
-    return packed & np.uint32(0x00FFFFFF)
-
-
-def read_panoptic_png_ids(path: str) -> np.ndarray:
-    """Read a COCO panoptic PNG as a (H, W) uint32 id map, identical to panopticapi's
-    ``rgb2id(np.array(Image.open(path), dtype=np.uint32))`` for RGB and RGBA PNGs (a palette PNG
-    is read through its RGB colours, which panopticapi cannot do)."""
-    with Image.open(path) as image:
-        if image.mode == "P":
-            image = image.convert("RGB")
-        elif image.mode not in ("RGB", "RGBA"):
-            raise ValueError(
-                f"{path}: expected an RGB panoptic PNG (id = R + 256*G + 256^2*B), got PIL mode "
-                f"{image.mode!r}"
-            )
-        image.load()
-        return _rgb_image_to_ids(image)
 
 
 def _index_dtype(n_pixels: int) -> type:

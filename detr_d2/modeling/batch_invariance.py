@@ -1,21 +1,26 @@
-"""Make a convolutional backbone's output on a padded batch independent of the padding.
+"""Batch invariance: an image gives the same outputs alone and in a padded batch.
 
 DETR pads each batch to its largest image; the backbone's features near an image's bottom/right border
 then see the padded region (non-zero after BatchNorm shifts), so the same image gives different outputs
-alone and in a batch (DETR's published numbers are single-image). With ``ZeroPaddedFeatures`` attached,
-every convolution output (and the stem output) is zeroed outside the image's own region, which is exactly
-what the convolutions' zero padding shows them when the image is alone: batched outputs equal the
+alone and in a batch (DETR's published numbers are single-image). With :class:`BatchInvariantBackbone`
+attached, every convolution output (and the stem output) is zeroed outside the image's own region, which
+is exactly what the convolutions' zero padding shows them when the image is alone; feature-level masks
+cover the first ``ceil(h / stride)`` x ``ceil(w / stride)`` cells (:func:`ceil_padding_mask`), and the
+model runs the mask head on each image's own region at inference. Batched outputs then equal the
 single-image ones up to float rounding. Batches without padding are untouched.
 """
 import math
 from contextlib import contextmanager
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["BatchInvariantBackbone", "ceil_padding_mask", "resize_padding_mask"]
 
-class ZeroPaddedFeatures:
+
+class BatchInvariantBackbone:
     """Forward hooks that zero the padded region of conv/stem outputs while ``active(image_sizes)``."""
 
     def __init__(self, backbone: nn.Module):
@@ -62,3 +67,17 @@ class ZeroPaddedFeatures:
         finally:
             self._sizes = None
             self._cache = {}
+
+
+def ceil_padding_mask(sizes: Sequence[Tuple[int, int]], hw: Sequence[int], stride: int, device=None) -> Tensor:
+    """(B, H, W) bool mask of a feature map of size ``hw``, False on the first ceil(h/stride) rows and
+    ceil(w/stride) columns of each image (its own cells), True elsewhere (padding)."""
+    mask = torch.ones((len(sizes), hw[0], hw[1]), dtype=torch.bool, device=device)
+    for i, (h, w) in enumerate(sizes):
+        mask[i, : -(-h // stride), : -(-w // stride)] = False
+    return mask
+
+
+def resize_padding_mask(pixel_mask: Tensor, hw: Sequence[int]) -> Tensor:
+    """The (B, H, W) pixel padding mask (True = pad) resized to ``hw`` with legacy nearest (as DETR)."""
+    return F.interpolate(pixel_mask[None].float(), size=tuple(hw)).to(torch.bool)[0]

@@ -4,7 +4,7 @@ Targets per image: ``labels`` (N,) int64 class slots, ``boxes`` (N, 4) cxcywh no
 own (unpadded) size, ``masks`` (N, H, W) bool at the image's input resolution (only for mask losses).
 Each loss is normalised by the number of target segments in the whole (distributed) batch.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,9 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from .matcher import HungarianMatcher
+
+# Per-image sorted query indices -> per-image mask logits (n_i, Hm, Wm) of those queries.
+QueryMaskFn = Callable[[Sequence[Tensor]], List[Tensor]]
 
 
 def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
@@ -84,14 +87,25 @@ class SetCriterion(nn.Module):
         loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def loss_masks(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+    def loss_masks(self, outputs, targets, indices, num_boxes, mask_fn: Optional[QueryMaskFn] = None) -> Dict[str, Tensor]:
         """Predicted stride-4 logits of the padded batch are upsampled (bilinear) to the padded input size;
-        target masks are zero-padded to that size (as DETR's ``nested_tensor_from_tensor_list``)."""
-        pred_masks = outputs["pred_masks"]
-        idx = self._src_idx(indices)
-        src_masks = pred_masks[idx]
-        if src_masks.shape[0] == 0:
-            return {"loss_mask": pred_masks.sum() * 0.0, "loss_dice": pred_masks.sum() * 0.0}
+        target masks are zero-padded to that size (as DETR's ``nested_tensor_from_tensor_list``).
+
+        The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when present,
+        else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm) logits), which
+        computes those queries' masks only."""
+        if "pred_masks" in outputs:
+            pred_masks = outputs["pred_masks"]
+            src_masks = pred_masks[self._src_idx(indices)]
+            if src_masks.shape[0] == 0:
+                return {"loss_mask": pred_masks.sum() * 0.0, "loss_dice": pred_masks.sum() * 0.0}
+        else:
+            if sum(len(src) for src, _ in indices) == 0:
+                # No target in the batch: run the head on one query so its parameters stay in the graph
+                # (DistributedDataParallel expects a gradient for every parameter), with zero loss.
+                zero = mask_fn([indices[0][0].new_zeros(1)] + [src for src, _ in indices[1:]])[0].sum() * 0.0
+                return {"loss_mask": zero, "loss_dice": zero}
+            src_masks = torch.cat(mask_fn([src for src, _ in indices]))
         pad_h = max(t["masks"].shape[-2] for t in targets)
         pad_w = max(t["masks"].shape[-1] for t in targets)
         tgt = [F.pad(t["masks"][j].float(), (0, pad_w - t["masks"].shape[-1], 0, pad_h - t["masks"].shape[-2]))
@@ -105,12 +119,17 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
         }
 
-    def _compute(self, loss: str, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
-        return {"labels": self.loss_labels, "boxes": self.loss_boxes, "masks": self.loss_masks}[loss](
-            outputs, targets, indices, num_boxes
-        )
+    def _compute(self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None) -> Dict[str, Tensor]:
+        if loss == "masks":
+            return self.loss_masks(outputs, targets, indices, num_boxes, mask_fn)
+        return {"labels": self.loss_labels, "boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
 
-    def forward(self, outputs: Dict, targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    def forward(
+        self, outputs: Dict, targets: List[Dict[str, Tensor]], mask_fn: Optional[QueryMaskFn] = None
+    ) -> Dict[str, Tensor]:
+        """``outputs``: ``pred_logits``, ``pred_boxes``, optional ``pred_masks`` and ``aux_outputs``;
+        ``mask_fn``: computes the masks of the matched queries when ``pred_masks`` is absent (the matching
+        uses class and box costs only, so it is known before any mask is computed)."""
         indices = self.matcher(outputs, targets)
         num_boxes = torch.as_tensor(
             [float(sum(len(t["labels"]) for t in targets))], device=outputs["pred_logits"].device
@@ -121,7 +140,7 @@ class SetCriterion(nn.Module):
 
         losses: Dict[str, Tensor] = {}
         for loss in self.losses:
-            losses.update(self._compute(loss, outputs, targets, indices, num_boxes))
+            losses.update(self._compute(loss, outputs, targets, indices, num_boxes, mask_fn))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_indices = self.matcher(aux, targets)
             for loss in self.losses:

@@ -1,7 +1,9 @@
 """DETR's panoptic mask head: per-query attention maps over the encoder memory (``MHAttentionMap``)
 and the FPN-style convolutional head (``MaskHeadSmallConv``) that upsamples them to stride 4.
 
-Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys.
+Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys. Every query's mask is
+independent of the other queries' (the attention softmax is per query, GroupNorm per sample), so the
+head can run on any subset of the queries (see ``DetrPanoptic.query_masks``).
 """
 from typing import List, Optional, Sequence
 
@@ -53,6 +55,7 @@ class MaskHeadSmallConv(nn.Module):
 
     def __init__(self, dim: int, fpn_dims: Sequence[int], context_dim: int):
         super().__init__()
+        self.num_attention_maps = dim - context_dim
         inter_dims = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16]
         self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
         self.gn1 = nn.GroupNorm(8, dim)
@@ -81,12 +84,33 @@ class MaskHeadSmallConv(nn.Module):
         up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
         return up.flatten(0, 1)
 
-    def forward(self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor]) -> Tensor:
+    def project_features(self, x: Tensor) -> Tensor:
+        """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)`` projected
+        res5 -> ``(B, dim, H5, W5)``. The first convolution sees the same features for every query,
+        concatenated with that query's attention maps; convolution being linear, this part is computed
+        once per image instead of once per query (``forward(..., projected=...)``)."""
+        return F.conv2d(x, self.lay1.weight[:, : self.feature_channels], self.lay1.bias, padding=1)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the image features at the head's input (the attention maps follow them)."""
+        return self.lay1.in_channels - self.num_attention_maps
+
+    def forward(self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor], projected: Optional[Tensor] = None) -> Tensor:
         """x: (B, C, H5, W5) projected res5; bbox_mask: (B, Q, nheads, H5, W5);
-        fpns: [res4, res3, res2]. Returns (B*Q, 1, H2, W2) mask logits, rows batch-major (b*Q + q)."""
+        fpns: [res4, res3, res2]. Returns (B*Q, 1, H2, W2) mask logits, rows batch-major (b*Q + q).
+
+        ``projected``: ``project_features(x)`` computed beforehand; the first convolution then only runs
+        over each query's attention maps (same result up to float rounding). Without it, DETR's own
+        computation (features concatenated with the attention maps of each query)."""
         num_queries = bbox_mask.shape[1]
-        x = torch.cat([x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2).flatten(0, 1)
-        x = F.relu(self.gn1(self.lay1(x)))
+        if projected is None:
+            x = torch.cat([x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2).flatten(0, 1)
+            x = self.lay1(x)
+        else:
+            att = F.conv2d(bbox_mask.flatten(0, 1), self.lay1.weight[:, self.feature_channels :], None, padding=1)
+            x = (att.view(projected.shape[0], num_queries, *att.shape[1:]) + projected.unsqueeze(1)).flatten(0, 1)
+        x = F.relu(self.gn1(x))
         x = F.relu(self.gn2(self.lay2(x)))
         x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries)
         x = F.relu(self.gn3(self.lay3(x)))

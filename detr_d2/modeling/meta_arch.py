@@ -10,76 +10,36 @@ Inputs follow Detectron2: a list of dicts with ``image`` (C, H, W) uint8/float i
 optional ``height``/``width`` (output size), and for training ``instances`` with ``gt_classes``
 (contiguous ids), ``gt_boxes`` (XYXY pixels of the input image), ``gt_masks`` and optionally
 ``gt_is_crowd`` (crowd segments are never matched as positives).
+
+The mask head runs only where its output is used (:meth:`DetrPanoptic.query_masks`): at inference on
+the queries the enabled outputs read (:meth:`DetrPanoptic.mask_queries`), in training on the queries
+matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.ALL_QUERY_MASKS`` computes
+every query's mask as official DETR does (same results: each query's mask is independent of the others').
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from .batch_invariance import ZeroPaddedFeatures
+from ..data.datasets.panoptic_metadata import class_slots
+from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
 from .criterion import SetCriterion
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
-from .panoptic_inference import instance_inference, panoptic_fusion, semantic_inference
+from .mlp import MLP
+from .panoptic_inference import instance_inference, instance_queries, panoptic_fusion, panoptic_queries, semantic_inference
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetrPanoptic", "MLP", "class_info_from_metadata"]
-
-
-class MLP(nn.Module):
-    """Feed-forward network (Linear -> ReLU)* -> Linear; DETR's box head (names ``layers.{i}``)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
-        return x
-
-
-def class_info_from_metadata(metadata) -> Tuple[int, List[bool], Dict[int, int]]:
-    """From Detectron2 panoptic metadata: (number of contiguous classes, is_thing per contiguous id,
-    dataset id -> contiguous id). Raises ValueError when the metadata has no id mappings."""
-    thing = dict(getattr(metadata, "thing_dataset_id_to_contiguous_id", {}) or {})
-    stuff = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", {}) or {})
-    if not thing and not stuff:
-        raise ValueError(
-            f"dataset '{metadata.name}': metadata has neither thing_dataset_id_to_contiguous_id nor "
-            "stuff_dataset_id_to_contiguous_id; register it with detr_d2.data.register_panoptic_dataset"
-        )
-    dataset_to_contig = {**stuff, **thing}
-    num = max(dataset_to_contig.values()) + 1
-    is_thing = [False] * num
-    for c in thing.values():
-        is_thing[c] = True
-    return num, is_thing, dataset_to_contig
-
-
-def _ceil_masks(sizes: Sequence[Tuple[int, int]], hw: Sequence[int], stride: int, device) -> Tensor:
-    """(B, H, W) mask, False on the first ceil(h/stride) rows and ceil(w/stride) columns of each image."""
-    mask = torch.ones((len(sizes), hw[0], hw[1]), dtype=torch.bool, device=device)
-    for i, (h, w) in enumerate(sizes):
-        mask[i, : -(-h // stride), : -(-w // stride)] = False
-    return mask
-
-
-def _feature_masks(pixel_mask: Tensor, features: Sequence[Tensor]) -> List[Tensor]:
-    """Resize the (B, H, W) padding mask (True = pad) to each feature map with legacy nearest (as DETR)."""
-    return [F.interpolate(pixel_mask[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in features]
+__all__ = ["DetrPanoptic"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -108,9 +68,11 @@ class DetrPanoptic(nn.Module):
         panoptic_on: bool = True,
         instance_on: bool = False,
         semantic_on: bool = False,
-        crop_padding: bool = True,
+        instance_score_threshold: float = 0.0,
+        crop_mask_padding: bool = True,
         mask_head_feature_norm: bool = False,
-        batch_invariant_backbone: bool = True,
+        batch_invariant: bool = True,
+        all_query_masks: bool = False,
     ):
         """
         Args:
@@ -121,20 +83,25 @@ class DetrPanoptic(nn.Module):
             label_map: slot -> contiguous id (-1 for unused slots) when slots are dataset ids; None when
                 slots are contiguous ids.
             frozen_weights: detection checkpoint to load and freeze; only the mask head then trains.
-            crop_padding: crop each image's padding from the mask grid before resizing (False = DETR's
+            panoptic_on / instance_on / semantic_on: the outputs at inference; without masks only
+                ``instance_on`` (boxes) is possible.
+            instance_score_threshold: ``instances`` keep thing queries whose class score is above it
+                (0: every thing query, as DETR's COCO detection evaluation).
+            crop_mask_padding: crop each image's padding from the mask grid before resizing (False = DETR's
                 published post-processor, wrong for padded batches).
-            batch_invariant_backbone: zero the padded region after every backbone conv so an image gives
-                the same outputs alone and in a padded batch (see ``batch_invariance.py``); single images
-                are unaffected (DETR's own numbers are single-image).
+            batch_invariant: an image gives the same outputs alone and in a padded batch (see
+                ``batch_invariance.py``); single images are unaffected (DETR's numbers are single-image).
+            all_query_masks: compute the masks of all queries, in training and at inference, as official
+                DETR does (for comparison); default: only the masks that are used.
         """
         super().__init__()
         self.backbone = backbone
-        self._zero_padding = ZeroPaddedFeatures(backbone) if batch_invariant_backbone else None
+        self.batch_invariant = BatchInvariantBackbone(backbone) if batch_invariant else None
         self.in_features = list(in_features)
         shapes = backbone.output_shape()
         for f in self.in_features:
             if f not in shapes:
-                raise ValueError(f"MODEL.DETR: backbone has no output '{f}' (has {sorted(shapes)})")
+                raise ValueError(f"MODEL.DETR.IN_FEATURES: backbone has no output '{f}' (has {sorted(shapes)})")
         self.feature_strides = [shapes[f].stride for f in self.in_features]
         hidden_dim, nheads = transformer.d_model, transformer.nhead
         self.transformer = transformer
@@ -148,7 +115,10 @@ class DetrPanoptic(nn.Module):
         self.mask_on = mask_on
         if mask_on:
             if len(self.in_features) != 4:
-                raise ValueError(f"the mask head needs 4 backbone features (strides 4..32), got {self.in_features}")
+                raise ValueError(
+                    f"MODEL.DETR.IN_FEATURES: the mask head needs 4 backbone features (strides 4..32), got "
+                    f"{self.in_features}"
+                )
             if hidden_dim % 128 or (hidden_dim + nheads) % 8:
                 raise ValueError(
                     f"MODEL.DETR.HIDDEN_DIM ({hidden_dim}) must be a multiple of 128 and HIDDEN_DIM + NHEADS "
@@ -159,6 +129,18 @@ class DetrPanoptic(nn.Module):
             fpn_dims = [shapes[f].channels for f in self.in_features[2::-1]]
             self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
             self.mask_stride = shapes[self.in_features[0]].stride
+        elif panoptic_on or semantic_on:
+            raise ValueError(
+                "MODEL.MASK_ON False (detection only) has no masks: set TEST.PANOPTIC_ON False and "
+                "TEST.SEMANTIC_ON False (the model then outputs instances with boxes; TEST.INSTANCE_ON True)"
+            )
+        if not (panoptic_on or instance_on or semantic_on):
+            raise ValueError("TEST.PANOPTIC_ON, TEST.INSTANCE_ON and TEST.SEMANTIC_ON are all False: no output")
+        if frozen_weights and aux_loss:
+            raise ValueError(
+                "MODEL.DETR.FROZEN_WEIGHTS freezes the decoder, so the auxiliary decoding losses of "
+                "MODEL.DETR.DEEP_SUPERVISION would train nothing: set MODEL.DETR.DEEP_SUPERVISION False"
+            )
         self.mask_head_feature_norm = mask_head_feature_norm
         self.aux_loss = aux_loss
         self.criterion = criterion
@@ -176,10 +158,12 @@ class DetrPanoptic(nn.Module):
             self.contiguous_to_slot = None
         self.object_mask_threshold = object_mask_threshold
         self.min_segment_area = min_segment_area
-        self.panoptic_on = panoptic_on and mask_on
-        self.instance_on = instance_on or not mask_on
-        self.semantic_on = semantic_on and mask_on
-        self.crop_padding = crop_padding
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.semantic_on = semantic_on
+        self.instance_score_threshold = instance_score_threshold
+        self.crop_mask_padding = crop_mask_padding
+        self.all_query_masks = all_query_masks
         self.frozen_weights = frozen_weights
         if frozen_weights:
             self.load_and_freeze_detector(frozen_weights)
@@ -188,8 +172,8 @@ class DetrPanoptic(nn.Module):
     def from_config(cls, cfg):
         d = cfg.MODEL.DETR
         backbone = build_backbone(cfg)
-        in_features = list(cfg.MODEL.RESNETS.OUT_FEATURES) if cfg.MODEL.MASK_ON else [cfg.MODEL.RESNETS.OUT_FEATURES[-1]]
-        num_classes, is_thing, label_map = _class_setup(cfg)
+        in_features = list(d.IN_FEATURES) if cfg.MODEL.MASK_ON else [d.IN_FEATURES[-1]]
+        slots = class_slots(d.NUM_CLASSES, d.CLASS_SLOTS, list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN))
         transformer = Transformer(
             d_model=d.HIDDEN_DIM, nhead=d.NHEADS, num_encoder_layers=d.ENC_LAYERS, num_decoder_layers=d.DEC_LAYERS,
             dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT, normalize_before=d.PRE_NORM,
@@ -200,39 +184,39 @@ class DetrPanoptic(nn.Module):
         if cfg.MODEL.MASK_ON:
             weight_dict.update({"loss_mask": d.MASK_WEIGHT, "loss_dice": d.DICE_WEIGHT})
             losses.append("masks")
-        aux_loss = d.DEEP_SUPERVISION and not d.FROZEN_WEIGHTS
-        if aux_loss:
+        if d.DEEP_SUPERVISION:
             base = {k: v for k, v in weight_dict.items() if k not in ("loss_mask", "loss_dice")}
             for i in range(d.DEC_LAYERS - 1):
                 weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
         criterion = SetCriterion(
-            num_classes, matcher, weight_dict, eos_coef=d.NO_OBJECT_WEIGHT, losses=losses,
+            slots.num_slots, matcher, weight_dict, eos_coef=d.NO_OBJECT_WEIGHT, losses=losses,
             focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
         )
-        if d.TEST.POSTPROCESS not in ("d2", "official"):
-            raise ValueError(f"MODEL.DETR.TEST.POSTPROCESS must be 'd2' or 'official', got {d.TEST.POSTPROCESS!r}")
+        t = cfg.TEST
         return {
             "backbone": backbone,
             "transformer": transformer,
-            "num_classes": num_classes,
+            "num_classes": slots.num_slots,
             "num_queries": d.NUM_OBJECT_QUERIES,
             "criterion": criterion,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "is_thing": is_thing,
-            "label_map": label_map,
+            "is_thing": slots.is_thing,
+            "label_map": slots.label_map,
             "mask_on": cfg.MODEL.MASK_ON,
-            "aux_loss": aux_loss,
+            "aux_loss": d.DEEP_SUPERVISION,
             "in_features": in_features,
             "frozen_weights": d.FROZEN_WEIGHTS,
-            "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
-            "min_segment_area": d.TEST.MIN_SEGMENT_AREA,
-            "panoptic_on": d.TEST.PANOPTIC_ON,
-            "instance_on": d.TEST.INSTANCE_ON,
-            "semantic_on": d.TEST.SEMANTIC_ON,
-            "crop_padding": d.TEST.POSTPROCESS == "d2",
+            "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
+            "min_segment_area": t.MIN_SEGMENT_AREA,
+            "panoptic_on": t.PANOPTIC_ON,
+            "instance_on": t.INSTANCE_ON,
+            "semantic_on": t.SEMANTIC_ON,
+            "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
+            "crop_mask_padding": t.CROP_MASK_PADDING,
             "mask_head_feature_norm": d.MASK_HEAD_FEATURE_NORM,
-            "batch_invariant_backbone": d.BATCH_INVARIANT_BACKBONE,
+            "batch_invariant": d.BATCH_INVARIANT,
+            "all_query_masks": d.ALL_QUERY_MASKS,
         }
 
     @property
@@ -246,17 +230,11 @@ class DetrPanoptic(nn.Module):
     def load_and_freeze_detector(self, path: str) -> None:
         """Load a detection checkpoint (Detectron2 ``.pth``/``.pkl`` with a ``model`` dict of this model's
         names) into everything but the mask head, then freeze it (``requires_grad=False``)."""
-        import pickle
-
         from detectron2.utils.file_io import PathManager
 
-        local = PathManager.get_local_path(path)
-        if local.endswith(".pkl"):
-            with open(local, "rb") as f:
-                ckpt = pickle.load(f, encoding="latin1")
-        else:
-            ckpt = torch.load(local, map_location="cpu")
-        state = {k: torch.as_tensor(v) for k, v in ckpt.get("model", ckpt).items()}
+        from ..checkpoint.checkpoint_io import load_state_dict_file
+
+        state = load_state_dict_file(PathManager.get_local_path(path))
         prefixes = self.mask_head_parameter_prefixes()
         own = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
         missing = sorted(set(own) - set(state))
@@ -294,30 +272,32 @@ class DetrPanoptic(nn.Module):
             mask[i, :h, :w] = False
         return images, mask
 
-    def forward_network(self, images: Tensor, pixel_mask: Tensor) -> Dict:
-        """Raw DETR outputs: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each
-        image's own size, ``pred_masks`` (B, Q, H/4, W/4) logits (with masks), ``aux_outputs``.
+    def forward_detector(self, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, Dict]:
+        """Backbone, transformer and the class/box heads.
+
+        Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each
+        image's own size, ``aux_outputs`` (training with deep supervision); and ``state``, what the mask head
+        reads: ``hs`` (B, Q, C) last decoder layer, ``memory`` and ``features`` (B, C, H/32, W/32: the
+        encoder output and the projected res5), ``mask`` (B, H/32, W/32, True on padding), ``fpns``
+        [res4, res3, res2], ``sizes`` (each image's (h, w)) and ``padded``.
 
         ``pixel_mask`` (B, H, W) is True on padding. Feature-level masks: DETR's legacy-nearest resize of
-        the pixel mask; with ``batch_invariant_backbone`` the first ceil(h/stride) x ceil(w/stride) cells
-        are valid (what a single image has), and at inference the mask head runs per image on its own
-        region (its GroupNorm statistics would otherwise include the padding). Both are identical to
-        DETR for a single image."""
+        the pixel mask; with ``batch_invariant`` the first ceil(h/stride) x ceil(w/stride) cells are valid
+        (what a single image has). Both are identical to DETR for a single image."""
         valid = ~pixel_mask
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
         padded = any(sz != tuple(images.shape[-2:]) for sz in sizes)
-        if self._zero_padding is not None and padded:
-            with self._zero_padding.active(sizes, tuple(images.shape[-2:])):
+        if self.batch_invariant is not None and padded:
+            with self.batch_invariant.active(sizes, tuple(images.shape[-2:])):
                 feats = self.backbone(images)
         else:
             feats = self.backbone(images)
         feats = [feats[f] for f in self.in_features]
-        strides = self.feature_strides
-        if self._zero_padding is not None and padded:
-            mask = _ceil_masks(sizes, feats[-1].shape[-2:], strides[-1], images.device)
-        else:
-            mask = _feature_masks(pixel_mask, feats[-1:])[0]
         src = feats[-1]
+        if self.batch_invariant is not None and padded:
+            mask = ceil_padding_mask(sizes, src.shape[-2:], self.feature_strides[-1], images.device)
+        else:
+            mask = resize_padding_mask(pixel_mask, src.shape[-2:])
         pos = self.position_encoding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
         hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
@@ -326,28 +306,69 @@ class DetrPanoptic(nn.Module):
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss and self.training:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
-        if not self.mask_on:
-            return out
         feat = src_proj
         if self.mask_head_feature_norm:
             feat = feat / feat.pow(2).mean(1, keepdim=True).add(1e-6).sqrt()
-        fpns = [feats[2], feats[1], feats[0]]
-        if self._zero_padding is not None and padded and not self.training:
-            b, q = src.shape[0], self.num_queries
-            pred_masks = src.new_zeros((b, q, feats[0].shape[-2], feats[0].shape[-1]))
-            for i, (h, w) in enumerate(sizes):
-                def crop(t: Tensor, stride: int) -> Tensor:
-                    return t[i : i + 1, ..., : -(-h // stride), : -(-w // stride)]
+        state = {
+            "hs": hs[-1], "memory": memory, "features": feat, "mask": mask, "fpns": feats[2::-1] if self.mask_on else [],
+            "sizes": sizes, "padded": padded,
+        }
+        return out, state
 
-                m5 = crop(mask, strides[-1])
-                bbox_mask = self._scale_attention(self.bbox_attention(hs[-1][i : i + 1], crop(memory, strides[-1]), mask=m5), m5)
-                seg = self.mask_head(crop(feat, strides[-1]), bbox_mask, [crop(f, s) for f, s in zip(fpns, strides[2::-1])])
-                pred_masks[i, :, : seg.shape[-2], : seg.shape[-1]] = seg[:, 0]
-            out["pred_masks"] = pred_masks
-            return out
-        bbox_mask = self._scale_attention(self.bbox_attention(hs[-1], memory, mask=mask), mask)
-        seg = self.mask_head(feat, bbox_mask, fpns)
-        out["pred_masks"] = seg.view(src.shape[0], self.num_queries, seg.shape[-2], seg.shape[-1])
+    def query_masks(self, state: Dict, queries: Sequence[Tensor], crop_to_image: bool) -> List[Tensor]:
+        """Mask logits of the given queries, image by image: ``queries[i]`` (n_i,) sorted query indices of
+        image i -> (n_i, H_i, W_i) stride-4 mask logits. The attention maps (``bbox_attention``) and the
+        FPN head (``mask_head``) run on these queries only; the image-feature part of the head's first
+        convolution is computed once per image (``MaskHeadSmallConv.project_features``).
+
+        ``crop_to_image``: run on each image's own region (ceil(h/stride) cells at every stride; the result
+        an image gets alone), else on the whole padded batch grid (DETR's training computation)."""
+        strides = self.feature_strides
+        out = []
+        for i, q in enumerate(queries):
+            if crop_to_image:
+                h, w = state["sizes"][i]
+                cells = [(-(-h // s), -(-w // s)) for s in strides]
+            else:
+                cells = [tuple(f.shape[-2:]) for f in state["fpns"][::-1]] + [tuple(state["mask"].shape[-2:])]
+
+            if len(q) == 0:
+                out.append(state["features"].new_zeros((0, *cells[0])))
+                continue
+
+            def crop(t: Tensor, level: int) -> Tensor:
+                return t[i : i + 1, ..., : cells[level][0], : cells[level][1]]
+
+            m5 = crop(state["mask"], 3)
+            q = q.to(state["hs"].device)
+            att = self.bbox_attention(state["hs"][i : i + 1, q], crop(state["memory"], 3), mask=m5)
+            att = self._scale_attention(att, m5)
+            feat = crop(state["features"], 3)
+            fpns = [crop(f, 2 - k) for k, f in enumerate(state["fpns"])]
+            seg = self.mask_head(feat, att, fpns, projected=self.mask_head.project_features(feat))
+            out.append(seg[:, 0])
+        return out
+
+    def all_masks(self, state: Dict, crop_to_image: bool) -> Tensor:
+        """(B, Q, Hm, Wm) mask logits of every query (:meth:`query_masks` on all queries); with
+        ``crop_to_image`` each image's masks fill its own region of the batch grid, zeros elsewhere."""
+        b, q = state["hs"].shape[:2]
+        every = torch.arange(q, device=state["hs"].device)
+        masks = self.query_masks(state, [every] * b, crop_to_image)
+        out = masks[0].new_zeros((b, q, *state["fpns"][-1].shape[-2:]))
+        for i, m in enumerate(masks):
+            out[i, :, : m.shape[-2], : m.shape[-1]] = m
+        return out
+
+    def forward_network(self, images: Tensor, pixel_mask: Tensor) -> Dict:
+        """Raw DETR outputs with every query's mask (as official DETR): ``pred_logits`` (B, Q, S+1),
+        ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each image's own size, ``pred_masks`` (B, Q, H/4, W/4)
+        logits (with masks; at inference each image's own region with ``batch_invariant``), ``aux_outputs``
+        (training). For inspection and comparison; ``forward`` computes only the masks it uses."""
+        out, state = self.forward_detector(images, pixel_mask)
+        if self.mask_on:
+            crop = self.batch_invariant is not None and state["padded"] and not self.training
+            out["pred_masks"] = self.all_masks(state, crop_to_image=crop)
         return out
 
     def _scale_attention(self, bbox_mask: Tensor, mask: Tensor) -> Tensor:
@@ -362,10 +383,16 @@ class DetrPanoptic(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         images, pixel_mask = self.preprocess_image(batched_inputs)
-        outputs = self.forward_network(images.tensor, pixel_mask)
+        outputs, state = self.forward_detector(images.tensor, pixel_mask)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            losses = self.criterion(outputs, targets)
+            mask_fn = None
+            if self.mask_on:
+                if self.all_query_masks:
+                    outputs["pred_masks"] = self.all_masks(state, crop_to_image=False)
+                else:
+                    mask_fn = lambda queries: self.query_masks(state, queries, crop_to_image=False)  # noqa: E731
+            losses = self.criterion(outputs, targets, mask_fn)
             class_error = losses.pop("class_error", None)
             if class_error is not None:
                 try:
@@ -374,7 +401,7 @@ class DetrPanoptic(nn.Module):
                     pass
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
-        return self.postprocess(outputs, batched_inputs, images.image_sizes)
+        return self.inference(outputs, state, batched_inputs, images.image_sizes)
 
     # ------------------------------------------------------------------ targets
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
@@ -395,7 +422,11 @@ class DetrPanoptic(nn.Module):
             if self.contiguous_to_slot is not None:
                 classes = self.contiguous_to_slot[classes]
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            boxes = box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh") if len(inst) else torch.zeros((0, 4), device=self.device)
+            boxes = (
+                box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh")
+                if len(inst)
+                else torch.zeros((0, 4), device=self.device)
+            )
             t = {"labels": classes, "boxes": boxes}
             if self.mask_on:
                 if not inst.has("gt_masks"):
@@ -410,73 +441,65 @@ class DetrPanoptic(nn.Module):
         return targets
 
     # ------------------------------------------------------------------ inference
-    def postprocess(self, outputs: Dict, batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]) -> List[Dict]:
+    def mask_queries(self, logits: Tensor) -> Tensor:
+        """Sorted indices of the queries of one image (``logits`` (Q, S+1)) whose masks the enabled outputs
+        read: the panoptic fusion's kept queries, the thing queries of ``instances`` above
+        ``instance_score_threshold``, every query for ``sem_seg`` (a sum over all queries)."""
+        if self.semantic_on or self.all_query_masks:
+            return torch.arange(logits.shape[0], device=logits.device)
+        need = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        if self.panoptic_on:
+            need[panoptic_queries(logits, self.object_mask_threshold, self.label_map)] = True
+        if self.instance_on:
+            need[instance_queries(logits, self.is_thing, self.instance_score_threshold, self.label_map)] = True
+        return need.nonzero().flatten()
+
+    def inference(self, outputs: Dict, state: Dict, batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]) -> List[Dict]:
+        """Detectron2 outputs per image (see the README): the masks of the queries the enabled outputs read
+        are computed (:meth:`mask_queries`, :meth:`query_masks`), then :meth:`postprocess`."""
+        if not self.mask_on:
+            return self.postprocess(outputs, batched_inputs, image_sizes)
+        queries = [self.mask_queries(logits) for logits in outputs["pred_logits"]]
+        masks = self.query_masks(state, queries, crop_to_image=self.batch_invariant is not None and state["padded"])
+        return self.postprocess(outputs, batched_inputs, image_sizes, masks=masks, mask_queries=queries)
+
+    def postprocess(
+        self,
+        outputs: Dict,
+        batched_inputs: List[Dict],
+        image_sizes: List[Tuple[int, int]],
+        masks: Optional[Sequence[Tensor]] = None,
+        mask_queries: Optional[Sequence[Tensor]] = None,
+    ) -> List[Dict]:
+        """Raw outputs -> Detectron2 outputs per image. Mask logits: ``outputs["pred_masks"]`` (B, Q, Hm, Wm)
+        of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries ``mask_queries[i]``."""
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
             out_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
             logits = outputs["pred_logits"][i]
-            masks = outputs["pred_masks"][i] if self.mask_on else None
+            if masks is not None:
+                m, q = masks[i], mask_queries[i]
+            else:
+                m, q = (outputs["pred_masks"][i] if self.mask_on else None), None
             r: Dict = {}
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_fusion(
-                    logits, masks, image_size, out_size, self.is_thing, threshold=self.object_mask_threshold,
-                    min_area=self.min_segment_area, mask_stride=self.mask_stride, crop_padding=self.crop_padding,
-                    label_map=self.label_map,
+                    logits, m, image_size, out_size, self.is_thing, threshold=self.object_mask_threshold,
+                    min_area=self.min_segment_area, mask_stride=self.mask_stride, crop_padding=self.crop_mask_padding,
+                    label_map=self.label_map, mask_queries=q,
                 )
             if self.instance_on:
                 r["instances"] = instance_inference(
-                    logits, outputs["pred_boxes"][i], masks, image_size, out_size, self.is_thing,
+                    logits, outputs["pred_boxes"][i], m, image_size, out_size, self.is_thing,
                     mask_stride=getattr(self, "mask_stride", 4), label_map=self.label_map,
+                    score_threshold=self.instance_score_threshold, mask_queries=q,
                 )
             if self.semantic_on:
+                if q is not None and len(q) != logits.shape[0]:
+                    raise ValueError("sem_seg needs the masks of all queries")
                 r["sem_seg"] = semantic_inference(
-                    logits, masks, image_size, out_size, len(self.is_thing), mask_stride=self.mask_stride,
+                    logits, m, image_size, out_size, len(self.is_thing), mask_stride=self.mask_stride,
                     label_map=self.label_map,
                 )
             results.append(r)
         return results
-
-
-def _class_setup(cfg) -> Tuple[int, List[bool], Optional[List[int]]]:
-    """Number of class slots, is_thing per contiguous id and the slot -> contiguous map, from the config and
-    the metadata of the first dataset in DATASETS.TEST (else TRAIN). Checks NUM_CLASSES against it."""
-    d = cfg.MODEL.DETR
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    meta_info = None
-    for name in names:
-        md = MetadataCatalog.get(name)
-        if hasattr(md, "thing_dataset_id_to_contiguous_id") or hasattr(md, "stuff_dataset_id_to_contiguous_id"):
-            meta_info = (name, class_info_from_metadata(md))
-            break
-    if d.CLASS_SLOTS not in ("contiguous", "dataset_id"):
-        raise ValueError(f"MODEL.DETR.CLASS_SLOTS must be 'contiguous' or 'dataset_id', got {d.CLASS_SLOTS!r}")
-    if meta_info is None:
-        if d.NUM_CLASSES <= 0:
-            raise ValueError("MODEL.DETR.NUM_CLASSES <= 0 asks to derive it from the dataset metadata, but no "
-                             f"dataset in DATASETS.TRAIN/TEST ({names}) has panoptic id mappings")
-        if d.CLASS_SLOTS == "dataset_id":
-            raise ValueError("MODEL.DETR.CLASS_SLOTS 'dataset_id' needs a dataset with panoptic metadata in DATASETS")
-        logger.warning("No panoptic metadata in DATASETS; treating all %d classes as things", d.NUM_CLASSES)
-        return d.NUM_CLASSES, [True] * d.NUM_CLASSES, None
-    name, (num_contig, is_thing, ds_to_contig) = meta_info
-    if d.CLASS_SLOTS == "contiguous":
-        if d.NUM_CLASSES <= 0:
-            return num_contig, is_thing, None
-        if d.NUM_CLASSES != num_contig:
-            raise ValueError(
-                f"MODEL.DETR.NUM_CLASSES = {d.NUM_CLASSES} but dataset '{name}' has {num_contig} classes "
-                f"({sum(is_thing)} things + {num_contig - sum(is_thing)} stuff). Set MODEL.DETR.NUM_CLASSES "
-                f"{num_contig} (or 0 to derive it from the metadata)."
-            )
-        return num_contig, is_thing, None
-    max_id = max(ds_to_contig)
-    num_slots = d.NUM_CLASSES if d.NUM_CLASSES > 0 else max_id + 1
-    if max_id >= num_slots:
-        raise ValueError(
-            f"MODEL.DETR.CLASS_SLOTS 'dataset_id': dataset '{name}' has category id {max_id} but "
-            f"MODEL.DETR.NUM_CLASSES = {num_slots} slots; need at least {max_id + 1}"
-        )
-    label_map = [-1] * num_slots
-    for ds_id, c in ds_to_contig.items():
-        label_map[ds_id] = c
-    return num_slots, is_thing, label_map

@@ -80,6 +80,35 @@ def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: 
     return torch.addcmul(t.index_select(1, r1) * wr1[:, None], t.index_select(1, r0), wr0[:, None])
 
 
+def _class_predictions(logits: Tensor, label_map: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(scores, labels) of the argmax over all S+1 softmax outputs; labels are contiguous ids (slots mapped
+    through ``label_map``; -1 for an unused slot), S for no-object."""
+    num_slots = logits.shape[-1] - 1
+    scores, labels = logits.float().softmax(-1).max(-1)
+    if label_map is not None:
+        labels = torch.where(labels < num_slots, label_map.to(labels.device)[labels.clamp(max=num_slots - 1)], labels)
+    return scores, labels
+
+
+def _rows(masks: Tensor, idx: Tensor, mask_queries: Optional[Tensor]) -> Tensor:
+    """The masks of queries ``idx`` from ``masks``, whose rows are the queries ``mask_queries`` (sorted; all
+    queries when None)."""
+    if mask_queries is None:
+        return masks[idx]
+    pos = torch.searchsorted(mask_queries.to(idx.device), idx)
+    if pos.numel() and (pos.max() >= len(mask_queries) or not torch.equal(mask_queries.to(idx.device)[pos], idx)):
+        raise ValueError(f"masks of queries {idx.tolist()} are needed but only {mask_queries.tolist()} were computed")
+    return masks[pos.to(masks.device)]
+
+
+def panoptic_queries(logits: Tensor, threshold: float, label_map: Optional[Tensor] = None) -> Tensor:
+    """Indices of the queries the panoptic fusion keeps (and whose masks it reads): the argmax over all
+    S+1 outputs is a class (not no-object, not an unused slot) with score > ``threshold``."""
+    scores, labels = _class_predictions(logits, label_map)
+    keep = (labels != logits.shape[-1] - 1) & (scores > threshold) & (labels >= 0)
+    return keep.nonzero().flatten()
+
+
 def panoptic_fusion(
     logits: Tensor,
     masks: Tensor,
@@ -92,12 +121,14 @@ def panoptic_fusion(
     mask_stride: int = 4,
     crop_padding: bool = True,
     label_map: Optional[Tensor] = None,
+    mask_queries: Optional[Tensor] = None,
 ) -> Tuple[Tensor, List[Dict]]:
     """Fuse one image's query predictions into a panoptic id map.
 
     Args:
         logits: (Q, S+1) class logits over S class slots + no-object.
-        masks: (Q, Hm, Wm) mask logits on the padded batch's stride-4 grid.
+        masks: (Q, Hm, Wm) mask logits on the padded batch's stride-4 grid, or (K, Hm, Wm) those of the
+            sorted queries ``mask_queries`` (which must include :func:`panoptic_queries`).
         image_size: (h, w) of the network input (after resize, before padding).
         output_size: (H, W) of the returned id map (usually the original image size).
         is_thing: (C,) bool per contiguous class id.
@@ -107,13 +138,8 @@ def panoptic_fusion(
         id map (H, W) int32 (segments 1..N, 0 = void), and ``segments_info`` dicts with ``id``,
         ``category_id`` (contiguous), ``isthing``, ``score``, ``area``.
     """
-    num_slots = logits.shape[-1] - 1
-    scores, labels = logits.float().softmax(-1).max(-1)
-    keep = (labels != num_slots) & (scores > threshold)
-    if label_map is not None:
-        labels = torch.where(labels < num_slots, label_map.to(labels.device)[labels.clamp(max=num_slots - 1)], labels)
-        keep &= labels >= 0
-    idx = keep.nonzero().flatten()
+    scores, labels = _class_predictions(logits, label_map)
+    idx = panoptic_queries(logits, threshold, label_map)
     h_out, w_out = output_size
     if idx.numel() == 0:
         return torch.zeros((h_out, w_out), dtype=torch.int32, device=logits.device), []
@@ -125,7 +151,7 @@ def panoptic_fusion(
     rows_u, rows_inv = torch.unique(rows, return_inverse=True)
     cols_u, cols_inv = torch.unique(cols, return_inverse=True)
 
-    cur_masks = masks[idx]
+    cur_masks = _rows(masks, idx, mask_queries)
     if crop_padding:
         cur_masks = crop_mask_padding(cur_masks, image_size, mask_stride)
     cur_masks = _sampled_bilinear(cur_masks, tuple(image_size), rows_u, cols_u)
@@ -167,6 +193,24 @@ def panoptic_fusion(
     return (ids_out + 1).to(torch.int32), segments_info
 
 
+def _thing_predictions(logits: Tensor, is_thing: Tensor, score_threshold: float, label_map: Optional[Tensor]):
+    """(scores, contiguous labels, keep) of the best real class of each query; keep = a thing with a score
+    above ``score_threshold``."""
+    scores, labels = logits.float().softmax(-1)[:, :-1].max(-1)
+    if label_map is not None:
+        labels = label_map.to(labels.device)[labels]
+    keep = labels >= 0
+    keep[keep.clone()] = is_thing.to(labels.device)[labels[keep]]
+    return scores, labels, keep & (scores > score_threshold)
+
+
+def instance_queries(
+    logits: Tensor, is_thing: Tensor, score_threshold: float = 0.0, label_map: Optional[Tensor] = None
+) -> Tensor:
+    """Indices of the queries :func:`instance_inference` outputs (and whose masks it reads)."""
+    return _thing_predictions(logits, is_thing, score_threshold, label_map)[2].nonzero().flatten()
+
+
 def instance_inference(
     logits: Tensor,
     boxes: Tensor,
@@ -177,17 +221,16 @@ def instance_inference(
     *,
     mask_stride: int = 4,
     label_map: Optional[Tensor] = None,
+    score_threshold: float = 0.0,
+    mask_queries: Optional[Tensor] = None,
 ) -> Instances:
-    """Detectron2 ``Instances`` of every query whose best real class is a thing (no threshold, as DETR's
-    COCO detection evaluation). Boxes: the box head's cxcywh (relative to the image) -> XYXY pixels of
-    ``output_size``; masks: sigmoid > 0.5 of the padding-cropped logits resized to ``output_size``;
-    scores: the class probability (softmax over all slots + no-object)."""
-    num_slots = logits.shape[-1] - 1
-    scores, labels = logits.float().softmax(-1)[:, :-1].max(-1)
-    if label_map is not None:
-        labels = label_map.to(labels.device)[labels]
-    keep = labels >= 0
-    keep[keep.clone()] = is_thing.to(labels.device)[labels[keep]]
+    """Detectron2 ``Instances`` of every query whose best real class is a thing with a class score above
+    ``score_threshold`` (0: no threshold, as DETR's COCO detection evaluation). Boxes: the box head's cxcywh
+    (relative to the image) -> XYXY pixels of ``output_size``; masks: sigmoid > 0.5 of the padding-cropped
+    logits resized to ``output_size``; scores: the class probability (softmax over all slots + no-object).
+    ``masks``: (Q, Hm, Wm), or (K, Hm, Wm) of the sorted queries ``mask_queries`` (must include
+    :func:`instance_queries`)."""
+    scores, labels, keep = _thing_predictions(logits, is_thing, score_threshold, label_map)
     h_out, w_out = output_size
     result = Instances((h_out, w_out))
     xyxy = box_convert(boxes[keep].float(), "cxcywh", "xyxy") * torch.tensor([w_out, h_out, w_out, h_out], device=boxes.device)
@@ -195,7 +238,7 @@ def instance_inference(
     result.scores = scores[keep]
     result.pred_classes = labels[keep]
     if masks is not None:
-        m = crop_mask_padding(masks[keep], image_size, mask_stride)
+        m = crop_mask_padding(_rows(masks, keep.nonzero().flatten(), mask_queries), image_size, mask_stride)
         if m.shape[0]:
             m = F.interpolate(m[:, None].float(), size=(h_out, w_out), mode="bilinear", align_corners=False)[:, 0]
         else:

@@ -1,4 +1,5 @@
-"""Panoptic category lists -> Detectron2 "standard" panoptic metadata, and checks on it.
+"""Panoptic category lists -> Detectron2 "standard" panoptic metadata, checks on it, and the model's
+class-slot layout derived from it (the one place ``MODEL.DETR.NUM_CLASSES`` is checked).
 
 Contiguous ids: a category's contiguous id is its position in the category list **sorted by
 dataset id**, things and stuff together (COCO: things 0..79, stuff 80..132). In the "standard"
@@ -6,10 +7,14 @@ metadata ``thing_classes`` / ``stuff_classes`` (and the colours) both list *all*
 contiguous id, which is what Detectron2's Visualizer and ``COCOPanopticEvaluator`` expect.
 """
 
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.colormap import colormap
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "REQUIRED_PANOPTIC_METADATA",
@@ -17,7 +22,9 @@ __all__ = [
     "build_panoptic_metadata",
     "missing_panoptic_metadata",
     "num_classes_from_metadata",
-    "check_num_classes",
+    "class_info_from_metadata",
+    "ClassSlots",
+    "class_slots",
 ]
 
 # Keys a panoptic dataset's metadata must have for the DETR mapper, evaluator and visualiser.
@@ -137,34 +144,88 @@ def num_classes_from_metadata(dataset_name: str) -> int:
     return len(meta.thing_dataset_id_to_contiguous_id) + len(meta.stuff_dataset_id_to_contiguous_id)
 
 
-def check_num_classes(
-    num_classes: int, dataset_names: Iterable[str], class_slots: str = "contiguous"
-) -> None:
-    """Check ``cfg.MODEL.DETR.NUM_CLASSES`` against the datasets' metadata; clear error if wrong.
+def class_info_from_metadata(metadata: Any) -> Tuple[int, List[bool], Dict[int, int]]:
+    """From Detectron2 panoptic metadata: (number of contiguous classes, is_thing per contiguous id,
+    dataset id -> contiguous id). Raises ValueError when the metadata has no id mappings."""
+    thing = dict(getattr(metadata, "thing_dataset_id_to_contiguous_id", {}) or {})
+    stuff = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", {}) or {})
+    if not thing and not stuff:
+        raise ValueError(
+            f"dataset '{metadata.name}': metadata has neither thing_dataset_id_to_contiguous_id nor "
+            "stuff_dataset_id_to_contiguous_id; register it with detr_d2.data.register_panoptic_dataset"
+        )
+    dataset_to_contig = {**stuff, **thing}
+    num = max(dataset_to_contig.values()) + 1
+    is_thing = [False] * num
+    for c in thing.values():
+        is_thing[c] = True
+    return num, is_thing, dataset_to_contig
 
-    ``class_slots="contiguous"``: NUM_CLASSES must equal the number of classes of every dataset.
-    ``class_slots="dataset_id"`` (logit index = dataset category id, official checkpoints):
-    NUM_CLASSES must exceed the largest dataset category id.
+
+@dataclass(frozen=True)
+class ClassSlots:
+    """How the classifier's rows map to a dataset's classes.
+
+    ``num_slots``: rows before the no-object row (``MODEL.DETR.NUM_CLASSES``); ``is_thing``: per
+    contiguous class id; ``label_map``: slot -> contiguous id (-1 for unused slots) when the slots are
+    dataset category ids (``CLASS_SLOTS dataset_id``), None when they are contiguous ids.
     """
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        expected = num_classes_from_metadata(name)
-        if class_slots == "contiguous":
-            if num_classes != expected:
-                raise ValueError(
-                    f"MODEL.DETR.NUM_CLASSES is {num_classes} but dataset {name!r} has {expected} "
-                    f"classes (contiguous ids 0..{expected - 1}); set MODEL.DETR.NUM_CLASSES "
-                    f"{expected}."
-                )
-        elif class_slots == "dataset_id":
-            max_id = max(
-                list(meta.thing_dataset_id_to_contiguous_id)
-                + list(meta.stuff_dataset_id_to_contiguous_id)
+
+    num_slots: int
+    is_thing: List[bool]
+    label_map: Optional[List[int]] = None
+
+
+def class_slots(num_classes: int, slots: str, dataset_names: Sequence[str]) -> ClassSlots:
+    """The classifier layout for ``MODEL.DETR.NUM_CLASSES`` / ``CLASS_SLOTS`` and the datasets' metadata.
+
+    Every dataset in ``dataset_names`` that has panoptic id mappings must have the same classes (the
+    first one defines them). ``slots="contiguous"``: ``num_classes`` must equal the number of classes
+    (0 derives it). ``slots="dataset_id"`` (logit index = dataset category id, as the official
+    checkpoints): ``num_classes`` must exceed the largest dataset id (0 derives it). Without any dataset
+    metadata, ``num_classes`` contiguous classes, all things. Errors give both numbers and the config key.
+    """
+    if slots not in ("contiguous", "dataset_id"):
+        raise ValueError(f"MODEL.DETR.CLASS_SLOTS must be 'contiguous' or 'dataset_id', got {slots!r}")
+    names = list(dataset_names)
+    infos = []
+    for name in names:
+        md = MetadataCatalog.get(name)
+        if hasattr(md, "thing_dataset_id_to_contiguous_id") or hasattr(md, "stuff_dataset_id_to_contiguous_id"):
+            infos.append((name, class_info_from_metadata(md)))
+    if not infos:
+        if num_classes <= 0:
+            raise ValueError(
+                "MODEL.DETR.NUM_CLASSES <= 0 asks to derive it from the dataset metadata, but no dataset in "
+                f"DATASETS.TRAIN/TEST ({names}) has panoptic id mappings"
             )
-            if num_classes <= max_id:
-                raise ValueError(
-                    f"MODEL.DETR.NUM_CLASSES is {num_classes} with CLASS_SLOTS 'dataset_id', but "
-                    f"dataset {name!r} has category id {max_id}; NUM_CLASSES must be > {max_id}."
-                )
-        else:
-            raise ValueError(f"unknown MODEL.DETR.CLASS_SLOTS {class_slots!r}")
+        if slots == "dataset_id":
+            raise ValueError("MODEL.DETR.CLASS_SLOTS 'dataset_id' needs a dataset with panoptic metadata in DATASETS")
+        logger.warning("No panoptic metadata in DATASETS; treating all %d classes as things", num_classes)
+        return ClassSlots(num_classes, [True] * num_classes)
+    name, (num_contig, is_thing, ds_to_contig) = infos[0]
+    for other, info in infos[1:]:
+        if info != (num_contig, is_thing, ds_to_contig):
+            raise ValueError(
+                f"datasets '{name}' and '{other}' have different classes ({num_contig} vs {info[0]} classes or "
+                "different id mappings); one model can only train/evaluate on datasets with the same classes"
+            )
+    if slots == "contiguous":
+        if num_classes > 0 and num_classes != num_contig:
+            raise ValueError(
+                f"MODEL.DETR.NUM_CLASSES = {num_classes} but dataset '{name}' has {num_contig} classes "
+                f"({sum(is_thing)} things + {num_contig - sum(is_thing)} stuff). Set MODEL.DETR.NUM_CLASSES "
+                f"{num_contig} (or 0 to derive it from the metadata)."
+            )
+        return ClassSlots(num_contig, is_thing)
+    max_id = max(ds_to_contig)
+    num_slots = num_classes if num_classes > 0 else max_id + 1
+    if max_id >= num_slots:
+        raise ValueError(
+            f"MODEL.DETR.CLASS_SLOTS 'dataset_id': dataset '{name}' has category id {max_id} but "
+            f"MODEL.DETR.NUM_CLASSES = {num_slots} slots; need at least {max_id + 1}"
+        )
+    label_map = [-1] * num_slots
+    for ds_id, c in ds_to_contig.items():
+        label_map[ds_id] = c
+    return ClassSlots(num_slots, is_thing, label_map)

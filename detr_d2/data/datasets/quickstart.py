@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..panoptic_io import atomic_save_image, atomic_write_json, read_json, save_panoptic_png
+from ...utils.atomic_io import atomic_save_image, atomic_write_json
+from ..panoptic_io import read_json, save_panoptic_png
 from ..segment_ids import SegmentIdGenerator
 from .register_panoptic import load_panoptic_json, panoptic_dataset_metadata
 

@@ -9,14 +9,11 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
-from panopticapi.utils import id2rgb
 
 __all__ = [
     "PERTURBATIONS",
     "perturb_prediction",
     "make_synthetic_panoptic_gt",
-    "write_panoptic_png",
     "write_panoptic_json",
 ]
 
@@ -210,11 +207,6 @@ def make_synthetic_panoptic_gt(
                               "area": 50, "bbox": [0, 0, 5, 10]})
     order = rng.permutation(len(segments_info))
     return id_map, [segments_info[i] for i in order]
-
-
-def write_panoptic_png(path: str, id_map: np.ndarray) -> None:
-    """Write a (H, W) id map as a COCO panoptic RGB PNG (``id2rgb``; ids taken modulo 2**24)."""
-    Image.fromarray(id2rgb(id_map)).save(path, format="PNG")
 
 
 def write_panoptic_json(

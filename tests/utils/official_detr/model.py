@@ -8,7 +8,7 @@ checkpoint's keys and shapes (R50: 490 tensors, R101: 745; no ``num_batches_trac
 so an official ``checkpoint["model"]`` loads with ``strict=True``.
 
 Conventions: inputs are :class:`NestedTensor` batches built by
-:mod:`detr_d2.reference.official_inputs` (RGB, ImageNet-normalised, padded bottom/right, mask True
+:mod:`tests.utils.official_detr.inputs` (RGB, ImageNet-normalised, padded bottom/right, mask True
 on padding). Outputs: ``pred_logits`` (B, Q, num_classes + 1) raw logits whose index is the dataset
 category id (last index = no-object); ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h) relative to
 each image's unpadded size; ``pred_masks`` (B, Q, H/4, W/4) raw mask logits on the padded batch's
@@ -30,7 +30,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from .official_inputs import NestedTensor, nested_tensor_from_tensor_list
+from .inputs import NestedTensor, nested_tensor_from_tensor_list
 
 __all__ = [
     "DETR",

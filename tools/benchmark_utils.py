@@ -2,29 +2,58 @@
 
 * :class:`StageTimer` attributes wall time (or any other running counter, e.g. FLOPs) to named stages
   without changing the code it measures: forward pre/post hooks on submodules, temporary wrappers
-  around bound methods (:func:`patch_method`), or explicit ``with timer.stage(name):`` blocks. Only
-  the outermost active stage is counted (a stage entered while another runs counts in the running
-  one). On CUDA every stage boundary synchronises the device, so times are wall-clock GPU times.
+  around bound methods (:func:`patch_method`), or explicit ``with timer.stage(name):`` blocks. A stage
+  entered while another runs counts in the outermost one (default) or, with ``nesting="inner"``, in
+  itself. On CUDA every stage boundary synchronises the device, so times are wall-clock GPU times.
 * :class:`PeakMemory`: peak tensor memory allocated inside a block (CUDA allocator stats, or the
   profiler's allocation events on CPU).
 * :func:`summarize_iterations`, :func:`format_table`: per-stage means and plain-text tables.
+* :func:`hw_size`: the ``HxW`` argument type of the benchmarks.
+
+Benchmarks run from a checkout (``python tools/benchmark_*.py``): this module puts the repository root
+on ``sys.path`` so they can import the test oracle (``tests/utils/official_detr``: the official DETR
+re-implementation) and the synthetic data makers, which are not part of the installed package.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ["MethodPatch", "PeakMemory", "StageTimer", "format_table", "patch_method", "summarize_iterations", "synchronize"]
+__all__ = [
+    "MethodPatch", "PeakMemory", "StageTimer", "format_table", "hw_size", "patch_method", "summarize_iterations",
+    "synchronize",
+]
 
 DeviceLike = Union[str, torch.device]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.append(REPO_ROOT)
+
+
+def hw_size(min_side: int = 1) -> Callable[[str], Tuple[int, int]]:
+    """An argparse type for ``HxW`` sizes (e.g. ``800x1199``) with both sides >= ``min_side``."""
+
+    def parse(text: str) -> Tuple[int, int]:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected HxW (e.g. 800x1199), got {text!r}") from None
+        if h < min_side or w < min_side:
+            raise argparse.ArgumentTypeError(f"both sides must be at least {min_side}, got {text!r}")
+        return h, w
+
+    return parse
 
 
 def synchronize(device: DeviceLike) -> None:
@@ -39,39 +68,53 @@ class StageTimer:
     finished iteration (``end_iteration``), including ``"total"`` (wall time of the whole iteration)
     and ``"other"`` (total minus the named stages: glue code between them)."""
 
-    def __init__(self, device: DeviceLike = "cpu", clock: Optional[Callable[[], float]] = None):
+    def __init__(self, device: DeviceLike = "cpu", clock: Optional[Callable[[], float]] = None, nesting: str = "outer"):
         """``clock``: a monotone counter read at stage boundaries (default ``time.perf_counter``;
-        e.g. a FLOP counter's running total to attribute FLOPs to stages instead of seconds)."""
+        e.g. a FLOP counter's running total to attribute FLOPs to stages instead of seconds).
+        ``nesting``: which stage a nested stage's time goes to: ``"outer"`` (the outermost active stage;
+        the nested one is ignored) or ``"inner"`` (the innermost: the enclosing stage pauses meanwhile,
+        e.g. the mask head run from inside the loss)."""
+        if nesting not in ("outer", "inner"):
+            raise ValueError(f"StageTimer nesting must be 'outer' or 'inner', got {nesting!r}")
         self.device = torch.device(device)
         self.clock = clock or time.perf_counter
+        self.nesting = nesting
         self.current: Dict[str, float] = defaultdict(float)
         self.history: List[Dict[str, float]] = []
-        self._depth = 0
-        self._start = 0.0
+        self._stack: List[str] = []  # active stages, outermost first
+        self._start = 0.0  # clock reading when the counted stage (last) started or resumed
         self._iter_start: Optional[float] = None
         self._handles: list = []
 
-    # -- low-level enter/exit (outermost stage only) ---------------------------------------
-    def _enter(self) -> None:
-        if self._depth == 0:
-            synchronize(self.device)
-            self._start = self.clock()
-        self._depth += 1
+    # -- low-level enter/exit ------------------------------------------------------------------
+    def _enter(self, name: str) -> None:
+        if self._stack and self.nesting == "outer":
+            self._stack.append(name)
+            return
+        synchronize(self.device)
+        now = self.clock()
+        if self._stack:  # "inner": the enclosing stage pauses
+            self.current[self._stack[-1]] += now - self._start
+        self._stack.append(name)
+        self._start = now
 
-    def _exit(self, name: str) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            synchronize(self.device)
-            self.current[name] += self.clock() - self._start
+    def _exit(self) -> None:
+        name = self._stack.pop()
+        if self._stack and self.nesting == "outer":
+            return
+        synchronize(self.device)
+        now = self.clock()
+        self.current[name] += now - self._start
+        self._start = now  # "inner": the enclosing stage resumes
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the block as ``name``."""
-        self._enter()
+        self._enter(name)
         try:
             yield
         finally:
-            self._exit(name)
+            self._exit()
 
     # -- iterations ---------------------------------------------------------------------------
     def start_iteration(self) -> None:
@@ -98,11 +141,14 @@ class StageTimer:
         """Time every call of each module as its stage (forward pre/post hooks; removed by ``remove``)."""
         for name, modules in stages.items():
             for module in modules:
-                self._handles.append(module.register_forward_pre_hook(lambda *_: self._enter()))
-                self._handles.append(module.register_forward_hook(functools.partial(self._post_hook, name)))
+                self._handles.append(module.register_forward_pre_hook(functools.partial(self._pre_hook, name)))
+                self._handles.append(module.register_forward_hook(self._post_hook))
 
-    def _post_hook(self, name: str, *_args) -> None:
-        self._exit(name)
+    def _pre_hook(self, name: str, *_args) -> None:
+        self._enter(name)
+
+    def _post_hook(self, *_args) -> None:
+        self._exit()
 
     def wrap_method(self, obj: object, attr: str, name: str) -> None:
         """Replace ``obj.attr`` (a bound method) by a timed wrapper stored on the instance; ``remove``
@@ -252,7 +298,6 @@ def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.dev
     print the torch/device/threads/cores/processor/load header and, on CPU, the contention note.
     Returns the device, or None (after printing an error) when CUDA is asked for but not available."""
     import platform
-    import sys
 
     if threads > 0:
         torch.set_num_threads(threads)

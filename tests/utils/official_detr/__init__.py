@@ -1,9 +1,9 @@
 """Reference oracle: a faithful re-implementation of the official DETR panoptic model, its input
 pipeline and its panoptic post-processor, written from shared/reference/detr_panoptic_checkpoint.md.
 
-Not imported by ``detr_d2/__init__.py``: tests, benchmarks and the checkpoint converter import it.
+Not part of the installed package: tests and benchmarks (from a checkout) import it.
 """
-from .official_detr import (
+from .model import (
     DETR,
     DETRsegm,
     FrozenBatchNorm2d,
@@ -12,14 +12,14 @@ from .official_detr import (
     official_state_dict_template,
     randomize_frozen_batchnorm_,
 )
-from .official_inputs import (
+from .inputs import (
     NestedTensor,
     detr_resized_hw,
     load_rgb_image,
     nested_tensor_from_tensor_list,
     official_eval_transform,
 )
-from .official_postprocess import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+from .postprocess import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
 
 __all__ = [
     "DETR",
