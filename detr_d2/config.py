@@ -45,6 +45,9 @@ def add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.COST_GIOU = 2.0
     # Two-stage training: a detection checkpoint loaded and frozen; only the mask head trains.
     cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
+    # Initialise the mask head (bbox_attention.*, mask_head.*: class-agnostic) from a panoptic checkpoint,
+    # e.g. a converted COCO one, while the detector comes from FROZEN_WEIGHTS (stage 2 on your own data).
+    cfg.MODEL.DETR.MASK_HEAD_WEIGHTS = ""
     # For training from scratch (not in the official model): the projected features entering the mask
     # head are scaled to unit RMS per position and the attention maps so a uniform map is 1, so each
     # query's attention map keeps its weight against the image features.

@@ -129,6 +129,28 @@ def test_frozen_weights_only_mask_head_trains(tmp_path):
     }
 
 
+def test_mask_head_weights_initialise_only_the_mask_head(tmp_path):
+    """Stage 2 on another dataset: detector from FROZEN_WEIGHTS, mask head from a panoptic checkpoint of
+    other classes (the mask head is class-agnostic)."""
+    det = build_model(tiny_detr_cfg(mask_on=False))
+    det_path = tmp_path / "det.pth"
+    torch.save({"model": det.state_dict()}, det_path)
+    pan = build_model(tiny_detr_cfg(num_classes=9))  # another class count
+    pan_path = tmp_path / "pan.pth"
+    torch.save({"model": pan.state_dict()}, pan_path)
+    cfg = tiny_detr_cfg()
+    cfg.MODEL.DETR.FROZEN_WEIGHTS, cfg.MODEL.DETR.DEEP_SUPERVISION = str(det_path), False
+    cfg.MODEL.DETR.MASK_HEAD_WEIGHTS = str(pan_path)
+    m = build_model(cfg)
+    for k, v in m.state_dict().items():
+        source = pan if k.startswith(("bbox_attention.", "mask_head.")) else det
+        assert torch.equal(v, source.state_dict()[k]), k
+    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 50, 256  # other FPN widths
+    cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
+    with pytest.raises(ValueError, match=r"MASK_HEAD_WEIGHTS=.*pan.pth.*shape mismatches \['mask_head.adapter1.weight"):
+        build_model(cfg)
+
+
 def test_frozen_weights_rejects_wrong_checkpoint(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save({"model": {"foo": torch.zeros(1)}}, path)

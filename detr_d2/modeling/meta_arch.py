@@ -63,6 +63,7 @@ class DetrPanoptic(nn.Module):
         aux_loss: bool = True,
         in_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         frozen_weights: str = "",
+        mask_head_weights: str = "",
         object_mask_threshold: float = 0.85,
         min_segment_area: int = 4,
         panoptic_on: bool = True,
@@ -83,6 +84,8 @@ class DetrPanoptic(nn.Module):
             label_map: slot -> contiguous id (-1 for unused slots) when slots are dataset ids; None when
                 slots are contiguous ids.
             frozen_weights: detection checkpoint to load and freeze; only the mask head then trains.
+            mask_head_weights: a panoptic checkpoint whose ``bbox_attention.*``/``mask_head.*`` (class-agnostic)
+                initialise the mask head, e.g. a converted COCO one for stage 2 on another dataset.
             panoptic_on / instance_on / semantic_on: the outputs at inference; without masks only
                 ``instance_on`` (boxes) is possible.
             instance_score_threshold: ``instances`` keep thing queries whose class score is above it
@@ -167,6 +170,10 @@ class DetrPanoptic(nn.Module):
         self.frozen_weights = frozen_weights
         if frozen_weights:
             self.load_and_freeze_detector(frozen_weights)
+        if mask_head_weights:
+            if not mask_on:
+                raise ValueError("MODEL.DETR.MASK_HEAD_WEIGHTS needs MODEL.MASK_ON True")
+            self.load_mask_head(mask_head_weights)
 
     @classmethod
     def from_config(cls, cfg):
@@ -207,6 +214,7 @@ class DetrPanoptic(nn.Module):
             "aux_loss": d.DEEP_SUPERVISION,
             "in_features": in_features,
             "frozen_weights": d.FROZEN_WEIGHTS,
+            "mask_head_weights": d.MASK_HEAD_WEIGHTS,
             "object_mask_threshold": t.OBJECT_MASK_THRESHOLD,
             "min_segment_area": t.MIN_SEGMENT_AREA,
             "panoptic_on": t.PANOPTIC_ON,
@@ -227,28 +235,49 @@ class DetrPanoptic(nn.Module):
     def mask_head_parameter_prefixes(self) -> Tuple[str, ...]:
         return ("bbox_attention.", "mask_head.")
 
-    def load_and_freeze_detector(self, path: str) -> None:
-        """Load a detection checkpoint (Detectron2 ``.pth``/``.pkl`` with a ``model`` dict of this model's
-        names) into everything but the mask head, then freeze it (``requires_grad=False``)."""
+    def _load_weights(self, path: str, key: str, prefixes: Tuple[str, ...], include: bool) -> None:
+        """Load the tensors of checkpoint ``path`` (config ``key``) whose names start (``include``) or do not
+        start with ``prefixes``; every such tensor of this model must be in the file with its shape."""
         from detectron2.utils.file_io import PathManager
 
         from ..checkpoint.checkpoint_io import load_state_dict_file
 
         state = load_state_dict_file(PathManager.get_local_path(path))
-        prefixes = self.mask_head_parameter_prefixes()
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes) == include}
         missing = sorted(set(own) - set(state))
-        bad_shape = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+        bad_shape = [
+            f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k in sorted(own) if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        ]
         if missing or bad_shape:
+            kind = "mask head (bbox_attention.*, mask_head.*)" if include else "detector (all but the mask head)"
             raise ValueError(
-                f"MODEL.DETR.FROZEN_WEIGHTS={path}: not a detection checkpoint of this model: "
-                f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''} ({len(missing)}), "
-                f"shape mismatches {bad_shape[:10]}"
+                f"{key}={path}: does not hold this model's {kind}: missing keys "
+                f"{missing[:10]}{'...' if len(missing) > 10 else ''} ({len(missing)}), shape mismatches {bad_shape[:5]}"
             )
-        self.load_state_dict({k: state[k] for k in own}, strict=False)
+        if include:  # load into the submodules: a partial load_state_dict of the whole model would make
+            # Detectron2's FrozenBatchNorm2d (no version metadata) reset its statistics to 0 / 1
+            for prefix in prefixes:
+                module = getattr(self, prefix.rstrip("."))
+                module.load_state_dict({k[len(prefix):]: state[k] for k in own if k.startswith(prefix)})
+        else:
+            self.load_state_dict({k: state[k] for k in own}, strict=False)
+
+    def load_and_freeze_detector(self, path: str) -> None:
+        """Load a detection checkpoint (Detectron2 ``.pth``/``.pkl`` with a ``model`` dict of this model's
+        names) into everything but the mask head, then freeze it (``requires_grad=False``)."""
+        prefixes = self.mask_head_parameter_prefixes()
+        self._load_weights(path, "MODEL.DETR.FROZEN_WEIGHTS", prefixes, include=False)
         for name, p in self.named_parameters():
             p.requires_grad_(name.startswith(prefixes))
         logger.info("Loaded and froze the detector from %s; training only %s", path, prefixes)
+
+    def load_mask_head(self, path: str) -> None:
+        """Initialise ``bbox_attention``/``mask_head`` from a panoptic checkpoint with this model's (= DETR's
+        official) names: a converted official, Hugging Face or detr_d2 checkpoint. The mask head is
+        class-agnostic, so any panoptic checkpoint of the same widths (hidden dim, heads, backbone) fits."""
+        self._load_weights(path, "MODEL.DETR.MASK_HEAD_WEIGHTS", self.mask_head_parameter_prefixes(), include=True)
+        logger.info("Initialised the mask head from %s", path)
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Tensor]:
