@@ -10,6 +10,8 @@ setup(
     name="detr_d2",
     version="0.1.0",
     description="DETR with the panoptic mask head as a first-class Detectron2 extension",
+    license="Apache-2.0",
+    # the package only: tests (and their oracles), tools and configs stay in the checkout
     packages=find_packages(include=["detr_d2", "detr_d2.*"]),
     python_requires=">=3.8",
     install_requires=[
@@ -27,6 +29,8 @@ setup(
         "panopticapi": ["panopticapi-lite"],
         # reading Hugging Face model.safetensors checkpoints (tools/convert_detr_checkpoint.py)
         "hf": ["safetensors"],
+        # tools/export_model.py --format onnx (onnx) and running the exported model (onnxruntime)
+        "export": ["onnx", "onnxruntime"],
         # the converter tests build transformers DETR models (timm backbones) to compare against
         "test": ["pytest", "pytest-xdist", "safetensors", "transformers>=4.40,<5", "timm>=1.0"],
     },

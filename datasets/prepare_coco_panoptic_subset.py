@@ -3,7 +3,9 @@
 
 Detectron2 registers ``coco_2017_val_100_panoptic``, which expects
 ``coco/annotations/panoptic_val2017_100.json`` and ``coco/panoptic_val2017_100/``. This script
-makes them from the full val split (the first N images by image id; the PNGs are copied):
+makes them from the full val split (the first N images by image id; the PNGs are copied). The
+outputs are written all or nothing (the PNG folder under a temporary name, renamed when complete,
+then the JSON); existing outputs are refused unless ``--overwrite``:
 
     # 100 images of $DETECTRON2_DATASETS/coco (default datasets/coco):
     python datasets/prepare_coco_panoptic_subset.py
@@ -14,39 +16,48 @@ makes them from the full val split (the first N images by image id; the PNGs are
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from typing import Optional
 
 from detr_d2.data.panoptic_io import read_json, require_keys
-from detr_d2.utils.atomic_io import atomic_write_json, refuse_overwrite
+from detr_d2.utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
 from detr_d2.utils.cli import run_tool, tool_parser
 
 
 def make_subset(
-    panoptic_json: str, panoptic_root: str, output_json: str, output_root: str, num_images: int
+    panoptic_json: str,
+    panoptic_root: str,
+    output_json: str,
+    output_root: str,
+    num_images: int,
+    overwrite: bool = False,
 ) -> int:
-    """Write the first ``num_images`` annotations (by image id) and their PNGs; returns how many."""
-    refuse_overwrite(output_json, [panoptic_json])
+    """Write the first ``num_images`` annotations (by image id) and their PNGs, all or nothing;
+    returns how many."""
     if os.path.realpath(output_root) == os.path.realpath(panoptic_root):
         raise ValueError(f"refusing to write into the input PNG folder {panoptic_root}")
+    replace_root = check_new_outputs(output_json, output_root, overwrite, [panoptic_json])
     data = read_json(panoptic_json, "panoptic JSON")
     require_keys(data, ["annotations", "categories"], panoptic_json)
     anns = sorted(data["annotations"], key=lambda a: a["image_id"])[:num_images]
     keep = {a["image_id"] for a in anns}
-    os.makedirs(output_root, exist_ok=True)
     for ann in anns:
         src = os.path.join(panoptic_root, ann["file_name"])
         if not os.path.isfile(src):
             raise FileNotFoundError(f"{panoptic_json}: panoptic PNG not found (file_name): {src}")
-        dst = os.path.join(output_root, ann["file_name"])
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
     out = dict(data, annotations=anns)
     if "images" in data:
         out["images"] = [img for img in data["images"] if img["id"] in keep]
-    atomic_write_json(output_json, out)
+    with atomic_file(output_json, overwrite, [panoptic_json]) as json_tmp:
+        with atomic_directory(output_root, replace_root, [panoptic_json, panoptic_root]) as root_tmp:
+            for ann in anns:
+                name = ann["file_name"]
+                shutil.copyfile(os.path.join(panoptic_root, name), os.path.join(root_tmp, name))
+            with open(json_tmp, "w", encoding="utf-8") as f:
+                json.dump(out, f)
     return len(anns)
 
 
@@ -62,11 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-root", default=os.path.join(coco, "panoptic_val2017_100"))
     p.add_argument("-n", "--num-images", type=int, default=100)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (the whole PNG folder)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    n = make_subset(args.panoptic_json, args.panoptic_root, args.output_json, args.output_root, args.num_images)
+    n = make_subset(
+        args.panoptic_json, args.panoptic_root, args.output_json, args.output_root, args.num_images, args.overwrite
+    )
     print(f"wrote {n} images: {args.output_json}, {args.output_root}")
     return 0
 

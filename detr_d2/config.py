@@ -59,6 +59,16 @@ def add_detr_config(cfg: CN) -> None:
     # Compute the masks of all queries, as official DETR (slower; for raw masks and comparison). Default:
     # only the masks that are used (the fusion's kept queries at inference, the matched ones in training).
     cfg.MODEL.DETR.ALL_QUERY_MASKS = False
+    # Group DETR (Chen et al., ICCV 2023), a training-only aid to convergence: NUM_GROUPS groups of
+    # NUM_OBJECT_QUERIES queries are decoded in training, self-attention kept within each group, each group
+    # matched one-to-one to all targets, losses (incl. masks and deep supervision) averaged over the groups.
+    # Inference decodes group 0 only: the same model and cost as without groups. The extra groups' queries
+    # (group_query_embed.weight) are training-only: a plain model ignores them in a checkpoint, and a grouped
+    # model initialises them from query_embed when a checkpoint has none. 1 = off (DETR). Not with
+    # FROZEN_WEIGHTS (the frozen decoder cannot learn from them). Training costs about K x the decoder,
+    # matching and mask-head (matched queries) work.
+    cfg.MODEL.DETR.GROUP_DETR = CN()
+    cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = 1
 
     # Test-time outputs and panoptic fusion (DETR's post-processor)
     cfg.TEST.OBJECT_MASK_THRESHOLD = 0.85  # keep queries with score > threshold
@@ -79,6 +89,21 @@ def add_detr_config(cfg: CN) -> None:
     cfg.TEST.PANOPTIC_WRITE_PREDICTIONS = False
     # "in_process" only: threads computing each image's PQ statistics while the model runs (0: inline).
     cfg.TEST.PANOPTIC_EVAL_WORKERS = 2
+
+    # YAML files of COCO-panoptic datasets to register before the model is built (name, image_root,
+    # panoptic_root, panoptic_json[, json_file, missing] per entry; detr_d2/data/datasets/register_from_file.py),
+    # so DATASETS.TRAIN/TEST can name them. Paths of the files: relative to the working directory.
+    cfg.DATASETS.REGISTER_FILES = ()
+
+    # Training data (the detr_panoptic mapper): a sample whose image or panoptic PNG cannot be used (missing,
+    # truncated, not an image, size or segment ids not matching its JSON entry) stops training with an error
+    # naming the file (False), or is skipped with a warning naming the file and replaced by another sample (True;
+    # Detectron2's MapDataset draws another index when a mapper returns None). Evaluation never skips.
+    cfg.DATALOADER.SKIP_CORRUPT_SAMPLES = False
+    # With SKIP_CORRUPT_SAMPLES: training stops with an error once one data-loader process (each worker, or the
+    # main process when NUM_WORKERS is 0, counts the samples it reads) has skipped more than
+    # MAX_CORRUPT_FRACTION x max(samples it has read, 1000) samples; a corrupt file counts each time it is drawn.
+    cfg.DATALOADER.MAX_CORRUPT_FRACTION = 0.01
 
     # Input pipeline
     cfg.INPUT.DATASET_MAPPER_NAME = "detr_panoptic"

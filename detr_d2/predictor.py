@@ -5,12 +5,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from .data.dataset_mappers.detr_panoptic_dataset_mapper import check_image_array
+from .data.datasets.register_from_file import register_datasets_from_config
 from .data.panoptic_io import PanopticPredictionConverter, save_panoptic_png
 from .data.transforms import build_detr_test_augmentation
+from .engine.checkpointer import AtomicDetectionCheckpointer
 from .utils.atomic_io import atomic_write_json
 
 __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]
@@ -18,6 +20,9 @@ __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json
 
 class DetrPanopticPredictor:
     """Build the model from ``cfg``, load ``cfg.MODEL.WEIGHTS``, and run it on single BGR images.
+
+    Images are ``uint8`` HxWx3 BGR arrays (``cv2.imread``); anything else (float, e.g. in [0, 1], NaN,
+    empty, another shape) raises ``ValueError`` saying what was expected.
 
     ``predictor(bgr_image)`` -> Detectron2's output dict for that image (``panoptic_seg`` = (id map
     int32 HxW at the image's size, segments_info with contiguous ``category_id``), and ``instances`` /
@@ -27,24 +32,21 @@ class DetrPanopticPredictor:
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
+        register_datasets_from_config(self.cfg)  # DATASETS.REGISTER_FILES: the classes the model reads
         self.model = build_model(self.cfg).eval()
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         else:
             self.metadata = MetadataCatalog.get("__unused")
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            AtomicDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)  # a damaged file: error naming it
         self.aug = T.AugmentationList(build_detr_test_augmentation(cfg))
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")
 
     def _inputs(self, bgr_image: np.ndarray) -> Dict:
-        if not isinstance(bgr_image, np.ndarray) or bgr_image.ndim != 3 or bgr_image.shape[2] != 3:
-            raise ValueError(
-                f"DetrPanopticPredictor expects an HxWx3 BGR uint8 array (cv2.imread), got "
-                f"{type(bgr_image).__name__} {getattr(bgr_image, 'shape', '')}"
-            )
+        check_image_array(bgr_image, "DetrPanopticPredictor input", "BGR")
         image = bgr_image[:, :, ::-1] if self.input_format == "RGB" else bgr_image
         h, w = image.shape[:2]
         aug_input = T.AugInput(np.ascontiguousarray(image))

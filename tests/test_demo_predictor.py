@@ -92,9 +92,11 @@ def test_demo_writes_overlays_grid_and_panoptic_png_json(sample_cfg, tmp_path):
     assert sorted(os.listdir(inputs)) == ["000000142238.jpg", "000000439180.jpg"]
 
 
-def test_demo_bad_input(sample_cfg, tmp_path):
+def test_demo_bad_input(sample_cfg, tmp_path, capsys):
     demo = load_script("demo")
 
     _, cfg_path = sample_cfg
-    with pytest.raises(FileNotFoundError, match="no_such.jpg"):
-        demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "no_such.jpg"), "--output", str(tmp_path / "o")])
+    rc = demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "no_such.jpg"), "--output", str(tmp_path / "o")])
+    assert rc == 1
+    assert capsys.readouterr().err == f"error: --input '{tmp_path / 'no_such.jpg'}': no such file or folder\n"
+    assert not (tmp_path / "o").exists()

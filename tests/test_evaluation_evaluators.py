@@ -21,6 +21,7 @@ from detr_d2.evaluation import (
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
 from tests.utils.synthetic_panoptic import perturb_prediction
 from test_evaluation_support import (
+    COCO_SAMPLE,
     COCO_SAMPLE_JSON,
     COCO_SAMPLE_PNGS,
     GroundTruthEchoModel,
@@ -338,3 +339,38 @@ def test_background_worker_errors_reach_the_caller(tmp_path):
     assert results["PQ"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         FastCOCOPanopticEvaluator(name, num_workers=-1)
+
+
+def test_dataset_registered_with_skipped_pngs_is_evaluated_on_its_images(tmp_path):
+    """register_panoptic_dataset(missing="skip") leaves out the image whose GT PNG is missing: both
+    evaluators then score the other images (with a warning) instead of failing after the whole inference,
+    and give exactly pq_compute's numbers on a GT JSON that lists only those images."""
+    import shutil
+
+    from detr_d2.data.datasets import register_panoptic_dataset
+
+    pngs = tmp_path / "pngs"
+    shutil.copytree(COCO_SAMPLE_PNGS, pngs)
+    os.remove(pngs / "000000439180.png")
+    name = f"detr_d2_test_eval_skip_{uuid.uuid4().hex}"
+    register_panoptic_dataset(name, os.path.join(COCO_SAMPLE, "input_images"), str(pngs), COCO_SAMPLE_JSON,
+                              missing="skip")
+    assert [d["image_id"] for d in DatasetCatalog.get(name)] == [142238]
+    inputs, outputs = _perturbed_outputs(register_coco_sample(), COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS,
+                                         np.random.default_rng(5))
+    with open(COCO_SAMPLE_JSON) as f:
+        gt = json.load(f)
+    gt["annotations"] = gt["annotations"][:1]
+    one_image_json = str(tmp_path / "one.json")
+    with open(one_image_json, "w") as f:
+        json.dump(gt, f)
+    reference = _run(FastCOCOPanopticEvaluator(register_panoptic(f"detr_d2_test_eval_one_{uuid.uuid4().hex}",
+                                                                 one_image_json, str(pngs), str(tmp_path))),
+                     inputs[:1], outputs[:1])["panoptic_seg"]
+    assert 0 < reference["PQ"] < 100
+    for evaluator in (FastCOCOPanopticEvaluator(name), COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "d2"))):
+        result = _run(evaluator, inputs[:1], outputs[:1])["panoptic_seg"]
+        assert result.keys() == reference.keys()
+        assert all(abs(result[k] - reference[k]) <= 1e-9 for k in reference), (result, reference)
+    with pytest.raises(ValueError, match=r"no prediction for 1 of the 2 images"):  # PNG present: still an error
+        _run(FastCOCOPanopticEvaluator(register_coco_sample()), inputs[:1], outputs[:1])

@@ -50,7 +50,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, infe
 
 import benchmark_utils  # noqa: F401  (puts the checkout on sys.path for tests.utils)
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
-from detr_d2.data.panoptic_io import encode_panoptic_png, read_panoptic_ids
+from detr_d2.data.panoptic_io import encode_panoptic_png, read_panoptic_ids, save_panoptic_png
 from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator
 from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,

@@ -1,84 +1,104 @@
 #!/usr/bin/env python
-"""Training benchmark: iterations/s of ``DetrPanoptic`` at a fixed small configuration, data-free.
+"""Training benchmark: one training step of detr_d2's ``DetrPanoptic`` against the official DETR code, same
+weights, same targets, same run; then the quickstart's joint step with and without all-query masks.
 
-One batch of random RGB images with random panoptic targets (stuff bands plus thing rectangles and
-ellipses painted over them, COCO's 133 classes: contiguous ids 0..79 things, 80..132 stuff) is
-built once on the device; every iteration then runs exactly Detectron2's ``SimpleTrainer.run_step``
-(``--amp off``) or ``AMPTrainer.run_step`` (``--amp on``: ``torch.autocast`` with float16 and a
-``GradScaler`` on CUDA, bfloat16 without a scaler on CPU) minus the data loader:
+Part ``stage2`` (the official two-stage recipe's mask-head training, ``--frozen_weights``): the detector
+(ResNet, transformer, class and box heads) is frozen and only ``bbox_attention`` / ``mask_head`` train.
 
-    loss_dict = model(batch); losses = sum(loss_dict.values())
-    optimizer.zero_grad(); losses.backward(); optimizer.step()
+* ours: ``MODEL.DETR.FROZEN_WEIGHTS`` (the detector loaded from a checkpoint file and frozen),
+  ``DEEP_SUPERVISION False``; a step is Detectron2's ``SimpleTrainer.run_step`` without the data loader
+  (``loss_dict = model(batch)``, sum, ``zero_grad``, ``backward``, ``step``) with ``tools/train_net.py``'s
+  optimiser (``build_detr_optimizer``: AdamW over the trainable parameters, full-model gradient clipping
+  0.1). The criterion matches first and runs the mask head on the matched queries only.
+* official: ``DETRsegm`` of the test oracle with the detector's parameters frozen (``freeze_detr``; nothing
+  in the detector requires grad, so autograd records nothing there, as under ``torch.no_grad``), auxiliary
+  decoding outputs on (the official default), the official ``SetCriterion`` (``tests/utils/official_detr/
+  criterion.py``: Hungarian matching on class/L1/GIoU costs, cross-entropy with no-object weight 0.1,
+  L1 + GIoU, sigmoid focal + dice on the matched queries' masks taken from the masks of *all* queries) and
+  ``engine.train_one_epoch``'s step: ``AdamW`` (``main.py``'s parameter groups, lr 1e-4, weight decay 1e-4),
+  ``clip_grad_norm_(0.1)``.
 
-with the optimiser of ``tools/train_net.py`` (``build_detr_optimizer``: AdamW, backbone LR x0.1,
-full-model gradient clipping 0.1). Seconds per iteration are split into forward (normalisation,
-padding, network), loss (target preparation, Hungarian matching, losses), backward, and optimizer
-(zero_grad + clipping + step); ``other`` is the rest (summing the losses, hooks). With several ``--amp``
-settings each has its own model and the timed iterations alternate between them (ABBA...), so both
-see the same machine load.
+Both get the same random weights (the oracle's, converted with ``detr_d2.checkpoint.convert_official_detr``
+and loaded strictly), 251 class logits (``CLASS_SLOTS dataset_id``), dropout 0 (the official stage 2 keeps
+the frozen transformer's dropout 0.1 active; without it both sides compute the same thing, at the same
+cost), and the same batch: ``--batch-size`` random RGB images of ``--image-size`` (default 2 x 512x640)
+with random panoptic targets (two stuff bands + ``--segments`` thing rectangles/ellipses painted over them:
+about 8 segments per image, COCO classes). The first step's mask losses of the two must agree (same
+weights, same matching); printed with their relative difference.
+
+Part ``quickstart``: ``configs/quickstart/detr_r18_quickstart.yaml`` (ResNet-18, joint box + mask training),
+one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quickstart generator (``generate_quickstart_
+dataset`` in a temporary folder, mapped by the training mapper), before = ``MODEL.DETR.ALL_QUERY_MASKS True``
+(every query's mask, as official DETR), after = the default (matched queries only), both from the same seed.
+
+Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask head
+(its forward: ``bbox_attention`` + ``mask_head``; ours ``DetrPanoptic.query_masks``), loss (targets,
+matching, losses), backward, optimizer (``zero_grad`` + clipping + ``step``) and other (means over the timed
+steps), the total's mean and median (robust to load spikes on a shared machine; the speed-ups use it),
+iterations/s; the
+peak memory of one whole step (one extra untimed step after the warm-up: on CUDA
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, on CPU the peak of tensor memory from
+the profiler's allocation events, both above what is allocated before the step: weights, optimiser state
+and the batch are not counted); the ratios; and the targets (stage 2: >= 3x faster, >= 4x less step
+memory). Timed steps of the two sides alternate (ABBA...) so both see the same machine load.
+
+``--amp``: both sides under ``torch.autocast("cuda", torch.float16)`` with a ``GradScaler`` (CUDA only).
 
 Example (the figures in the README)::
 
     python tools/benchmark_training.py --device cpu --threads 2
-    python tools/benchmark_training.py --device cuda --amp off on
+    python tools/benchmark_training.py --device cuda --warmup 3 --iters 10
 """
 import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmark_utils import hw_size  # also puts the checkout on sys.path for the test oracle
 
-STAGES = ("forward", "loss", "backward", "optimizer", "other")
+STAGES = ("forward", "mask head", "loss", "backward", "optimizer", "other")
+MASK_LOSSES = ("loss_mask", "loss_dice")
+TARGET_SPEEDUP = 3.0  # stage 2, ours vs official
+TARGET_MEMORY = 4.0  # stage 2, official / ours peak step memory
+LOSS_RTOL = 1e-4  # first-step mask losses, float32
+QUICKSTART_CONFIG = os.path.join("configs", "quickstart", "detr_r18_quickstart.yaml")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from benchmark_utils import add_architecture_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: leave torch's default)")
-    p.add_argument("--amp", nargs="+", choices=("on", "off"), default=["off"],
-                   help="mixed precision setting(s) to run, e.g. '--amp off on' (default off)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per setting (default 1)")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per setting (default 3)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--image-size", type=hw_size(32), default=(256, 256), help="HxW of every image (default 256x256)")
-    p.add_argument("--segments", type=int, default=6, help="thing segments per image (plus 2 stuff bands)")
-    p.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101), help="ResNet depth (default 50)")
-    p.add_argument("--hidden-dim", type=int, default=256)
-    p.add_argument("--enc-layers", type=int, default=6)
-    p.add_argument("--dec-layers", type=int, default=6)
-    p.add_argument("--dim-feedforward", type=int, default=2048)
-    p.add_argument("--num-queries", type=int, default=100)
+    p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler on both sides (CUDA only)")
+    p.add_argument("--parts", nargs="+", choices=("stage2", "quickstart"), default=["stage2", "quickstart"])
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps per side before the memory step and the timed ones (default 1; >= 1: the "
+                        "first step's losses are compared and the optimiser state exists before memory is measured)")
+    p.add_argument("--iters", type=int, default=3, help="timed stage-2 steps per side (default 3)")
+    p.add_argument("--batch-size", type=int, default=2, help="stage-2 images per step (default 2)")
+    p.add_argument("--image-size", type=hw_size(32), default=(512, 640), help="stage-2 image HxW (default 512x640)")
+    p.add_argument("--segments", type=int, default=6,
+                   help="stage-2 thing segments per image, plus 2 stuff bands (default 6)")
+    add_architecture_arguments(p)
+    p.add_argument("--quickstart-iters", type=int, default=5, help="timed quickstart steps per setting (default 5)")
+    p.add_argument("--quickstart-opts", nargs="*", default=[],
+                   help="KEY VALUE pairs applied to the quickstart config (Detectron2 opts, e.g. SOLVER.IMS_PER_BATCH 4)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.iters < 1 or args.warmup < 0 or args.batch_size < 1 or args.segments < 0:
-        p.error("--iters and --batch-size must be >= 1, --warmup and --segments >= 0")
+    if args.iters < 1 or args.quickstart_iters < 1 or args.warmup < 1 or args.batch_size < 1 or args.segments < 0:
+        p.error("--iters, --quickstart-iters, --warmup and --batch-size must be >= 1, --segments >= 0")
+    if len(args.quickstart_opts) % 2:
+        p.error(f"--quickstart-opts takes KEY VALUE pairs, got {len(args.quickstart_opts)} values")
+    if args.amp and not args.device.startswith("cuda"):
+        p.error("--amp is float16 autocast on CUDA: use it with --device cuda")
     return args
 
 
-def build_cfg(args: argparse.Namespace):
-    """Base-DETR (the official recipe) resized to the benchmark configuration."""
-    from detectron2.config import get_cfg
-
-    import detr_d2
-
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Base-DETR.yaml"))
-    cfg.MODEL.DEVICE = args.device
-    cfg.MODEL.RESNETS.DEPTH = args.depth
-    if args.depth in (18, 34):
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    d = cfg.MODEL.DETR
-    d.HIDDEN_DIM, d.DIM_FEEDFORWARD = args.hidden_dim, args.dim_feedforward
-    d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES = args.enc_layers, args.dec_layers, args.num_queries
-    cfg.DATASETS.TRAIN = ("coco_2017_train_panoptic",)  # metadata only (133 classes); no files are read
-    cfg.DATASETS.TEST = ()
-    return cfg
-
-
+# ---------------------------------------------------------------------------------------------- data
 def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> List[Dict]:
     """Random images and panoptic targets: per image two stuff bands (top/bottom, random stuff classes)
     and ``--segments`` thing rectangles/ellipses painted in order (later ones occlude earlier ones);
@@ -120,131 +140,374 @@ def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> Li
     return batch
 
 
-class TrainRunner:
-    """One setting (AMP on or off): its own model and optimiser built from the same seed, the batch on the
-    device, the stages instrumented (``with`` block). ``step(record)`` runs one iteration as Detectron2's
-    ``SimpleTrainer.run_step`` / ``AMPTrainer.run_step`` do (without the data loader); ``times()`` gives
-    the mean seconds per stage over the recorded iterations."""
+def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
+    """The official targets of the same segments: ``labels`` = class slots (COCO dataset ids), ``boxes``
+    normalised cxcywh of the image, ``masks`` (N, H, W) bool."""
+    import torch
+    from torchvision.ops import box_convert
 
-    def __init__(self, args: argparse.Namespace, amp: bool, device):
+    targets = []
+    for x in batch:
+        inst = x["instances"]
+        h, w = inst.image_size
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=inst.gt_boxes.tensor.device)
+        targets.append({
+            "labels": contiguous_to_slot.to(inst.gt_classes.device)[inst.gt_classes],
+            "boxes": box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh"),
+            "masks": inst.gt_masks.tensor,
+        })
+    return targets
+
+
+def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
+    """``SOLVER.IMS_PER_BATCH`` images of the quickstart generator (written under ``root``), mapped by the
+    training mapper of ``cfg`` (random flip seeded by ``seed``)."""
+    import numpy as np
+    import torch
+    from detectron2.data import MetadataCatalog
+
+    from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
+    from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
+    from detr_d2.data.datasets.register_panoptic import load_panoptic_json
+
+    n = cfg.SOLVER.IMS_PER_BATCH
+    json_file = generate_quickstart_dataset(root, "train", num_images=n, image_size=max(32, cfg.INPUT.MAX_SIZE_TRAIN), seed=seed)
+    dicts = load_panoptic_json(json_file, os.path.join(root, "train"), os.path.join(root, "panoptic_train"),
+                               MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict())
+    mapper = DetrPanopticDatasetMapper(cfg, True)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return [mapper(d) for d in dicts]
+
+
+# ---------------------------------------------------------------------------------------------- steps
+class Side:
+    """One side of a comparison: a model, its optimiser and batch, a step function and a stage timer.
+    ``step(record)`` runs one training step (``record``: keep its stage times); ``losses`` holds the first
+    step's unweighted losses (floats); ``matched`` the number of queries whose mask the first step computed."""
+
+    def __init__(self, name: str, device, amp: bool):
         import torch
-        from detectron2.modeling import build_model
 
-        from detr_d2.engine.optimizer import build_detr_optimizer
-
-        self.amp, self.device = amp, device
-        torch.manual_seed(args.seed)
-        cfg = build_cfg(args)
-        self.model = build_model(cfg)
-        self.model.train()
-        self.optimizer = build_detr_optimizer(cfg, self.model)
-        self.batch = make_batch(args, self.model.is_thing.tolist(), device)
-        self.use_scaler = amp and device.type == "cuda"
-        self.scaler = torch.cuda.amp.GradScaler() if self.use_scaler else None
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        self.last_loss = float("nan")
-        self.iteration = 0
-
-    def __enter__(self) -> "TrainRunner":
         from benchmark_utils import StageTimer
 
-        self.timer = StageTimer(self.device)
-        self.timer.wrap_method(self.model, "preprocess_image", "forward")
-        self.timer.wrap_method(self.model, "forward_network", "forward")
-        self.timer.wrap_method(self.model, "prepare_targets", "loss")
-        self.timer.hook_modules({"loss": [self.model.criterion]})
-        return self
+        self.name, self.device, self.amp = name, device, amp
+        self.timer = StageTimer(device, nesting="inner")
+        self.scaler = torch.cuda.amp.GradScaler() if amp else None
+        self.losses: Optional[Dict[str, float]] = None
+        self.peak_bytes: Optional[int] = None
+        self.iteration = 0
+        self._patches: list = []
 
-    def __exit__(self, *exc) -> None:
-        self.timer.remove()
-
-    def step(self, record: bool) -> None:
+    def autocast(self):
         import torch
 
-        timer = self.timer
-        timer.start_iteration()
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp else contextlib.nullcontext()
-        with autocast:  # AMPTrainer: the forward and the loss sum under autocast
-            loss_dict = self.model(self.batch)
-            losses = sum(loss_dict.values())
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+
+    def backward_and_step(self, losses, optimizer, clip: Optional[Callable[[], None]] = None) -> None:
+        """``zero_grad``, backward (scaled under AMP), optional clipping, ``step``: the stage split of both."""
+        import torch
+
         if not torch.isfinite(losses):
-            raise FloatingPointError(f"loss became {losses.item()} at iteration {self.iteration}: {loss_dict}")
-        with timer.stage("optimizer"):
-            self.optimizer.zero_grad()
-        with timer.stage("backward"):
-            (self.scaler.scale(losses) if self.use_scaler else losses).backward()
-        with timer.stage("optimizer"):
-            if self.use_scaler:
-                self.scaler.step(self.optimizer)
+            raise FloatingPointError(f"{self.name}: loss became {losses.item()} at iteration {self.iteration}")
+        with self.timer.stage("optimizer"):
+            optimizer.zero_grad()
+        with self.timer.stage("backward"):
+            (self.scaler.scale(losses) if self.scaler is not None else losses).backward()
+        with self.timer.stage("optimizer"):
+            if self.scaler is not None:
+                if clip is not None:
+                    self.scaler.unscale_(optimizer)
+                    clip()
+                self.scaler.step(optimizer)
                 self.scaler.update()
             else:
-                self.optimizer.step()
-        timer.end_iteration(record=record)
-        self.last_loss = float(losses)
+                if clip is not None:
+                    clip()
+                optimizer.step()
+
+    def run_step(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def step(self, record: bool = True, measure: bool = False) -> None:
+        from benchmark_utils import PeakMemory
+
+        self.timer.start_iteration()
+        with PeakMemory(self.device) if measure else contextlib.nullcontext() as mem:
+            losses = self.run_step()
+        self.timer.end_iteration(record=record)
+        if measure:
+            self.peak_bytes = mem.peak_bytes
+        if self.losses is None:
+            self.losses = losses
         self.iteration += 1
 
     def times(self) -> Dict[str, float]:
+        """Mean seconds per stage over the recorded steps, and ``median`` (of the steps' totals)."""
         from benchmark_utils import summarize_iterations
 
-        return summarize_iterations(self.timer.history)
+        return dict(summarize_iterations(self.timer.history), median=summarize_iterations(self.timer.history, "median")["total"])
+
+    def close(self) -> None:
+        for p in reversed(self._patches):
+            p.remove()
+        self.timer.remove()
 
 
-def run_settings(args: argparse.Namespace, device) -> Dict[str, TrainRunner]:
-    """Warm-up iterations of every setting, then ``--iters`` rounds of one timed iteration per setting,
-    alternating the order (ABBA...) so that load changes hit all settings alike."""
-    from detectron2.utils.events import EventStorage
+class OursSide(Side):
+    """``DetrPanoptic`` trained as Detectron2's ``SimpleTrainer.run_step`` / ``AMPTrainer.run_step`` do."""
+
+    def __init__(self, name: str, model, optimizer, batch: List[Dict], device, amp: bool):
+        from benchmark_utils import patch_method
+
+        super().__init__(name, device, amp)
+        self.model, self.optimizer, self.batch = model, optimizer, batch
+        t = self.timer
+        t.wrap_method(model, "preprocess_image", "forward")
+        t.wrap_method(model, "forward_detector", "forward")
+        t.wrap_method(model, "prepare_targets", "loss")
+        t.hook_modules({"loss": [model.criterion]})
+        t.wrap_method(model, "query_masks", "mask head")  # inside the criterion (matched) or all_masks
+        self.matched: Optional[int] = None
+        self._patches.append(patch_method(model, "query_masks", on_return=self._count))
+
+    def _count(self, masks) -> None:
+        if self.matched is None:
+            self.matched = sum(len(m) for m in masks)
+
+    def run_step(self) -> Dict[str, float]:
+        with self.autocast():
+            loss_dict = self.model(self.batch)
+            losses = sum(loss_dict.values())
+        self.backward_and_step(losses, self.optimizer)
+        weights = self.model.criterion.weight_dict
+        return {k: float(v) / weights[k] for k, v in loss_dict.items() if weights.get(k)}
+
+
+class OfficialSide(Side):
+    """``DETRsegm`` + the official ``SetCriterion`` trained as ``engine.train_one_epoch`` does."""
+
+    def __init__(self, model, criterion, batch: List[Dict], targets: List[Dict], device, amp: bool):
+        import torch
+
+        from tests.utils.official_detr import nested_tensor_from_tensor_list
+
+        super().__init__("official", device, amp)
+        self.model, self.criterion, self.targets = model, criterion, targets
+        mean = torch.tensor((0.485, 0.456, 0.406), device=device).view(3, 1, 1)
+        std = torch.tensor((0.229, 0.224, 0.225), device=device).view(3, 1, 1)
+        self.normalize = lambda: nested_tensor_from_tensor_list([(x["image"].float() / 255.0 - mean) / std for x in batch])
+        # main.py: trainable non-backbone parameters at lr, backbone ones at lr_backbone (none here)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if "backbone" not in n]},
+                  {"params": [p for n, p in named if "backbone" in n], "lr": 1e-5}]
+        self.optimizer = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4)
+        self.timer.hook_modules({"mask head": [model.bbox_attention, model.mask_head]})
+        self.matched = model.detr.num_queries * len(batch)
+
+    def run_step(self) -> Dict[str, float]:
+        import torch
+
+        t = self.timer
+        with self.autocast():
+            with t.stage("forward"):
+                outputs = self.model(self.normalize())
+            with t.stage("loss"):
+                loss_dict = self.criterion(outputs, self.targets)
+                weights = self.criterion.weight_dict
+                losses = sum(loss_dict[k] * weights[k] for k in loss_dict.keys() if k in weights)
+        self.backward_and_step(losses, self.optimizer, clip=lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1))
+        return {k: float(v) for k, v in loss_dict.items() if k in weights}
+
+
+def run_interleaved(sides: Sequence[Side], warmup: int, iters: int, desc: str) -> None:
+    """``warmup`` untimed steps of each side, one untimed step measuring peak memory, then ``iters`` rounds of
+    one timed step per side, alternating the order (ABBA...)."""
     from tqdm import tqdm
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(EventStorage(0))
-        runners = {amp: stack.enter_context(TrainRunner(args, amp == "on", device)) for amp in args.amp}
-        order = list(runners.values())
-        plan = [(r, False) for _ in range(args.warmup) for r in order]
-        for i in range(args.iters):
-            plan += [(r, True) for r in (order if i % 2 == 0 else order[::-1])]
-        for runner, record in tqdm(plan, desc="training", unit="it", leave=False, file=sys.stderr):
-            runner.step(record)
-    return runners
+    plan = [(s, False, False) for _ in range(warmup) for s in sides] + [(s, False, True) for s in sides]
+    for i in range(iters):
+        plan += [(s, True, False) for s in (sides if i % 2 == 0 else sides[::-1])]
+    for side, record, measure in tqdm(plan, desc=desc, unit="step", leave=False, file=sys.stderr):
+        side.step(record=record, measure=measure)
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def build_stage2(args: argparse.Namespace, device, folder: str) -> Tuple[OursSide, OfficialSide, int]:
+    """Both sides of the stage-2 comparison, with the same weights and batch; also the number of segments."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from benchmark_utils import architecture, build_reference_model, converted_reference_weights, detr_config
+    from benchmark_utils import load_reference_weights
+    from detr_d2.engine.optimizer import build_detr_optimizer
+    from tests.utils.official_detr.criterion import build_official_criterion
+
+    arch = architecture(args)
+    ref = build_reference_model(arch, args.seed, dropout=0.0)
+    for p in ref.detr.parameters():  # DETRsegm(freeze_detr=True)
+        p.requires_grad_(False)
+    ref.detr.aux_loss = True  # main.py default (--aux_loss unless --no_aux_loss)
+    ref.train().to(device)
+    criterion = build_official_criterion(aux_loss=True, dec_layers=args.dec_layers).to(device)
+
+    frozen = os.path.join(folder, "detector.pth")  # the detection checkpoint FROZEN_WEIGHTS reads
+    torch.save({"model": converted_reference_weights(ref)}, frozen)
+    cfg = detr_config(arch, device, dropout=0.0)
+    cfg.MODEL.DETR.DEEP_SUPERVISION = False
+    cfg.MODEL.DETR.FROZEN_WEIGHTS = frozen
+    model = build_model(cfg)
+    load_reference_weights(model, ref)  # the mask head too (FROZEN_WEIGHTS loads everything else)
+    model.train()
+    batch = make_batch(args, model.is_thing.tolist(), device)
+    ours = OursSide("ours", model, build_detr_optimizer(cfg, model), batch, device, args.amp)
+    official = OfficialSide(ref, criterion, batch, official_targets(batch, model.contiguous_to_slot), device, args.amp)
+    return ours, official, sum(len(x["instances"]) for x in batch)
+
+
+def build_quickstart(args: argparse.Namespace, device, folder: str) -> Tuple[OursSide, OursSide, object]:
+    """``before`` (ALL_QUERY_MASKS True) and ``after`` (default) quickstart models from the same seed, with
+    the same optimiser settings and batch; also the config."""
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import detr_d2
+    from benchmark_utils import REPO_ROOT
+    from detr_d2.engine.optimizer import build_detr_optimizer
+
+    cfg = get_cfg()
+    detr_d2.add_detr_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, QUICKSTART_CONFIG))
+    cfg.merge_from_list(list(args.quickstart_opts))
+    cfg.MODEL.DEVICE = str(device)
+    batch = quickstart_batch(cfg, os.path.join(folder, "quickstart"), args.seed)
+    sides = []
+    for name, all_query_masks in (("before", True), ("after", False)):
+        c = cfg.clone()
+        c.MODEL.DETR.ALL_QUERY_MASKS = all_query_masks
+        torch.manual_seed(args.seed)
+        model = build_model(c)
+        model.train()
+        sides.append(OursSide(name, model, build_detr_optimizer(c, model), batch, device, args.amp))
+    return sides[0], sides[1], cfg
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _mib(v: Optional[int]) -> str:
+    return "-" if v is None else f"{v / 2**20:.0f}"
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+def print_step_table(title: str, a: Side, b: Side) -> Tuple[float, Optional[float]]:
+    """Stage table of ``a`` (the reference: official / before) and ``b`` (ours / after); returns the
+    speed-up (of the median step times) and the memory ratio a/b."""
+    from benchmark_utils import format_table
+
+    ta, tb = a.times(), b.times()
+    rows = [[s, f"{tb.get(s, 0.0):.3f}", f"{ta.get(s, 0.0):.3f}", _ratio(ta.get(s, 0.0), tb.get(s, 0.0))] for s in STAGES]
+    rows.append(["total", f"{tb['total']:.3f}", f"{ta['total']:.3f}", _ratio(ta["total"], tb["total"])])
+    rows.append(["total (median)", f"{tb['median']:.3f}", f"{ta['median']:.3f}", _ratio(ta["median"], tb["median"])])
+    rows.append(["iterations/s (median)", f"{1 / tb['median']:.3f}", f"{1 / ta['median']:.3f}", _ratio(ta["median"], tb["median"])])
+    rows.append(["peak step MiB", _mib(b.peak_bytes), _mib(a.peak_bytes), _ratio(a.peak_bytes, b.peak_bytes)])
+    print(f"\n== {title} ==")
+    print(format_table(["stage (s/iter)", b.name, a.name, f"{a.name}/{b.name}"], rows))
+    memory = a.peak_bytes / b.peak_bytes if a.peak_bytes and b.peak_bytes else None
+    return ta["median"] / tb["median"], memory
+
+
+def print_losses(a: Side, b: Side, keys: Sequence[str], rtol: float) -> bool:
+    """First-step losses of both sides; True when the mask losses agree within ``rtol`` (relative)."""
+    ok = True
+    parts = []
+    for k in keys:
+        va, vb = a.losses.get(k), b.losses.get(k)
+        if va is None or vb is None:
+            continue
+        rel = abs(va - vb) / max(abs(va), 1e-12)
+        if k in MASK_LOSSES:
+            ok &= rel <= rtol
+        parts.append(f"{k} {b.name} {vb:.6f} {a.name} {va:.6f} (rel. diff {rel:.1e})")
+    print("first-step losses: " + "; ".join(parts))
+    print(f"first-step mask losses agree (rel. diff <= {rtol:g}): {'yes' if ok else 'NO'}")
+    return ok
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
+    from detectron2.utils.events import EventStorage
 
-    from benchmark_utils import format_table, print_contention_note, setup_benchmark_device
+    from benchmark_utils import print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:
         return 2
-    h, w = args.image_size
-    print(f"config: ResNet-{args.depth} (frozen BN, res2..res5), hidden {args.hidden_dim}, {args.enc_layers}+"
-          f"{args.dec_layers} layers, FFN {args.dim_feedforward}, {args.num_queries} queries, 133 classes, aux losses, "
-          f"mask head on; batch {args.batch_size} x {h}x{w} random images, {args.segments} things + 2 stuff each; "
-          f"AdamW + full-model clipping", flush=True)
+    precision = "float16 autocast + GradScaler" if args.amp else "float32"
     print_contention_note(device)
-
     t_start = time.perf_counter()
-    print(f"settings: AMP {' and '.join(args.amp)}; {args.warmup} warm-up + {args.iters} timed iterations each"
-          + (", interleaved" if len(args.amp) > 1 else ""), flush=True)
-    runners = run_settings(args, device)
-    results = {}
-    for amp, runner in runners.items():
-        results[amp] = dict(runner.times(), last_loss=runner.last_loss)
-
-    for amp, r in results.items():
-        amp_desc = "off (float32)" if amp == "off" else (
-            "on (autocast float16 + GradScaler)" if device.type == "cuda" else "on (autocast bfloat16, CPU)")
-        rows = [[s, f"{r.get(s, 0.0):.3f}", f"{100 * r.get(s, 0.0) / r['total']:.0f}%"] for s in STAGES]
-        rows.append(["total", f"{r['total']:.3f}", "100%"])
-        print(f"\n== Training, AMP {amp_desc}: seconds per iteration, mean of {args.iters} after {args.warmup} warm-up ==")
-        print(format_table(["stage", "s/iter", "share"], rows))
-        print(f"iterations/s: {1.0 / r['total']:.3f}   images/s: {args.batch_size / r['total']:.2f}   "
-              f"(last total loss {r['last_loss']:.4f})")
-    if "on" in results and "off" in results:
-        print(f"\nAMP speed-up (off/on time per iteration): {results['off']['total'] / results['on']['total']:.2f}x")
+    rtol = LOSS_RTOL if not args.amp else 1e-2
+    verdicts: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="detr_d2_benchmark_") as folder, EventStorage(0):
+        if "stage2" in args.parts:
+            ours, official, num_segments = build_stage2(args, device, folder)
+            h, w = args.image_size
+            print(f"stage 2: ResNet-{args.depth} detector frozen (hidden {args.hidden_dim}, {args.enc_layers}+"
+                  f"{args.dec_layers} layers, {args.num_queries} queries, 251 class logits), mask head trained; batch "
+                  f"{args.batch_size} x {h}x{w} random images, {num_segments} segments in all; dropout 0; {precision}; "
+                  f"{args.warmup} warm-up + 1 memory + {args.iters} timed step(s) per side, interleaved", flush=True)
+            try:
+                run_interleaved([official, ours], args.warmup, args.iters, "stage 2")
+            finally:
+                ours.close()
+                official.close()
+            speedup, memory = print_step_table(
+                f"Stage-2 training step: seconds per iteration, mean of {args.iters} after {args.warmup} warm-up; "
+                f"speed-up = official/ours", official, ours)
+            print(f"mask head computed for {ours.matched} queries (the matched ones) by ours, {official.matched} "
+                  f"(all) by the official code")
+            print_losses(official, ours, MASK_LOSSES + ("loss_ce", "loss_bbox", "loss_giou"), rtol)
+            verdicts.append(_verdict(f"stage 2: >= {TARGET_SPEEDUP:g}x faster than the official step", speedup, TARGET_SPEEDUP))
+            verdicts.append(_verdict(f"stage 2: >= {TARGET_MEMORY:g}x less peak step memory", memory, TARGET_MEMORY))
+            del ours, official
+        if "quickstart" in args.parts:
+            print(f"\n[{time.perf_counter() - t_start:6.0f} s] quickstart joint step", flush=True)
+            before, after, cfg = build_quickstart(args, device, folder)
+            size = cfg.INPUT.MAX_SIZE_TRAIN
+            print(f"quickstart: {QUICKSTART_CONFIG} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
+                  f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries, joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "
+                  f"{size}x{size} from the quickstart generator, {sum(len(x['instances']) for x in before.batch)} "
+                  f"segments in all; {precision}; {args.warmup} warm-up + 1 memory + {args.quickstart_iters} timed "
+                  f"step(s) per setting, interleaved", flush=True)
+            try:
+                run_interleaved([before, after], args.warmup, args.quickstart_iters, "quickstart")
+            finally:
+                before.close()
+                after.close()
+            speedup, memory = print_step_table(
+                f"Quickstart joint training step: seconds per iteration, mean of {args.quickstart_iters} after "
+                f"{args.warmup} warm-up; before = MODEL.DETR.ALL_QUERY_MASKS True, after = default", before, after)
+            print(f"mask head computed for {after.matched} queries (the matched ones) after, {before.matched} (all) before")
+            print_losses(before, after, MASK_LOSSES + ("loss_ce", "loss_bbox", "loss_giou"), rtol)
+            verdicts.append(f"quickstart: {speedup:.2f}x faster, {memory:.2f}x less peak step memory" if memory
+                            else f"quickstart: {speedup:.2f}x faster")
+    where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "") + f", {precision}"
+    print(f"\n== Summary ({where}) ==")
+    for line in verdicts:
+        print(line)
     print(f"\ndone in {time.perf_counter() - t_start:.0f} s"
           + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
     return 0
+
+
+def _verdict(label: str, value: Optional[float], target: float) -> str:
+    if value is None:
+        return f"{label}: not measured"
+    state = "MET" if value >= target else f"NOT MET (short by {target / value:.2f}x)"
+    return f"{label}: {value:.2f}x, {state}"
 
 
 if __name__ == "__main__":

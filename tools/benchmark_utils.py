@@ -9,6 +9,10 @@
   profiler's allocation events on CPU).
 * :func:`summarize_iterations`, :func:`format_table`: per-stage means and plain-text tables.
 * :func:`hw_size`: the ``HxW`` argument type of the benchmarks.
+* Same-weight model pairs: :func:`build_reference_model` (the official ``DETRsegm`` of the test oracle,
+  random weights), :func:`detr_config` (our config of the same architecture, 251 dataset-id class slots)
+  and :func:`load_reference_weights` (the reference's weights converted and loaded strictly into ours);
+  :func:`add_architecture_arguments` / :func:`architecture` for their command-line sizes.
 
 Benchmarks run from a checkout (``python tools/benchmark_*.py``): this module puts the repository root
 on ``sys.path`` so they can import the test oracle (``tests/utils/official_detr``: the official DETR
@@ -30,7 +34,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "MethodPatch", "PeakMemory", "StageTimer", "format_table", "hw_size", "patch_method", "summarize_iterations",
+    "MethodPatch", "PeakMemory", "StageTimer", "add_architecture_arguments", "architecture", "build_reference_model",
+    "converted_reference_weights", "detr_config", "format_table", "hw_size", "load_reference_weights", "patch_method",
+    "summarize_iterations",
     "synchronize",
 ]
 
@@ -319,3 +325,78 @@ def print_contention_note(device: torch.device) -> None:
     if note:
         print(note, flush=True)
 
+
+
+# ---------------------------------------------------------------------------------------------- model pairs
+NUM_OFFICIAL_SLOTS = 250  # official panoptic classifier: 250 dataset-id slots + no-object
+ARCHITECTURE_DEFAULTS = {  # the official R50 panoptic model
+    "depth": 50, "hidden_dim": 256, "nheads": 8, "enc_layers": 6, "dec_layers": 6, "dim_feedforward": 2048,
+    "num_queries": 100,
+}
+
+
+def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--depth --hidden-dim --nheads --enc-layers --dec-layers --dim-feedforward --num-queries`` (defaults:
+    the official R50 panoptic model)."""
+    d = ARCHITECTURE_DEFAULTS
+    parser.add_argument("--depth", type=int, default=d["depth"], choices=(18, 34, 50, 101),
+                        help=f"ResNet depth (default {d['depth']})")
+    for key in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries"):
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=d[key], help=f"default {d[key]}")
+
+
+def architecture(args: argparse.Namespace) -> Dict[str, int]:
+    """The architecture options of :func:`add_architecture_arguments` as keyword arguments."""
+    return {k: getattr(args, k) for k in ARCHITECTURE_DEFAULTS}
+
+
+def build_reference_model(arch: Mapping[str, int], seed: int, dropout: float = 0.1) -> nn.Module:
+    """The official ``DETRsegm`` (test oracle) with ``arch``, 250 class slots, random weights from ``seed``
+    and non-trivial frozen-BN statistics (identity BNs would hide conversion errors), on the CPU."""
+    from tests.utils.official_detr import build_official_detr, randomize_frozen_batchnorm_
+
+    torch.manual_seed(seed)
+    ref = build_official_detr(num_classes=NUM_OFFICIAL_SLOTS, dropout=dropout, **arch)
+    randomize_frozen_batchnorm_(ref, torch.Generator().manual_seed(seed))
+    return ref
+
+
+def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[float] = None):
+    """``configs/Base-DETR.yaml`` (the official recipe) with ``arch``; the classifier keeps the official 251
+    logits (``CLASS_SLOTS dataset_id``: logit index = COCO category id, so the reference's weights load
+    as they are) with the COCO panoptic metadata (``coco_2017_val_panoptic``: thing/stuff and ids; no
+    file is read)."""
+    from detectron2.config import get_cfg
+
+    import detr_d2
+
+    cfg = get_cfg()
+    detr_d2.add_detr_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "Base-DETR.yaml"))
+    cfg.MODEL.DEVICE = str(device)
+    cfg.MODEL.RESNETS.DEPTH = arch["depth"]
+    if arch["depth"] in (18, 34):
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    d = cfg.MODEL.DETR
+    d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD = arch["hidden_dim"], arch["nheads"], arch["dim_feedforward"]
+    d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES = arch["enc_layers"], arch["dec_layers"], arch["num_queries"]
+    d.CLASS_SLOTS, d.NUM_CLASSES = "dataset_id", NUM_OFFICIAL_SLOTS
+    if dropout is not None:
+        d.DROPOUT = dropout
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ("coco_2017_val_panoptic",)
+    return cfg
+
+
+def converted_reference_weights(ref: nn.Module) -> Dict[str, torch.Tensor]:
+    """The reference model's weights under our names (``detr_d2.checkpoint.convert_official_detr``)."""
+    from detr_d2.checkpoint import convert_official_detr
+
+    return convert_official_detr({k: v.detach().cpu() for k, v in ref.state_dict().items()}, source="reference model")
+
+
+def load_reference_weights(ours: nn.Module, ref: nn.Module) -> None:
+    """Load the reference's weights into ours, strictly (every tensor, none left over)."""
+    incompatible = ours.load_state_dict(converted_reference_weights(ref), strict=True)
+    if incompatible.missing_keys or incompatible.unexpected_keys:  # strict=True raises first; belt and braces
+        raise RuntimeError(f"converted reference weights do not fit: {incompatible}")

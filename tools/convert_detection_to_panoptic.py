@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """COCO detection-format annotations (polygons or RLE, things and stuff) -> COCO panoptic format.
 
-Writes one panoptic PNG per image of the detection JSON and a panoptic JSON. Overlapping
+Writes one panoptic PNG per image of the detection JSON and a panoptic JSON, all or nothing: the
+PNG folder is filled under a temporary name and renamed when complete, the JSON last; on any error
+nothing is left behind. Existing outputs are refused unless ``--overwrite``. Overlapping
 annotations are resolved (things over stuff, then smaller over larger, then first listed) and
 reported; ``--overlap error`` refuses them instead, as panopticapi's converter does. See
 ``detr_d2.data.panoptic_conversion`` for all rules.
@@ -54,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the colour jitter of thing ids (default 0)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (the whole PNG folder, which must hold only PNGs); "
+        "without it they are refused",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes writing PNGs (default 1)")
     return p
 
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         id_scheme=args.id_scheme,
         seed=args.seed,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(f"{report.summary()}\nwrote {args.output_json} and PNGs in {args.output_root}")
     return 0

@@ -26,6 +26,8 @@ Options:
                      COCO checkpoints: logit index = COCO category id, CLASS_SLOTS dataset_id).
   --class-map FILE   with --dataset: JSON or YAML {dataset class: checkpoint class, or null for a fresh
                      row}, overriding the name matching (needed when a name is ambiguous).
+  --register-file F  a YAML file of your COCO-panoptic datasets (as for DATASETS.REGISTER_FILES), registered
+                     first so that --dataset can name one of them.
   --init-seed N      seed of the fresh class rows (default 0): the rows of nn.Linear(hidden, K + 1)
                      built right after torch.manual_seed(N), PyTorch's default init as in DetrPanoptic.
 The tool prints what it read, what it wrote and the config options to load the result with
@@ -58,6 +60,7 @@ from detr_d2.checkpoint import (
     retarget_classes,
     write_atomically,
 )
+from detr_d2.data.datasets.register_from_file import register_dataset_file
 from detr_d2.utils.cli import run_tool, tool_parser
 
 
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--class-map", default=None, help="with --dataset: JSON/YAML {dataset class: checkpoint class or null}"
     )
+    p.add_argument(
+        "--register-file",
+        default=None,
+        help="YAML file of COCO-panoptic datasets to register first, so --dataset can name one (the format of "
+        "the config key DATASETS.REGISTER_FILES)",
+    )
     p.add_argument("--init-seed", type=int, default=0, help="seed of the fresh class rows (default 0)")
     return p
 
@@ -79,9 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.class_map and not args.dataset:
         raise ValueError("--class-map needs --dataset (the classes it maps to)")
+    if args.register_file and not args.dataset:
+        raise ValueError("--register-file needs --dataset (the registered dataset whose classes to map to)")
     inputs = hf_checkpoint_files(args.source) if os.path.isdir(args.source) else [args.source]
-    inputs += [args.class_map] if args.class_map else []
+    inputs += [f for f in (args.class_map, args.register_file) if f]
     check_output_path(args.output, sources=inputs, overwrite=args.overwrite)
+    if args.register_file:
+        register_dataset_file(args.register_file)
     class_map = load_class_map(args.class_map) if args.class_map else None
     target = dataset_class_names(args.dataset) if args.dataset else None
     converted = convert_detr_file(args.source)

@@ -3,7 +3,8 @@
 
 For Detectron2's instance tools (``register_coco_instances``, ``COCOEvaluator``) or box-only
 training. ``--include-stuff`` also exports stuff segments. Boxes and areas come from the PNG;
-crowd segments keep ``iscrowd=1``. See ``detr_d2.data.panoptic_conversion``.
+crowd segments keep ``iscrowd=1``. The JSON is written atomically; an existing one is refused
+unless ``--overwrite``. See ``detr_d2.data.panoptic_conversion``.
 
 Example (the COCO sample shipped with the tests)::
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--panoptic-root", required=True, help="folder of the panoptic PNGs")
     p.add_argument("--output-json", required=True, help="instances JSON to write")
     p.add_argument("--include-stuff", action="store_true", help="export stuff segments too")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output JSON (refused without it)"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes reading PNGs (default 1)")
     return p
 
@@ -41,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         args.output_json,
         include_stuff=args.include_stuff,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(f"{report.summary()}\nwrote {args.output_json}")
     return 0

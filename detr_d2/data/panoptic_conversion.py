@@ -20,10 +20,14 @@ Panoptic -> detection (:func:`convert_panoptic_to_detection`): one annotation pe
 (stuff too with ``include_stuff``) with a compressed RLE mask, ``area`` and ``bbox`` from the
 PNG, ``iscrowd`` from ``segments_info``; annotation ids 1, 2, ... over the whole file.
 
-Both read every input with checks (errors name the file and field) and write atomically; PNGs
-are produced in parallel with ``workers`` processes.
+Both read every input with checks (errors name the file and field) and write their outputs all or
+nothing: the PNG folder is filled under a temporary name and renamed into place, then the JSON is
+renamed into place (a failure or Ctrl-C leaves the previous outputs as they were). Existing outputs
+are refused unless ``overwrite``, which replaces the whole PNG folder (refused if it holds anything but
+PNGs). PNGs are produced in parallel with ``workers`` processes.
 """
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -36,7 +40,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
-from ..utils.atomic_io import atomic_write_json, refuse_overwrite
+from ..utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
 from .panoptic_io import check_png_ids_listed, read_json, read_panoptic_ids, require_keys, save_panoptic_png
 from .segment_ids import SegmentIdGenerator
 
@@ -262,14 +266,17 @@ def _detection_task(task):
 
 
 def _run_tasks(fn, tasks: List, state: Dict[str, Any], workers: int, desc: str) -> List:
-    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process)."""
+    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process). The progress
+    bar is closed before an error propagates, so the tool's ``error:`` line gets a line of its own."""
     if workers <= 1 or len(tasks) < 2:
         _init_worker(state)
-        return [fn(t) for t in tqdm(tasks, desc=desc, unit="img")]
+        with tqdm(tasks, desc=desc, unit="img") as bar:
+            return [fn(t) for t in bar]
     ctx = get_context("fork" if hasattr(os, "fork") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
         it = pool.imap(fn, tasks, chunksize=max(1, min(64, len(tasks) // (8 * workers))))
-        return list(tqdm(it, total=len(tasks), desc=desc, unit="img"))
+        with tqdm(it, total=len(tasks), desc=desc, unit="img") as bar:
+            return list(bar)
 
 
 def _check_stuff_colors(categories: Sequence[Mapping[str, Any]], source: str) -> None:
@@ -296,19 +303,21 @@ def convert_detection_to_panoptic(
     id_scheme: str = "color",
     seed: int = 0,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """COCO detection JSON + categories file -> panoptic PNGs in ``output_root`` + ``output_json``.
 
     Every image of the detection JSON gets a PNG ``<image file stem>.png`` (images without
     annotations get an all-void PNG). Categories without ``color`` get the fixed palette colour
-    of the metadata. Returns the :class:`ConversionReport`.
+    of the metadata. Outputs are written all or nothing (module docstring). Returns the
+    :class:`ConversionReport`.
     """
     if overlap not in ("resolve", "error"):
         raise ValueError(f"overlap must be 'resolve' or 'error', got {overlap!r}")
     if id_scheme not in ("color", "sequential"):
         raise ValueError(f"id_scheme must be 'color' or 'sequential', got {id_scheme!r}")
     inputs = [detection_json, categories_json]
-    refuse_overwrite(output_json, inputs)
+    replace_root = check_new_outputs(output_json, output_root, overwrite, inputs)
     categories = load_categories(categories_json)
     colors = build_panoptic_metadata(categories, categories_json)["stuff_colors"]
     categories = [dict(c, color=list(col)) for c, col in zip(categories, colors)]
@@ -343,14 +352,6 @@ def convert_detection_to_panoptic(
             )
         anns_by_image[ann["image_id"]].append(ann)
 
-    tasks = []
-    for index, (image_id, img) in enumerate(images.items()):
-        png_path = os.path.join(
-            output_root, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png"
-        )
-        refuse_overwrite(png_path, inputs)
-        tasks.append((index, img, anns_by_image.get(image_id, []), png_path))
-    os.makedirs(output_root, exist_ok=True)
     state = {
         "categories": by_id,
         "overlap": overlap,
@@ -358,19 +359,30 @@ def convert_detection_to_panoptic(
         "seed": seed,
         "source": detection_json,
     }
-    results = _run_tasks(_detection_task, tasks, state, workers, "detection -> panoptic")
-
     report = ConversionReport()
-    annotations = []
-    for ann, rep in results:
-        annotations.append(ann)
-        report.add(rep)
-    out = {k: data[k] for k in ("info", "licenses") if k in data}
-    out.update(images=list(images.values()), annotations=annotations, categories=categories)
-    atomic_write_json(output_json, out)
+    with atomic_file(output_json, overwrite, inputs) as json_tmp:
+        with atomic_directory(output_root, replace_root, inputs) as root_tmp:
+            tasks = []
+            for index, (image_id, img) in enumerate(images.items()):
+                png = os.path.join(root_tmp, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png")
+                tasks.append((index, img, anns_by_image.get(image_id, []), png))
+            results = _run_tasks(_detection_task, tasks, state, workers, "detection -> panoptic")
+            annotations = []
+            for ann, rep in results:
+                annotations.append(ann)
+                report.add(rep)
+            out = {k: data[k] for k in ("info", "licenses") if k in data}
+            out.update(images=list(images.values()), annotations=annotations, categories=categories)
+            _write_json(json_tmp, out)
+        # the PNG folder is in place; leaving the outer block puts the JSON in place
     if report.images_with_overlap or report.dropped or report.merged_stuff:
         logger.warning(f"{detection_json}: {report.summary()}")
     return report
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
 
 
 def panoptic_image_to_detection(
@@ -446,46 +458,48 @@ def convert_panoptic_to_detection(
     *,
     include_stuff: bool = False,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Panoptic JSON + PNGs -> a COCO instances JSON (RLE masks) of the thing segments.
 
     The output keeps ``info``/``licenses``/``images`` and lists the thing categories (all
     categories with ``include_stuff``), so Detectron2's ``register_coco_instances`` can load it.
+    An existing ``output_json`` is refused unless ``overwrite``; it is written atomically.
     """
-    refuse_overwrite(output_json, [panoptic_json])
-    data = read_json(panoptic_json, "panoptic JSON")
-    require_keys(data, ["images", "annotations", "categories"], panoptic_json)
-    categories = validate_categories(data["categories"], panoptic_json)
-    by_id = {c["id"]: c for c in categories}
-    images = {}
-    for i, img in enumerate(data["images"]):
-        require_keys(img, ["id", "file_name"], f"{panoptic_json}: images[{i}]")
-        images[img["id"]] = img
-    tasks = []
-    for i, ann in enumerate(data["annotations"]):
-        where = f"{panoptic_json}: annotations[{i}]"
-        require_keys(ann, ["image_id", "file_name", "segments_info"], where)
-        if ann["image_id"] not in images:
-            raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
-        for j, seg in enumerate(ann["segments_info"]):
-            require_keys(seg, ["id", "category_id"], f"{where}: segments_info[{j}]")
-        png = os.path.join(panoptic_root, ann["file_name"])
-        if not os.path.isfile(png):
-            raise FileNotFoundError(f"{where}: panoptic PNG not found (file_name): {png}")
-        tasks.append((png, ann["segments_info"], images[ann["image_id"]]))
+    with atomic_file(output_json, overwrite, [panoptic_json]) as json_tmp:  # fails now if unwritable
+        data = read_json(panoptic_json, "panoptic JSON")
+        require_keys(data, ["images", "annotations", "categories"], panoptic_json)
+        categories = validate_categories(data["categories"], panoptic_json)
+        by_id = {c["id"]: c for c in categories}
+        images = {}
+        for i, img in enumerate(data["images"]):
+            require_keys(img, ["id", "file_name"], f"{panoptic_json}: images[{i}]")
+            images[img["id"]] = img
+        tasks = []
+        for i, ann in enumerate(data["annotations"]):
+            where = f"{panoptic_json}: annotations[{i}]"
+            require_keys(ann, ["image_id", "file_name", "segments_info"], where)
+            if ann["image_id"] not in images:
+                raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+            for j, seg in enumerate(ann["segments_info"]):
+                require_keys(seg, ["id", "category_id"], f"{where}: segments_info[{j}]")
+            png = os.path.join(panoptic_root, ann["file_name"])
+            if not os.path.isfile(png):
+                raise FileNotFoundError(f"{where}: panoptic PNG not found (file_name): {png}")
+            tasks.append((png, ann["segments_info"], images[ann["image_id"]]))
 
-    state = {"categories": by_id, "include_stuff": include_stuff, "source": panoptic_json}
-    results = _run_tasks(_panoptic_task, tasks, state, workers, "panoptic -> detection")
-    report = ConversionReport()
-    annotations = []
-    for anns, rep in results:
-        report.add(rep)
-        for ann in anns:
-            annotations.append(dict(ann, id=len(annotations) + 1))
-    out = {k: data[k] for k in ("info", "licenses") if k in data}
-    kept = [c for c in categories if include_stuff or c["isthing"]]
-    out.update(images=list(images.values()), annotations=annotations, categories=kept)
-    atomic_write_json(output_json, out)
+        state = {"categories": by_id, "include_stuff": include_stuff, "source": panoptic_json}
+        results = _run_tasks(_panoptic_task, tasks, state, workers, "panoptic -> detection")
+        report = ConversionReport()
+        annotations = []
+        for anns, rep in results:
+            report.add(rep)
+            for ann in anns:
+                annotations.append(dict(ann, id=len(annotations) + 1))
+        out = {k: data[k] for k in ("info", "licenses") if k in data}
+        kept = [c for c in categories if include_stuff or c["isthing"]]
+        out.update(images=list(images.values()), annotations=annotations, categories=kept)
+        _write_json(json_tmp, out)
     if report.dropped:
         logger.warning(f"{panoptic_json}: {report.summary()}")
     return report

@@ -1,3 +1,4 @@
+from .checkpointer import AtomicDetectionCheckpointer
 from .trainer import DetrTrainer, main, setup
 
-__all__ = ["DetrTrainer", "main", "setup"]
+__all__ = ["AtomicDetectionCheckpointer", "DetrTrainer", "main", "setup"]

@@ -6,15 +6,16 @@ import os
 from typing import List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_detr_config
+from ..data.datasets.register_from_file import add_command_line_datasets, register_datasets_from_config
+from .checkpointer import AtomicDetectionCheckpointer
 from .optimizer import build_detr_optimizer
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,18 @@ class DetrTrainer(DefaultTrainer):
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
+    def build_hooks(self):
+        """Detectron2's hooks, with ``self.checkpointer`` (made by ``DefaultTrainer.__init__``, used by
+        ``PeriodicCheckpointer`` and ``resume_or_load``) replaced by an :class:`AtomicDetectionCheckpointer`
+        over the same model and checkpointables: atomic saves, and a resume that survives a damaged
+        last checkpoint."""
+        old = self.checkpointer
+        if not isinstance(old, AtomicDetectionCheckpointer):
+            self.checkpointer = AtomicDetectionCheckpointer(
+                old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+            )
+        return super().build_hooks()
+
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=_build_mapper(cfg, True))
@@ -84,6 +97,7 @@ class DetrTrainer(DefaultTrainer):
         results (``panopticapi``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
         an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has ``sem_seg_root``."""
         from ..evaluation import build_panoptic_evaluator
+        from ..evaluation.things_coco_evaluation import PanopticThingsCOCOEvaluator
 
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         meta = MetadataCatalog.get(dataset_name)
@@ -102,7 +116,8 @@ class DetrTrainer(DefaultTrainer):
             )
         if d.INSTANCE_ON and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
             tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-            evaluators.append(COCOEvaluator(dataset_name, tasks, True, output_folder))
+            # COCOEvaluator on the things' view of the (standard panoptic) metadata
+            evaluators.append(PanopticThingsCOCOEvaluator(dataset_name, tasks, True, output_folder))
         if d.SEMANTIC_ON and cfg.MODEL.MASK_ON and getattr(meta, "sem_seg_root", None):
             evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         if not evaluators:
@@ -119,9 +134,11 @@ def setup(args) -> CfgNode:
     add_detr_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    add_command_line_datasets(cfg, getattr(args, "register_dataset", None))  # -> DATASETS.REGISTER_FILES
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
+    register_datasets_from_config(cfg)  # before the model, which reads the classes from the metadata
     return cfg
 
 
@@ -139,7 +156,7 @@ def _main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DetrTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = DetrTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

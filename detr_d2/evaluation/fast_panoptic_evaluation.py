@@ -199,15 +199,10 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             logger.warning("[FastCOCOPanopticEvaluator] Did not receive valid predictions.")
             return OrderedDict()
         per_image = dict(image_stats)  # the last prediction of an image wins, as in pq_compute
-        missing = [a["image_id"] for a in self._gt.annotations if a["image_id"] not in per_image]
-        if missing:
-            raise ValueError(
-                f"no prediction for {len(missing)} of the {len(self._gt.annotations)} images of "
-                f"{self._gt.panoptic_json} (e.g. image ids {missing[:5]}); pq_compute needs one per "
-                f"ground-truth image (dataset {self._dataset_name!r})"
-            )
+        self._gt.unpredicted_images(per_image, self._dataset_name)  # raises unless their GT PNG is missing
         total = PQStats()
         for ann in self._gt.annotations:
-            total += per_image[ann["image_id"]]
+            if ann["image_id"] in per_image:
+                total += per_image[ann["image_id"]]
         pq_res = summarize_pq_stats(total, self._gt.categories)
         return report_panoptic_results(pq_res, total, self._gt.categories, self._output_dir)

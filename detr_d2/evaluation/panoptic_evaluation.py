@@ -14,12 +14,13 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .panoptic_ground_truth import PanopticGroundTruth
 from .panoptic_quality import PQStats, categories_by_id, summarize_pq_stats
 from .per_class_report import report_panoptic_results
 
@@ -29,12 +30,13 @@ logger = logging.getLogger(__name__)
 
 
 def panopticapi_pq_stats(
-    gt_json_file: str, pred_json_file: str, gt_folder: str, pred_folder: str
+    gt_json_file: str, pred_json_file: str, gt_folder: str, pred_folder: str, skip_image_ids: Iterable[Any] = ()
 ) -> Tuple[PQStats, "OrderedDict[int, Dict]"]:
     """panopticapi's per-category statistics for a GT and a prediction JSON + PNG folder.
 
     Does what ``pq_compute`` does up to the averages (same file loading, same image matching and
     "no prediction" error, ``pq_compute_multi_core``) and returns ``(PQStats, categories)`` instead.
+    GT images in ``skip_image_ids`` are left out.
     """
     from panopticapi.evaluation import pq_compute_multi_core
 
@@ -45,8 +47,11 @@ def panopticapi_pq_stats(
     categories = categories_by_id(gt_json["categories"])
     pred_annotations = {el["image_id"]: el for el in pred_json["annotations"]}
     matched = []
+    skip = set(skip_image_ids)
     for gt_ann in gt_json["annotations"]:
         image_id = gt_ann["image_id"]
+        if image_id in skip:
+            continue
         if image_id not in pred_annotations:
             raise Exception("no prediction for the image with id: {}".format(image_id))
         matched.append((gt_ann, pred_annotations[image_id]))
@@ -90,8 +95,10 @@ class COCOPanopticEvaluatorWithPerClass(COCOPanopticEvaluator):
             with PathManager.open(predictions_json, "w") as f:
                 f.write(json.dumps(json_data))
 
+            gt = PanopticGroundTruth(gt_json, gt_folder)
+            skipped = gt.unpredicted_images({p["image_id"] for p in self._predictions}, self._metadata.name)
             stats, categories = panopticapi_pq_stats(
-                gt_json, PathManager.get_local_path(predictions_json), gt_folder, pred_dir
+                gt_json, PathManager.get_local_path(predictions_json), gt_folder, pred_dir, skipped
             )
 
         pq_res = summarize_pq_stats(stats, categories)

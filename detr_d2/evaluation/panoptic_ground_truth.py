@@ -5,10 +5,11 @@ process-wide LRU cache in run-length form (~40 kB for a COCO image), keyed by th
 and modification time, so periodic evaluations during training do not decode it again.
 """
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from detectron2.utils.file_io import PathManager
 
@@ -16,6 +17,8 @@ from ..data.panoptic_io import read_panoptic_ids
 from .panoptic_quality import RunLengthIdMap, categories_by_id
 
 __all__ = ["GroundTruthCache", "PanopticGroundTruth", "GROUND_TRUTH_CACHE"]
+
+logger = logging.getLogger(__name__)
 
 
 def _file_key(path: str) -> Tuple[str, int, int]:
@@ -127,6 +130,29 @@ class PanopticGroundTruth:
 
     def png_path(self, annotation: Mapping[str, Any]) -> str:
         return os.path.join(self.panoptic_root, annotation["file_name"])
+
+    def unpredicted_images(self, predicted: Iterable[Any], dataset_name: str) -> List[Any]:
+        """Image ids of the GT annotations that have no prediction and whose GT PNG is missing: images a
+        dataset registered with ``missing="skip"`` leaves out, so the model never saw them. They are left
+        out of the evaluation with a warning. A GT image with its PNG but no prediction is an error (as
+        in ``pq_compute``), raised here."""
+        predicted = set(predicted)
+        unpredicted = [a for a in self.annotations if a["image_id"] not in predicted]
+        skipped = [a["image_id"] for a in unpredicted if not os.path.isfile(self.png_path(a))]
+        if len(skipped) < len(unpredicted):
+            missing = [a["image_id"] for a in unpredicted if os.path.isfile(self.png_path(a))]
+            raise ValueError(
+                f"no prediction for {len(missing)} of the {len(self.annotations)} images of "
+                f"{self.panoptic_json} (e.g. image ids {missing[:5]}); pq_compute needs one per "
+                f"ground-truth image (dataset {dataset_name!r})"
+            )
+        if skipped:
+            logger.warning(
+                f"{len(skipped)} of the {len(self.annotations)} ground-truth images of {self.panoptic_json} have no "
+                f"panoptic PNG under {self.panoptic_root} (dataset {dataset_name!r} skips them, e.g. image ids "
+                f"{skipped[:5]}): PQ is computed on the other {len(self.annotations) - len(skipped)}"
+            )
+        return skipped
 
     def id_map(self, annotation: Mapping[str, Any], cache: Optional[GroundTruthCache]) -> RunLengthIdMap:
         """Run-length GT id map of one annotation (through ``cache`` unless None)."""

@@ -6,12 +6,14 @@ target's own folder (same filesystem), flushed and ``fsync``-ed, given the permi
 and Windows). A failure or a kill at any point leaves the target untouched and, except for a hard
 kill, no temporary file behind (temporary names start with ``.`` and end with ``.tmp``).
 """
+import contextlib
 import functools
 import io
 import json
 import os
+import shutil
 import tempfile
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -20,7 +22,12 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save_image",
+    "atomic_directory",
+    "atomic_file",
+    "check_new_outputs",
     "refuse_overwrite",
+    "refuse_replacing_other_files",
+    "require_new_or_empty_folder",
 ]
 
 
@@ -38,21 +45,9 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     The folder of ``path`` is created if needed. Any exception (also ``KeyboardInterrupt``) removes
     the temporary file and leaves ``path`` as it was.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -97,3 +92,141 @@ def refuse_overwrite(output: str, inputs: Iterable[str]) -> None:
     for inp in inputs:
         if inp and os.path.realpath(inp) == out:
             raise ValueError(f"refusing to write {output}: it is an input of this command ({inp})")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) -> Iterator[str]:
+    """Fill a folder all or nothing: yields a new temporary sibling of ``path`` (``.<name>.*.tmp``); when
+    the block ends normally it is renamed to ``path``, on any exception (also ``KeyboardInterrupt``) it is
+    deleted and ``path`` is left as it was.
+
+    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; then it is replaced only
+    at the end. ``path`` may not be, or contain, one of ``inputs`` (``ValueError``).
+    """
+    path = os.path.abspath(path)
+    for inp in inputs:
+        if not inp:
+            continue
+        real, out = os.path.realpath(inp), os.path.realpath(path)
+        if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
+            raise ValueError(f"refusing to write {path}: it holds an input of this command ({inp})")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.chmod(tmp, _dir_mode())
+        yield tmp
+        if os.path.lexists(path):
+            old = tmp + ".old"
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old)
+            else:
+                os.unlink(old)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_directory(parent)
+
+
+@functools.lru_cache(maxsize=1)
+def _dir_mode() -> int:
+    """Permissions of a newly created folder under the current umask (mkdtemp alone gives 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) -> Iterator[str]:
+    """Write a file all or nothing: yields the path of a new temporary file next to ``path``
+    (``.<name>.*.tmp``, created at once, so an unwritable folder fails before any work); when the block
+    ends normally the file is fsync-ed and renamed to ``path``, on any exception it is deleted.
+
+    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; ``path`` may not be one
+    of ``inputs`` (``ValueError``). Nest an :func:`atomic_directory` inside to publish a folder and then
+    the file that describes it (e.g. panoptic PNGs, then their JSON).
+    """
+    path = os.path.abspath(path)
+    refuse_overwrite(path, inputs)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise type(e)(f"cannot write {path}: {e.strerror} (creating a file in {directory})") from None
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def check_new_outputs(
+    output_file: str,
+    output_folder: str,
+    overwrite: bool,
+    inputs: Iterable[str] = (),
+    folder_suffixes: Iterable[str] = (".png",),
+) -> bool:
+    """Checks before a tool writes ``output_folder`` (with :func:`atomic_directory`) and then
+    ``output_file`` (with :func:`atomic_file`), run before any work: ``output_file`` may not be one of
+    ``inputs``; existing outputs are refused (``FileExistsError``) unless ``overwrite``, except an
+    empty ``output_folder``; with ``overwrite`` the folder may only hold ``folder_suffixes`` files
+    (:func:`refuse_replacing_other_files`). Returns the ``overwrite`` to give ``atomic_directory``
+    (also True for an existing empty folder, which has nothing to lose)."""
+    refuse_overwrite(output_file, inputs)
+    empty_folder = os.path.isdir(output_folder) and not os.path.islink(output_folder) and not os.listdir(output_folder)
+    for path in (output_file, output_folder):
+        if os.path.lexists(path) and not overwrite and not (path == output_folder and empty_folder):
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if overwrite:
+        refuse_replacing_other_files(output_folder, folder_suffixes)
+    return overwrite or empty_folder
+
+
+def refuse_replacing_other_files(folder: str, suffixes: Iterable[str]) -> None:
+    """Raise ``ValueError`` if the existing ``folder`` holds something whose name does not end with one
+    of ``suffixes`` (what the tool writes there): a guard before ``--overwrite`` replaces a whole folder
+    that may be the wrong one (e.g. the image folder instead of the PNG folder)."""
+    if not os.path.isdir(folder):
+        return
+    suffixes = tuple(suffixes)
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(suffixes) or os.path.isdir(os.path.join(folder, name)):
+            raise ValueError(
+                f"refusing to replace {folder}: it holds {name!r}, which this tool does not write "
+                f"(only *{'/*'.join(suffixes)} files); choose another output folder or delete it yourself"
+            )
+
+
+def require_new_or_empty_folder(folder: str, overwrite: bool = False) -> None:
+    """Create ``folder`` if needed and check a file can be created in it; unless ``overwrite``, refuse
+    (``FileExistsError``) a folder that already holds something. Errors name the folder."""
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise FileExistsError(f"{folder} is not empty; pass --overwrite to write into it anyway")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    except OSError as e:
+        raise type(e)(f"cannot write in {folder}: {e.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -2,7 +2,7 @@
 
 import copy
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,8 +15,9 @@ from PIL import Image
 
 from ..panoptic_io import check_png_ids_listed, read_panoptic_png, rgb2id
 from ..transforms import build_detr_test_augmentation, build_detr_train_augmentation
+from .corrupt_samples import CorruptSampleCounter
 
-__all__ = ["DetrPanopticDatasetMapper", "read_image_checked", "panoptic_to_instances"]
+__all__ = ["DetrPanopticDatasetMapper", "read_image_checked", "check_image_array", "panoptic_to_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ def read_image_checked(file_name: str, image_format: str) -> np.ndarray:
     """Read an image like Detectron2's ``read_image`` (EXIF orientation applied), with checks.
 
     Grayscale images are converted to ``image_format`` (COCO has some); an alpha channel is
-    dropped with a warning. A missing or unreadable file raises an error naming it (field
-    ``file_name``). Returns an ``uint8`` HxWxC array in ``image_format`` channel order.
+    dropped with a warning. A missing, undecodable (e.g. truncated) or empty image raises an error
+    naming the file (field ``file_name``). Returns an ``uint8`` HxWxC array in ``image_format``
+    channel order.
     """
     try:
         with Image.open(file_name) as img:
@@ -42,7 +44,48 @@ def read_image_checked(file_name: str, image_format: str) -> np.ndarray:
             n=5,
             name=__name__,
         )
-    return utils.read_image(file_name, format=image_format)
+    try:
+        image = utils.read_image(file_name, format=image_format)
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
+        raise ValueError(f"{file_name} (file_name): cannot be decoded as an image: {e}") from None
+    if image.size == 0:
+        raise ValueError(f"{file_name} (file_name): the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+    return image
+
+
+def check_image_array(image: Any, where: str, channel_order: str = "BGR") -> None:
+    """Raise ``ValueError`` naming ``where`` unless ``image`` is a non-empty HxWx3 ``uint8`` numpy array.
+
+    Pixel values must be ``uint8`` 0..255 (what ``cv2.imread`` / ``detectron2.data.detection_utils.read_image``
+    give): a float image, e.g. in [0, 1], or one with NaN is refused with a hint how to convert it.
+    """
+    expected = f"an HxWx3 {channel_order} uint8 image (values 0..255, as cv2.imread returns)"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{where}: expected {expected}, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{where}: expected {expected}, got an array of shape {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{where}: expected {expected}, got an empty image of shape {tuple(image.shape)}")
+    if image.dtype == np.uint8:
+        return
+    problem = f"got dtype {image.dtype}"
+    if np.issubdtype(image.dtype, np.floating):
+        finite = np.isfinite(image)
+        if not finite.all():
+            problem += f" with {int((~finite).sum())} NaN/inf values"
+        elif image.max() <= 1.0:
+            problem += (
+                f" with values in [{image.min():.3g}, {image.max():.3g}] (a [0, 1] image: convert with "
+                "(image * 255).round().astype(np.uint8))"
+            )
+        else:
+            problem += (
+                f" with values in [{image.min():.4g}, {image.max():.4g}] (convert with "
+                "np.clip(image, 0, 255).round().astype(np.uint8))"
+            )
+    elif np.issubdtype(image.dtype, np.integer):
+        problem += f" with values in [{image.min()}, {image.max()}]"
+    raise ValueError(f"{where}: expected {expected}, {problem}")
 
 
 def panoptic_to_instances(
@@ -85,23 +128,56 @@ class DetrPanopticDatasetMapper:
     from the panoptic PNG transformed with the *same* transforms as the image (PIL nearest for
     the PNG, bilinear for the image). Pixels whose id is 0 are void; a non-zero PNG id with no
     ``segments_info`` entry raises an error naming the PNG.
+
+    A sample whose files cannot be used (missing, undecodable, sizes or ids not matching the dict)
+    raises an error naming the file; with ``skip_corrupt_samples`` (training only) it is logged,
+    counted and skipped instead (``None`` is returned, so Detectron2's ``MapDataset`` maps another
+    sample), up to ``max_corrupt_fraction`` (see :mod:`.corrupt_samples`).
     """
 
     @configurable
-    def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str):
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List,
+        image_format: str,
+        skip_corrupt_samples: bool = False,
+        max_corrupt_fraction: float = 0.01,
+    ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.corrupt_samples = CorruptSampleCounter(max_corrupt_fraction) if skip_corrupt_samples else None
         mode = "training" if is_train else "inference"
         logger.info(f"[DetrPanopticDatasetMapper] augmentations in {mode}: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
         augs = build_detr_train_augmentation(cfg) if is_train else build_detr_test_augmentation(cfg)
-        return {"is_train": is_train, "augmentations": augs, "image_format": cfg.INPUT.FORMAT}
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "skip_corrupt_samples": is_train and cfg.DATALOADER.SKIP_CORRUPT_SAMPLES,
+            "max_corrupt_fraction": cfg.DATALOADER.MAX_CORRUPT_FRACTION,
+        }
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         dataset_dict = copy.deepcopy(dataset_dict)
+        if self.corrupt_samples is None:
+            image, pan_rgb = self._read(dataset_dict)
+        else:
+            self.corrupt_samples.read()
+            try:
+                image, pan_rgb = self._read(dataset_dict)
+            except (OSError, ValueError) as e:  # the messages name the file
+                self.corrupt_samples.skip(e)
+                return None
+        return self._map(dataset_dict, image, pan_rgb)
+
+    def _read(self, dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(image HxWxC uint8, panoptic PNG HxWx3 uint8 or None at inference), checked against the dict."""
         image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)  # also fills height/width if absent
 
@@ -120,7 +196,9 @@ class DetrPanopticDatasetMapper:
                 dataset_dict["pan_seg_file_name"],
                 dataset_dict.get("image_id"),
             )
+        return image, pan_rgb
 
+    def _map(self, dataset_dict: Dict[str, Any], image: np.ndarray, pan_rgb: Optional[np.ndarray]) -> Dict[str, Any]:
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image

@@ -18,7 +18,9 @@ Registered as ``detr_quickstart_train`` (1000 images) and ``detr_quickstart_val`
 under ``$DETR_D2_QUICKSTART_ROOT`` (default ``$DETECTRON2_DATASETS/detr_d2_quickstart``, with
 ``DETECTRON2_DATASETS`` defaulting to ``datasets``), read when ``detr_d2`` is imported. Files are
 generated on first use (``DatasetCatalog.get``) if the split's JSON is missing or has another
-image count; every file is written atomically and the JSON last.
+image count; every file is written atomically and the JSON last, and an existing JSON made with
+other settings is removed before any image is rewritten, so a split whose JSON exists is always
+complete and matches it (a generation that was interrupted is redone on next use).
 """
 
 import functools
@@ -284,6 +286,8 @@ def generate_quickstart_dataset(
             f"need num_images >= 1 and image_size >= 32, got {num_images}, {image_size}"
         )
     image_dir, png_dir, json_path = _split_paths(root, split)
+    if os.path.lexists(json_path) and not _json_lists(json_path, num_images, image_size, seed):
+        os.remove(json_path)  # the split is incomplete until the new JSON is written
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(png_dir, exist_ok=True)
     tasks = [(root, split, i, image_size, seed) for i in range(num_images)]
@@ -308,6 +312,20 @@ def generate_quickstart_dataset(
         },
     )
     return json_path
+
+
+def _json_lists(json_path: str, num_images: int, image_size: int, seed: int) -> bool:
+    """Whether ``json_path`` describes exactly the files these settings generate."""
+    try:
+        data = read_json(json_path, "quickstart panoptic JSON")
+    except (OSError, ValueError):
+        return False
+    info = data.get("info", {}) if isinstance(data, dict) else {}
+    return (
+        len(data.get("images", [])) == num_images
+        and info.get("image_size") == image_size
+        and info.get("seed") == seed
+    )
 
 
 def ensure_quickstart_split(root: str, split: str, num_images: int, seed: int) -> str:

@@ -1,5 +1,6 @@
 """Reference oracle: a faithful re-implementation of the official DETR panoptic model, its input
-pipeline and its panoptic post-processor, written from shared/reference/detr_panoptic_checkpoint.md.
+pipeline and its panoptic post-processor, written from the documented facts of facebookresearch/detr
+(commit 29901c5: checkpoint key layout, forward pass and post-processor numerics).
 
 Not part of the installed package: tests and benchmarks (from a checkout) import it.
 """

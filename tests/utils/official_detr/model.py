@@ -1,8 +1,8 @@
 """An independent re-implementation of the official DETR panoptic model (``DETRsegm`` wrapping ``DETR``).
 
 This is the project's *reference oracle*: tests and benchmarks compare ``detr_d2``'s own model
-against it. It is written from ``shared/reference/detr_panoptic_checkpoint.md`` (the facts of
-facebookresearch/detr at commit 29901c5), not from ``detr_d2.modeling``, and keeps **exactly the
+against it. It is written from the documented facts of facebookresearch/detr at commit 29901c5 (key
+layout, forward pass and post-processor numerics), not from ``detr_d2.modeling``, and keeps **exactly the
 official module and parameter names**: ``OfficialDETRsegm().state_dict()`` has the official
 checkpoint's keys and shapes (R50: 490 tensors, R101: 745; no ``num_batches_tracked``, no ``fc``),
 so an official ``checkpoint["model"]`` loads with ``strict=True``.
