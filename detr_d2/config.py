@@ -5,7 +5,11 @@ Detectron2's own ``cfg.TEST``; input extras under ``cfg.INPUT`` (DETR's random c
 ``INPUT.CROP`` plus two keys); optimiser extras under ``cfg.SOLVER``. ``configs/Base-DETR.yaml``
 sets the official DETR panoptic recipe.
 """
+import os
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_detr_config(cfg: CN) -> None:
@@ -64,9 +68,11 @@ def add_detr_config(cfg: CN) -> None:
     # matched one-to-one to all targets, losses (incl. masks and deep supervision) averaged over the groups.
     # Inference decodes group 0 only: the same model and cost as without groups. The extra groups' queries
     # (group_query_embed.weight) are training-only: a plain model ignores them in a checkpoint, and a grouped
-    # model initialises them from query_embed when a checkpoint has none. 1 = off (DETR). Not with
-    # FROZEN_WEIGHTS (the frozen decoder cannot learn from them). Training costs about K x the decoder,
-    # matching and mask-head (matched queries) work.
+    # model initialises them from query_embed when a checkpoint has none. 1 = off (DETR). With
+    # FROZEN_WEIGHTS (stage 2) the frozen detector is decoded with its trained groups and the mask head
+    # learns from every group's matched queries (needs a stage 1 trained with the same NUM_GROUPS; a stage 1
+    # trained with groups also feeds a plain stage 2). Training costs about K x the decoder, matching and
+    # mask-head (matched queries) work.
     cfg.MODEL.DETR.GROUP_DETR = CN()
     cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = 1
 
@@ -120,3 +126,21 @@ def add_detr_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+
+def get_detr_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's default config + :func:`add_detr_config`, then ``config_file`` and the ``KEY VALUE``
+    overrides ``opts`` merged (not frozen), as the tools build it. A CUDA ``MODEL.DEVICE`` becomes ``cpu``
+    on a machine without CUDA. ``FileNotFoundError`` naming ``config_file`` if it does not exist."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file: {config_file} does not exist")
+    cfg = get_cfg()
+    add_detr_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            cfg.MODEL.DEVICE = "cpu"
+    return cfg

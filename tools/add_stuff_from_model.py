@@ -30,10 +30,8 @@ import argparse
 import os
 import sys
 
-import torch
-from detectron2.config import get_cfg
 
-import detr_d2
+from detr_d2.config import get_detr_cfg
 from detr_d2.data.stuff_from_model import add_stuff_from_model
 from detr_d2.predictor import DetrPanopticPredictor
 from detr_d2.utils.cli import run_tool, tool_parser
@@ -59,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detr_cfg(args.config_file, args.opts)
     if not (cfg.MODEL.MASK_ON and cfg.TEST.PANOPTIC_ON):
         raise ValueError(f"{args.config_file}: the model must be panoptic (MODEL.MASK_ON True, TEST.PANOPTIC_ON True)")
     if not cfg.MODEL.WEIGHTS:

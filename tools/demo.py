@@ -23,12 +23,10 @@ from typing import List
 
 import cv2
 import numpy as np
-import torch
-from detectron2.config import get_cfg
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-import detr_d2
+from detr_d2.config import get_detr_cfg
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
 from detr_d2.data.panoptic_io import save_panoptic_png
 from detr_d2.predictor import DetrPanopticPredictor, panoptic_to_coco, write_panoptic_png_json
@@ -133,12 +131,7 @@ def query_mask_grid(raw, num: int, cell: int = 160) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detr_cfg(args.config_file, args.opts)
     cfg.freeze()
     files = expand_inputs(args.input)
     out_dir = os.path.abspath(args.output)

@@ -34,13 +34,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-import detr_d2
+from detr_d2.config import get_detr_cfg
 from detr_d2.checkpoint.checkpoint_io import check_output_path
 from detr_d2.data.datasets.register_from_file import register_datasets_from_config
 from detr_d2.data.transforms import build_detr_test_augmentation
@@ -72,14 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file: {args.config_file} does not exist")
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detr_cfg(args.config_file, args.opts)
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: {weights} does not exist")

@@ -3,6 +3,13 @@
 Targets per image: ``labels`` (N,) int64 class slots, ``boxes`` (N, 4) cxcywh normalised by the image's
 own (unpadded) size, ``masks`` (N, H, W) bool at the image's input resolution (only for mask losses).
 Each loss is normalised by the number of target segments in the whole (distributed) batch.
+
+Group DETR (``forward(..., num_groups=K)``, training only): the queries form K equal groups, each matched
+one-to-one to all targets on its own; every loss is the average over the groups of the single-group loss
+(box and mask losses: summed over the K matched sets and normalised by K x the number of targets; the
+classification loss: the weighted mean over all queries, which equals the average of the groups' means
+because every group has the same numbers of matched and unmatched queries). ``class_error`` is over the
+matched queries of all groups.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -125,24 +132,31 @@ class SetCriterion(nn.Module):
         return {"labels": self.loss_labels, "boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
 
     def forward(
-        self, outputs: Dict, targets: List[Dict[str, Tensor]], mask_fn: Optional[QueryMaskFn] = None
+        self,
+        outputs: Dict,
+        targets: List[Dict[str, Tensor]],
+        mask_fn: Optional[QueryMaskFn] = None,
+        num_groups: int = 1,
     ) -> Dict[str, Tensor]:
         """``outputs``: ``pred_logits``, ``pred_boxes``, optional ``pred_masks`` and ``aux_outputs``;
         ``mask_fn``: computes the masks of the matched queries when ``pred_masks`` is absent (the matching
-        uses class and box costs only, so it is known before any mask is computed)."""
-        indices = self.matcher(outputs, targets)
+        uses class and box costs only, so it is known before any mask is computed: with groups, the
+        matched queries of all groups go to ``mask_fn`` in one call).
+        ``num_groups``: Group DETR's query groups (see the module docstring); 1 = DETR."""
+        indices = self.matcher(outputs, targets, num_groups)
         num_boxes = torch.as_tensor(
             [float(sum(len(t["labels"]) for t in targets))], device=outputs["pred_logits"].device
         )
         if comm.get_world_size() > 1:
             torch.distributed.all_reduce(num_boxes)
-        num_boxes = torch.clamp(num_boxes / comm.get_world_size(), min=1).item()
+        # each group matches every target once: normalising the K groups' sums by K x the targets averages them
+        num_boxes = torch.clamp(num_boxes / comm.get_world_size(), min=1).item() * num_groups
 
         losses: Dict[str, Tensor] = {}
         for loss in self.losses:
             losses.update(self._compute(loss, outputs, targets, indices, num_boxes, mask_fn))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_indices = self.matcher(aux, targets)
+            aux_indices = self.matcher(aux, targets, num_groups)
             for loss in self.losses:
                 if loss == "masks":  # intermediate layers have no masks
                     continue

@@ -38,12 +38,25 @@ class HungarianMatcher(nn.Module):
         return [m[i] for i, m in enumerate(c.split(sizes, -1))]
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> List[Tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], num_groups: int = 1
+    ) -> List[Tuple[Tensor, Tensor]]:
         """outputs: ``pred_logits`` (B, Q, K+1), ``pred_boxes`` (B, Q, 4) cxcywh normalised;
         targets: per image ``labels`` (N_i,) and ``boxes`` (N_i, 4) cxcywh normalised.
-        Returns per image (query_indices, target_indices), int64, sorted by query index."""
+        Returns per image (query_indices, target_indices), int64, sorted by query index.
+
+        ``num_groups`` > 1 (Group DETR): the Q queries are that many equal groups, group-major; each group
+        is matched one-to-one to all targets on its own (every target is matched once per group) and the
+        indices of group g are offset by g * Q / num_groups."""
         out = []
         for c in self.cost_matrices(outputs, targets):
-            i, j = linear_sum_assignment(c.numpy())
-            out.append((torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)))
+            if c.shape[0] % num_groups:
+                raise ValueError(f"HungarianMatcher: {c.shape[0]} queries cannot form {num_groups} equal groups")
+            size = c.shape[0] // num_groups
+            rows, cols = [], []
+            for g in range(num_groups):
+                i, j = linear_sum_assignment(c[g * size : (g + 1) * size].numpy())
+                rows.append(torch.as_tensor(i, dtype=torch.int64) + g * size)
+                cols.append(torch.as_tensor(j, dtype=torch.int64))
+            out.append((torch.cat(rows), torch.cat(cols)))
         return out

@@ -15,6 +15,17 @@ The mask head runs only where its output is used (:meth:`DetrPanoptic.query_mask
 the queries the enabled outputs read (:meth:`DetrPanoptic.mask_queries`), in training on the queries
 matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.ALL_QUERY_MASKS`` computes
 every query's mask as official DETR does (same results: each query's mask is independent of the others').
+
+Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS`` K > 1; Chen et al., ICCV 2023), a training-only aid: in
+training the decoder also decodes K - 1 extra groups of Q queries (``group_query_embed.weight``, (K-1)*Q x C,
+group-major), self-attention kept within each group; each group is matched one-to-one and the losses are
+averaged over the groups (``SetCriterion``). At inference only ``query_embed`` (group 0) is decoded, so the
+model is exactly the plain one. Checkpoints: a plain model ignores ``group_query_embed.weight`` (logged); a
+grouped model loading a checkpoint without it (official, plain) initialises the extra groups as copies of
+the checkpoint's ``query_embed`` plus Gaussian noise (std 0.1 x the std of those embeddings: identical
+copies would get identical gradients and stay identical; ``weight_loading.adapt_group_queries``).
+Stage 2 (``FROZEN_WEIGHTS``) with K > 1 needs a stage 1 trained with K groups (their trained queries are
+frozen with the detector; the mask head learns from the matched queries of every group).
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -36,10 +47,16 @@ from .mlp import MLP
 from .panoptic_inference import instance_inference, instance_queries, panoptic_fusion, panoptic_queries, semantic_inference
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
+from .weight_loading import MASK_HEAD_PREFIXES, adapt_group_queries, load_and_freeze_detector, load_mask_head
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DetrPanoptic"]
+
+
+def _image_cells(t: Tensor, i: int, cells: Tuple[int, int]) -> Tensor:
+    """Image ``i`` of the batched map ``t`` (B, ..., H, W), its top-left ``cells`` = (h, w): (1, ..., h, w)."""
+    return t[i : i + 1, ..., : cells[0], : cells[1]]
 
 
 @META_ARCH_REGISTRY.register()
@@ -74,6 +91,7 @@ class DetrPanoptic(nn.Module):
         mask_head_feature_norm: bool = False,
         batch_invariant: bool = True,
         all_query_masks: bool = False,
+        num_query_groups: int = 1,
     ):
         """
         Args:
@@ -96,6 +114,7 @@ class DetrPanoptic(nn.Module):
                 ``batch_invariance.py``); single images are unaffected (DETR's numbers are single-image).
             all_query_masks: compute the masks of all queries, in training and at inference, as official
                 DETR does (for comparison); default: only the masks that are used.
+            num_query_groups: Group DETR's K (training only; see the module docstring); 1 = DETR.
         """
         super().__init__()
         self.backbone = backbone
@@ -113,6 +132,13 @@ class DetrPanoptic(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if not isinstance(num_query_groups, int) or num_query_groups < 1:
+            raise ValueError(f"MODEL.DETR.GROUP_DETR.NUM_GROUPS must be an integer >= 1, got {num_query_groups!r}")
+        self.num_query_groups = num_query_groups
+        # training-only queries of groups 1..K-1 (group-major); group 0 is query_embed, the inference queries
+        self.group_query_embed = None
+        if num_query_groups > 1:
+            self.group_query_embed = nn.Embedding((num_query_groups - 1) * num_queries, hidden_dim)
         self.input_proj = nn.Conv2d(shapes[self.in_features[-1]].channels, hidden_dim, kernel_size=1)
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2)
         self.mask_on = mask_on
@@ -225,59 +251,29 @@ class DetrPanoptic(nn.Module):
             "mask_head_feature_norm": d.MASK_HEAD_FEATURE_NORM,
             "batch_invariant": d.BATCH_INVARIANT,
             "all_query_masks": d.ALL_QUERY_MASKS,
+            "num_query_groups": d.GROUP_DETR.NUM_GROUPS,
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    # ------------------------------------------------------------------ two-stage training
+    # ------------------------------------------------------------------ checkpoints (see weight_loading.py)
     def mask_head_parameter_prefixes(self) -> Tuple[str, ...]:
-        return ("bbox_attention.", "mask_head.")
-
-    def _load_weights(self, path: str, key: str, prefixes: Tuple[str, ...], include: bool) -> None:
-        """Load the tensors of checkpoint ``path`` (config ``key``) whose names start (``include``) or do not
-        start with ``prefixes``; every such tensor of this model must be in the file with its shape."""
-        from detectron2.utils.file_io import PathManager
-
-        from ..checkpoint.checkpoint_io import load_state_dict_file
-
-        state = load_state_dict_file(PathManager.get_local_path(path))
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes) == include}
-        missing = sorted(set(own) - set(state))
-        bad_shape = [
-            f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-            for k in sorted(own) if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        if missing or bad_shape:
-            kind = "mask head (bbox_attention.*, mask_head.*)" if include else "detector (all but the mask head)"
-            raise ValueError(
-                f"{key}={path}: does not hold this model's {kind}: missing keys "
-                f"{missing[:10]}{'...' if len(missing) > 10 else ''} ({len(missing)}), shape mismatches {bad_shape[:5]}"
-            )
-        if include:  # load into the submodules: a partial load_state_dict of the whole model would make
-            # Detectron2's FrozenBatchNorm2d (no version metadata) reset its statistics to 0 / 1
-            for prefix in prefixes:
-                module = getattr(self, prefix.rstrip("."))
-                module.load_state_dict({k[len(prefix):]: state[k] for k in own if k.startswith(prefix)})
-        else:
-            self.load_state_dict({k: state[k] for k in own}, strict=False)
+        return MASK_HEAD_PREFIXES
 
     def load_and_freeze_detector(self, path: str) -> None:
-        """Load a detection checkpoint (Detectron2 ``.pth``/``.pkl`` with a ``model`` dict of this model's
-        names) into everything but the mask head, then freeze it (``requires_grad=False``)."""
-        prefixes = self.mask_head_parameter_prefixes()
-        self._load_weights(path, "MODEL.DETR.FROZEN_WEIGHTS", prefixes, include=False)
-        for name, p in self.named_parameters():
-            p.requires_grad_(name.startswith(prefixes))
-        logger.info("Loaded and froze the detector from %s; training only %s", path, prefixes)
+        """Stage 2: load everything but the mask head from ``path`` and freeze it."""
+        load_and_freeze_detector(self, path)
 
     def load_mask_head(self, path: str) -> None:
-        """Initialise ``bbox_attention``/``mask_head`` from a panoptic checkpoint with this model's (= DETR's
-        official) names: a converted official, Hugging Face or detr_d2 checkpoint. The mask head is
-        class-agnostic, so any panoptic checkpoint of the same widths (hidden dim, heads, backbone) fits."""
-        self._load_weights(path, "MODEL.DETR.MASK_HEAD_WEIGHTS", self.mask_head_parameter_prefixes(), include=True)
-        logger.info("Initialised the mask head from %s", path)
+        """Initialise ``bbox_attention``/``mask_head`` from the panoptic checkpoint ``path``."""
+        load_mask_head(self, path)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        """Group DETR's training-only queries load both ways (:func:`weight_loading.adapt_group_queries`)."""
+        adapt_group_queries(self, state_dict, prefix)
+        return super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Tensor]:
@@ -306,7 +302,8 @@ class DetrPanoptic(nn.Module):
 
         Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each
         image's own size, ``aux_outputs`` (training with deep supervision); and ``state``, what the mask head
-        reads: ``hs`` (B, Q, C) last decoder layer, ``memory`` and ``features`` (B, C, H/32, W/32: the
+        reads: ``hs`` (B, Q, C) last decoder layer (in training with Group DETR, Q = K groups x the queries,
+        group-major; at inference always group 0 only), ``memory`` and ``features`` (B, C, H/32, W/32: the
         encoder output and the projected res5), ``mask`` (B, H/32, W/32, True on padding), ``fpns``
         [res4, res3, res2], ``sizes`` (each image's (h, w)) and ``padded``.
 
@@ -329,7 +326,10 @@ class DetrPanoptic(nn.Module):
             mask = resize_padding_mask(pixel_mask, src.shape[-2:])
         pos = self.position_encoding(mask).to(src.dtype)
         src_proj = self.input_proj(src)
-        hs, memory = self.transformer(src_proj, mask, self.query_embed.weight, pos)
+        queries, groups = self.query_embed.weight, 1
+        if self.training and self.group_query_embed is not None:
+            queries, groups = torch.cat([queries, self.group_query_embed.weight]), self.num_query_groups
+        hs, memory = self.transformer(src_proj, mask, queries, pos, query_groups=groups)
         outputs_class = self.class_embed(hs)
         outputs_coord = self.bbox_embed(hs).sigmoid()
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
@@ -365,15 +365,12 @@ class DetrPanoptic(nn.Module):
                 out.append(state["features"].new_zeros((0, *cells[0])))
                 continue
 
-            def crop(t: Tensor, level: int) -> Tensor:
-                return t[i : i + 1, ..., : cells[level][0], : cells[level][1]]
-
-            m5 = crop(state["mask"], 3)
+            m5 = _image_cells(state["mask"], i, cells[3])
             q = q.to(state["hs"].device)
-            att = self.bbox_attention(state["hs"][i : i + 1, q], crop(state["memory"], 3), mask=m5)
+            att = self.bbox_attention(state["hs"][i : i + 1, q], _image_cells(state["memory"], i, cells[3]), mask=m5)
             att = self._scale_attention(att, m5)
-            feat = crop(state["features"], 3)
-            fpns = [crop(f, 2 - k) for k, f in enumerate(state["fpns"])]
+            feat = _image_cells(state["features"], i, cells[3])
+            fpns = [_image_cells(f, i, cells[2 - k]) for k, f in enumerate(state["fpns"])]
             seg = self.mask_head(feat, att, fpns, projected=self.mask_head.project_features(feat))
             out.append(seg[:, 0])
         return out
@@ -421,7 +418,7 @@ class DetrPanoptic(nn.Module):
                     outputs["pred_masks"] = self.all_masks(state, crop_to_image=False)
                 else:
                     mask_fn = lambda queries: self.query_masks(state, queries, crop_to_image=False)  # noqa: E731
-            losses = self.criterion(outputs, targets, mask_fn)
+            losses = self.criterion(outputs, targets, mask_fn, num_groups=self.num_query_groups)
             class_error = losses.pop("class_error", None)
             if class_error is not None:
                 try:

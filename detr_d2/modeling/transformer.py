@@ -4,6 +4,10 @@ Parameter names equal the official implementation's (``encoder.layers.{i}.self_a
 ``norm1`` ...; ``decoder.layers.{i}.multihead_attn`` is the cross-attention; ``decoder.norm``), so
 official checkpoints load after stripping the ``detr.`` prefix. Sequences are (L, B, C) as in
 ``nn.MultiheadAttention`` with ``batch_first=False``.
+
+Group DETR (training only): ``Transformer.forward(..., query_groups=K)`` decodes K groups of queries in one
+pass; the decoder's self-attention is restricted to each group (:func:`group_attention_mask`), the
+cross-attention and FFN are per query anyway, so each group is decoded exactly as it would be alone.
 """
 import copy
 from typing import List, Optional, Tuple
@@ -19,6 +23,15 @@ def _clones(module: nn.Module, n: int) -> nn.ModuleList:
 
 def _with_pos(t: Tensor, pos: Optional[Tensor]) -> Tensor:
     return t if pos is None else t + pos
+
+
+def group_attention_mask(num_groups: int, group_size: int, device: Optional[torch.device] = None) -> Optional[Tensor]:
+    """(G*Q, G*Q) bool self-attention mask for ``num_groups`` groups of ``group_size`` queries laid out
+    group-major: True (not allowed) between queries of different groups. None for a single group."""
+    if num_groups == 1:
+        return None
+    group = torch.arange(num_groups * group_size, device=device) // group_size
+    return group[:, None] != group[None, :]
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -71,11 +84,13 @@ class TransformerDecoderLayer(nn.Module):
         memory_key_padding_mask: Optional[Tensor],
         pos: Optional[Tensor],
         query_pos: Optional[Tensor],
+        self_attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
+        """``self_attn_mask``: optional (Q, Q) bool, True where query i may not attend to query j."""
         if self.normalize_before:
             t2 = self.norm1(tgt)
             q = k = _with_pos(t2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, value=t2)[0])
+            tgt = tgt + self.dropout1(self.self_attn(q, k, value=t2, attn_mask=self_attn_mask)[0])
             t2 = self.norm2(tgt)
             t2 = self.multihead_attn(
                 _with_pos(t2, query_pos), _with_pos(memory, pos), value=memory,
@@ -85,7 +100,7 @@ class TransformerDecoderLayer(nn.Module):
             t2 = self.norm3(tgt)
             return tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(t2)))))
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, value=tgt)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, value=tgt, attn_mask=self_attn_mask)[0]))
         t2 = self.multihead_attn(
             _with_pos(tgt, query_pos), _with_pos(memory, pos), value=memory,
             key_padding_mask=memory_key_padding_mask,
@@ -112,19 +127,21 @@ class TransformerDecoder(nn.Module):
         self.layers = _clones(layer, num_layers)
         self.norm = norm
 
-    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos) -> Tensor:
+    def forward(self, tgt, memory, memory_key_padding_mask, pos, query_pos, self_attn_mask=None) -> Tensor:
         """Returns (num_layers, Q, B, C): ``norm`` applied to every layer's output (the next layer
-        receives the un-normalised one)."""
+        receives the un-normalised one). ``self_attn_mask``: see ``TransformerDecoderLayer.forward``."""
         intermediate: List[Tensor] = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, self_attn_mask)
             intermediate.append(self.norm(tgt))
         return torch.stack(intermediate)
 
 
 class Transformer(nn.Module):
-    """DETR transformer. ``forward(src (B,C,H,W), mask (B,H,W) True=pad, query_embed (Q,C), pos (B,C,H,W))``
-    returns ``hs`` (num_dec_layers, B, Q, C) and ``memory`` (B, C, H, W)."""
+    """DETR transformer. ``forward(src (B,C,H,W), mask (B,H,W) True=pad, query_embed (Q,C), pos (B,C,H,W),
+    query_groups=1)`` returns ``hs`` (num_dec_layers, B, Q, C) and ``memory`` (B, C, H, W).
+    ``query_groups`` > 1: ``query_embed`` holds that many equal groups, group-major, decoded independently
+    (Group DETR; the self-attention between groups is masked)."""
 
     def __init__(
         self,
@@ -149,7 +166,12 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor, query_groups: int = 1
+    ) -> Tuple[Tensor, Tensor]:
+        if query_groups < 1 or query_embed.shape[0] % query_groups:
+            raise ValueError(f"Transformer: {query_embed.shape[0]} queries cannot form {query_groups} equal groups")
+        self_attn_mask = group_attention_mask(query_groups, query_embed.shape[0] // query_groups, src.device)
         bs, c, h, w = src.shape
         src = src.flatten(2).permute(2, 0, 1)
         pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
@@ -157,5 +179,5 @@ class Transformer(nn.Module):
         mask = mask.flatten(1)
         tgt = torch.zeros_like(query_embed)
         memory = self.encoder(src, mask, pos_embed)
-        hs = self.decoder(tgt, memory, mask, pos_embed, query_embed)
+        hs = self.decoder(tgt, memory, mask, pos_embed, query_embed, self_attn_mask)
         return hs.transpose(1, 2), memory.permute(1, 2, 0).reshape(bs, c, h, w)
