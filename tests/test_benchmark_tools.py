@@ -374,8 +374,11 @@ def test_training_benchmark_prints_all_figures(capsys):
 
     quick = out.split("== Quickstart joint training step")[1]
     _check_step_table(tool, quick)
-    m = re.search(r"mask head computed for (\d+) queries \(the matched ones\) after, 24 \(all\) before", quick)
-    assert m and int(m.group(1)) == int(re.search(r"from the quickstart generator, (\d+) segments", out).group(1))
+    groups = int(re.search(r"12 queries x (\d+) Group DETR group\(s\)", out).group(1))
+    assert groups == 3  # the quickstart config's; each group is matched to every segment
+    m = re.search(rf"mask head computed for (\d+) queries \(the matched ones\) after, {24 * groups} \(all\) before", quick)
+    segments = int(re.search(r"from the quickstart generator, (\d+) segments", out).group(1))
+    assert m and int(m.group(1)) == groups * segments
     assert "first-step mask losses agree (rel. diff <= 0.0001): yes" in quick
     summary = out.split("== Summary")[1]
     assert re.search(r"stage 2: >= 3x faster than the official step: " + NUMBER + r"x, (MET|NOT MET)", summary)

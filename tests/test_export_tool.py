@@ -48,7 +48,7 @@ def weights(tmp_path_factory):
 def test_torchscript_export_with_weights(tool, capsys, tmp_path, weights):
     out_dir = tmp_path / "export"
     args = ["--format", "torchscript", "--sample-image", IMAGE, "--output", str(out_dir),
-            "--opts", "MODEL.WEIGHTS", weights]
+            "--opts", "MODEL.WEIGHTS", weights, "TEST.OBJECT_MASK_THRESHOLD", "0.6"]
     code, out, err = _run(tool, capsys, *args)
     assert code == 0, err
     assert "identical to the eager model's panoptic output" in out and "(427x640 -> input 85x128)" in out
@@ -56,7 +56,7 @@ def test_torchscript_export_with_weights(tool, capsys, tmp_path, weights):
     module = torch.jit.load(str(out_dir / "model.ts"), _extra_files=extra)
     meta = json.loads(extra["detr_d2_export.json"])
     assert meta["dataset_category_ids"] == [1, 2, 3, 4, 5, 6] and meta["class_names"][3] == "sky"
-    assert meta["min_size_test"] == module.min_size_test == 128 and meta["object_mask_threshold"] == 0.5
+    assert meta["min_size_test"] == module.min_size_test == 128 and meta["object_mask_threshold"] == 0.6
     result = module(torch.zeros(3, 40, 60, dtype=torch.uint8), [80, 120])
     assert result["panoptic_seg"].shape == (80, 120) and result["panoptic_seg"].dtype == torch.int32
     # no silent overwrite; --overwrite replaces
