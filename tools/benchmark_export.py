@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import add_architecture_arguments, architecture, hw_size  # puts the checkout on sys.path
+from benchmark_utils import add_architecture_arguments, architecture, hw_size, print_done  # puts the checkout on sys.path
 
 PIPELINES = ("eager", "torchscript", "onnxruntime")
 
@@ -194,8 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(["pipeline", "ms/img", "images/s", "speed vs eager", "segments"], rows))
     line = ", ".join(f"{r[0]} {r[2]} img/s ({r[3]}x)" for r in rows)
     print(f"\nbenchmark: {device.type} {args.input_size[0]}x{args.input_size[1]}: {line}")
-    print(f"done in {time.perf_counter() - t_start:.0f} s"
-          + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
+    print_done(t_start)
     return 0
 
 

@@ -61,7 +61,7 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import NUM_OFFICIAL_SLOTS, hw_size  # also puts the checkout on sys.path for the test oracle
+from benchmark_utils import NUM_OFFICIAL_SLOTS, hw_size, print_done  # also puts the checkout on sys.path for the test oracle
 
 STAGES = ("preprocess", "backbone", "transformer", "mask head", "postprocess", "other")
 NETWORK_STAGES = ("backbone", "transformer", "mask head")
@@ -842,8 +842,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cpu" and torch.get_num_threads() != 2:
         print(f"(the CPU target is stated for 2 threads; this run used {torch.get_num_threads()})")
     print(f"both sides keep the same queries and give the same segments in every case: {'yes' if all_ok else 'NO'}")
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s"
-          + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
+    print_done(t_start)
     return 0
 
 

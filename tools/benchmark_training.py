@@ -57,7 +57,7 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import hw_size  # also puts the checkout on sys.path for the test oracle
+from benchmark_utils import hw_size, print_done  # also puts the checkout on sys.path for the test oracle
 
 STAGES = ("forward", "mask head", "loss", "backward", "optimizer", "other")
 MASK_LOSSES = ("loss_mask", "loss_dice")
@@ -499,8 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n== Summary ({where}) ==")
     for line in verdicts:
         print(line)
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s"
-          + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
+    print_done(t_start)
     return 0
 
 

@@ -299,6 +299,12 @@ def cpu_contention_note(threads: int) -> Optional[str]:
             f"so timings with {threads} thread(s) are inflated (small ops most){hint}")
 
 
+def print_done(t_start: float) -> None:
+    """The scripts' last line: seconds since ``t_start`` (``time.perf_counter()``) and the load average now."""
+    print(f"\ndone in {time.perf_counter() - t_start:.0f} s"
+          + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
+
+
 def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.device]:
     """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the device,
     print the torch/device/threads/cores/processor/load header and, on CPU, the contention note.
