@@ -75,6 +75,15 @@ def add_detr_config(cfg: CN) -> None:
     # mask-head (matched queries) work.
     cfg.MODEL.DETR.GROUP_DETR = CN()
     cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = 1
+    # Duplicate suppression, a training-only aid (no parameter, inference unchanged): an unmatched query whose
+    # predicted box overlaps a target box with IoU >= IOU_THRESHOLD (typically a second prediction of that
+    # object) is pushed to "no object" with NO_OBJECT_WEIGHT instead of MODEL.DETR.NO_OBJECT_WEIGHT, in every
+    # decoder layer's (and group's) classification loss. The quickstart uses weight 0.5; 1.0 slowed its
+    # things down. Not with FROZEN_WEIGHTS (stage 2 trains no class head).
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION = CN()
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = False
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT = 1.0
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.IOU_THRESHOLD = 0.5
 
     # Test-time outputs and panoptic fusion (DETR's post-processor)
     cfg.TEST.OBJECT_MASK_THRESHOLD = 0.85  # keep queries with score > threshold

@@ -10,6 +10,11 @@ one-to-one to all targets on its own; every loss is the average over the groups 
 classification loss: the weighted mean over all queries, which equals the average of the groups' means
 because every group has the same numbers of matched and unmatched queries). ``class_error`` is over the
 matched queries of all groups.
+
+Duplicate suppression (``duplicate_no_object_weight``, training only): an unmatched query whose predicted
+box overlaps a target box of its image with IoU >= ``duplicate_iou_threshold`` (a duplicate of that
+target, or a near miss) is pushed to "no object" with this weight instead of ``eos_coef``; the
+classification loss is then the weighted mean over each group's queries, averaged over the groups.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou, sigmoid_focal_loss
 
 from .matcher import HungarianMatcher
 
@@ -53,6 +58,8 @@ class SetCriterion(nn.Module):
         losses: Sequence[str] = ("labels", "boxes", "masks"),
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        duplicate_no_object_weight: Optional[float] = None,
+        duplicate_iou_threshold: float = 0.5,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -62,6 +69,8 @@ class SetCriterion(nn.Module):
         self.losses = list(losses)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.duplicate_no_object_weight = duplicate_no_object_weight
+        self.duplicate_iou_threshold = duplicate_iou_threshold
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -72,18 +81,38 @@ class SetCriterion(nn.Module):
         src_idx = torch.cat([src for src, _ in indices])
         return batch_idx, src_idx
 
-    def loss_labels(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
+    def loss_labels(self, outputs, targets, indices, num_boxes, num_groups: int = 1) -> Dict[str, Tensor]:
         logits = outputs["pred_logits"]
         idx = self._src_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target_classes[idx] = target_classes_o
-        loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        if self.duplicate_no_object_weight is None:
+            loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        else:
+            weight = self.empty_weight[target_classes]
+            near = self._near_target(outputs["pred_boxes"], targets) & (target_classes == self.num_classes)
+            weight = torch.where(near, weight.new_tensor(self.duplicate_no_object_weight), weight)
+            ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, reduction="none")
+            b, q = ce.shape  # per group: weighted mean over its queries of all images; then the groups' mean
+            wsum = weight.view(b, num_groups, q // num_groups).sum((0, 2))
+            loss_ce = ((ce * weight).view(b, num_groups, q // num_groups).sum((0, 2)) / wsum).mean()
         out = {"loss_ce": loss_ce}
         if target_classes_o.numel():
             acc = (logits[idx].argmax(-1) == target_classes_o).float().mean() * 100
             out["class_error"] = (100 - acc).detach()
         return out
+
+    def _near_target(self, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Tensor:
+        """(B, Q) bool: the query's box (cxcywh normalised, detached) has IoU >= ``duplicate_iou_threshold``
+        with some target box of its image."""
+        near = torch.zeros(pred_boxes.shape[:2], dtype=torch.bool, device=pred_boxes.device)
+        for i, t in enumerate(targets):
+            if len(t["boxes"]):
+                iou = box_iou(box_convert(pred_boxes[i].detach().float(), "cxcywh", "xyxy"),
+                              box_convert(t["boxes"].float(), "cxcywh", "xyxy"))
+                near[i] = iou.max(1).values >= self.duplicate_iou_threshold
+        return near
 
     def loss_boxes(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
         idx = self._src_idx(indices)
@@ -126,9 +155,11 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
         }
 
-    def _compute(self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None) -> Dict[str, Tensor]:
+    def _compute(self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None, num_groups: int = 1) -> Dict[str, Tensor]:
         if loss == "masks":
             return self.loss_masks(outputs, targets, indices, num_boxes, mask_fn)
+        if loss == "labels":
+            return self.loss_labels(outputs, targets, indices, num_boxes, num_groups)
         return {"labels": self.loss_labels, "boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
 
     def forward(
@@ -154,12 +185,12 @@ class SetCriterion(nn.Module):
 
         losses: Dict[str, Tensor] = {}
         for loss in self.losses:
-            losses.update(self._compute(loss, outputs, targets, indices, num_boxes, mask_fn))
+            losses.update(self._compute(loss, outputs, targets, indices, num_boxes, mask_fn, num_groups))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_indices = self.matcher(aux, targets, num_groups)
             for loss in self.losses:
                 if loss == "masks":  # intermediate layers have no masks
                     continue
-                l_dict = self._compute(loss, aux, targets, aux_indices, num_boxes)
+                l_dict = self._compute(loss, aux, targets, aux_indices, num_boxes, num_groups=num_groups)
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items() if k != "class_error"})
         return losses

@@ -26,6 +26,9 @@ the checkpoint's ``query_embed`` plus Gaussian noise (std 0.1 x the std of those
 copies would get identical gradients and stay identical; ``weight_loading.adapt_group_queries``).
 Stage 2 (``FROZEN_WEIGHTS``) with K > 1 needs a stage 1 trained with K groups (their trained queries are
 frozen with the detector; the mask head learns from the matched queries of every group).
+
+Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``), another training-only aid, is a class-loss
+weight in ``SetCriterion`` (no parameter); stage 2 refuses it (the class head is frozen).
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -170,6 +173,11 @@ class DetrPanoptic(nn.Module):
                 "MODEL.DETR.FROZEN_WEIGHTS freezes the decoder, so the auxiliary decoding losses of "
                 "MODEL.DETR.DEEP_SUPERVISION would train nothing: set MODEL.DETR.DEEP_SUPERVISION False"
             )
+        if frozen_weights and getattr(criterion, "duplicate_no_object_weight", None) is not None:
+            raise ValueError(
+                "MODEL.DETR.FROZEN_WEIGHTS freezes the class head, so MODEL.DETR.DUPLICATE_SUPPRESSION (a class "
+                "loss weight) would train nothing: set MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED False"
+            )
         self.mask_head_feature_norm = mask_head_feature_norm
         self.aux_loss = aux_loss
         self.criterion = criterion
@@ -224,6 +232,8 @@ class DetrPanoptic(nn.Module):
         criterion = SetCriterion(
             slots.num_slots, matcher, weight_dict, eos_coef=d.NO_OBJECT_WEIGHT, losses=losses,
             focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
+            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT if d.DUPLICATE_SUPPRESSION.ENABLED else None,
+            duplicate_iou_threshold=d.DUPLICATE_SUPPRESSION.IOU_THRESHOLD,
         )
         t = cfg.TEST
         return {
