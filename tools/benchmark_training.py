@@ -479,7 +479,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             size = cfg.INPUT.MAX_SIZE_TRAIN
             print(f"quickstart: {QUICKSTART_CONFIG} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
                   f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries x {cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS} Group DETR "
-                  f"group(s), joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "
+                  f"group(s), duplicate suppression {'on' if cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED else 'off'}, "
+                  f"joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "
                   f"{size}x{size} from the quickstart generator, {sum(len(x['instances']) for x in before.batch)} "
                   f"segments in all; {precision}; {args.warmup} warm-up + 1 memory + {args.quickstart_iters} timed "
                   f"step(s) per setting, interleaved", flush=True)
