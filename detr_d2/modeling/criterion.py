@@ -160,7 +160,7 @@ class SetCriterion(nn.Module):
             return self.loss_masks(outputs, targets, indices, num_boxes, mask_fn)
         if loss == "labels":
             return self.loss_labels(outputs, targets, indices, num_boxes, num_groups)
-        return {"labels": self.loss_labels, "boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
+        return {"boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
 
     def forward(
         self,
