@@ -31,10 +31,44 @@ def test_split_object_is_one_match_and_one_duplicate():
     # a segment with most of its pixels outside the matched object is not a duplicate
     spill = _square(_square(np.zeros((20, 20), np.int64), 1, 0, 10, 0, 8), 2, 0, 10, 8, 16)
     assert tool.match_and_duplicates(spill, [1, 2], gt, [7]) == (1, 0)
+    # the part of the object a segment covers decides: 30 of its 70 pixels (43%) is not a duplicate, 30 of 50
+    # (60%) is
+    for width, expected in ((4, (1, 0)), (2, (1, 1))):
+        part = _square(_square(np.zeros((20, 20), np.int64), 1, 0, 10, 0, 7), 2, 0, 10, 7, 10 + width)
+        assert tool.match_and_duplicates(part, [1, 2], gt, [7]) == expected, width
     # stuff predictions are not counted
     assert tool.match_and_duplicates(pred, [1], gt, [7]) == (1, 0)
     with pytest.raises(ValueError, match="differ in size"):
         tool.match_and_duplicates(pred[:10], [1], gt, [7])
+
+
+def _brute_force(pred, pred_things, gt, gt_things):
+    """The definitions with one boolean mask per segment (the tool counts pixels with the evaluator's
+    pair_intersections instead)."""
+    matched = {}
+    for p in pred_things:
+        for g in gt_things:
+            pm, gm = pred == p, gt == g
+            if (pm & gm).sum() / max(1, (pm | gm).sum()) > 0.5:
+                matched[p] = g
+    dup = sum(1 for p in pred_things if p not in matched
+              and any(((pred == p) & (gt == g)).sum() > 0.5 * (pred == p).sum() for g in matched.values()))
+    return len(matched), dup
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_counts_equal_brute_force_on_random_maps(seed):
+    """Blocky random maps, the prediction shifted so segments straddle ground-truth ones; segments split,
+    merged and absent (ids listed but not in the map)."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 5, (5, 5))
+    gt = np.kron(cells * 1000 + 7, np.ones((8, 8), np.int64))
+    change, mixed = rng.random((5, 5)), rng.random((5, 5)) < 0.4
+    split = np.where(mixed, rng.integers(11, 16, (5, 5)), 11 + cells)  # split-off cells: own label's or another
+    pred_cells = np.where(change < 0.05, 0, np.where(change > 0.6, split, cells + 1))
+    pred = np.roll(np.kron(pred_cells, np.ones((8, 8), np.int64)), tuple(rng.integers(0, 3, 2)), (0, 1))
+    gt_things, pred_things = [7, 1007, 2007, 99], [1, 2, 3, 11, 12, 13, 14, 50]
+    assert tool.match_and_duplicates(pred, pred_things, gt, gt_things) == _brute_force(pred, pred_things, gt, gt_things)
 
 
 def test_command_on_coco_sample(sample_cfg, capsys):  # noqa: F811

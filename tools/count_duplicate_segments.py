@@ -24,6 +24,7 @@ from tqdm import tqdm
 from detr_d2.config import get_detr_cfg
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
 from detr_d2.data.panoptic_io import read_panoptic_ids
+from detr_d2.evaluation.panoptic_quality import RunLengthIdMap, pair_intersections
 from detr_d2.predictor import DetrPanopticPredictor
 from detr_d2.utils.cli import run_tool, tool_parser
 
@@ -42,24 +43,32 @@ def match_and_duplicates(
     pred_ids: np.ndarray, pred_things: Sequence[int], gt_ids: np.ndarray, gt_things: Sequence[int]
 ) -> Tuple[int, int]:
     """(matched, duplicates) for one image: ``pred_ids`` / ``gt_ids`` (H, W) segment-id maps, ``pred_things``
-    / ``gt_things`` the ids of their thing segments (see the module docstring for the definitions)."""
+    / ``gt_things`` the ids of their thing segments (see the module docstring for the definitions). Pixel
+    counts come from the evaluator's :func:`~detr_d2.evaluation.panoptic_quality.pair_intersections`."""
     if pred_ids.shape != gt_ids.shape:
         raise ValueError(f"prediction {pred_ids.shape} and ground truth {gt_ids.shape} differ in size")
-    gt_masks = {g: gt_ids == g for g in gt_things}
+    gt_index, pred_index, counts = pair_intersections(RunLengthIdMap.from_id_map(gt_ids), pred_ids)
+    row = {g: i for i, g in enumerate(gt_index.tolist())}
+    col = {p: j for j, p in enumerate(pred_index.tolist())}
+    gt_area, pred_area = counts.sum(1), counts.sum(0)
+
+    def intersection(p: int, g: int) -> int:
+        return int(counts[row[g], col[p]]) if g in row and p in col else 0
+
+    def area(p: int) -> int:
+        return int(pred_area[col[p]]) if p in col else 0
+
     matched: Dict[int, int] = {}  # predicted segment -> the ground-truth thing it matches
     for p in pred_things:
-        pm = pred_ids == p
-        for g, gm in gt_masks.items():
-            if (pm & gm).sum() / max(1, (pm | gm).sum()) > 0.5:
+        for g in gt_things:
+            inter = intersection(p, g)
+            union = area(p) + (int(gt_area[row[g]]) if g in row else 0) - inter
+            if inter / max(1, union) > 0.5:
                 matched[p] = g  # IoU > 0.5 is unique on either side
     covered = set(matched.values())
-    duplicates = 0
-    for p in pred_things:
-        if p in matched:
-            continue
-        pm = pred_ids == p
-        if any((pm & gt_masks[g]).sum() > 0.5 * pm.sum() for g in covered):
-            duplicates += 1
+    duplicates = sum(
+        1 for p in pred_things if p not in matched and any(intersection(p, g) > 0.5 * area(p) for g in covered)
+    )
     return len(matched), duplicates
 
 
