@@ -94,9 +94,8 @@ class SetCriterion(nn.Module):
             near = self._near_target(outputs["pred_boxes"], targets) & (target_classes == self.num_classes)
             weight = torch.where(near, weight.new_tensor(self.duplicate_no_object_weight), weight)
             ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, reduction="none")
-            b, q = ce.shape  # per group: weighted mean over its queries of all images; then the groups' mean
-            wsum = weight.view(b, num_groups, q // num_groups).sum((0, 2))
-            loss_ce = ((ce * weight).view(b, num_groups, q // num_groups).sum((0, 2)) / wsum).mean()
+            grouped = (ce.shape[0], num_groups, -1)  # per group: weighted mean over its queries of all images
+            loss_ce = ((ce * weight).view(grouped).sum((0, 2)) / weight.view(grouped).sum((0, 2))).mean()
         out = {"loss_ce": loss_ce}
         if target_classes_o.numel():
             acc = (logits[idx].argmax(-1) == target_classes_o).float().mean() * 100
@@ -160,7 +159,9 @@ class SetCriterion(nn.Module):
             return self.loss_masks(outputs, targets, indices, num_boxes, mask_fn)
         if loss == "labels":
             return self.loss_labels(outputs, targets, indices, num_boxes, num_groups)
-        return {"boxes": self.loss_boxes}[loss](outputs, targets, indices, num_boxes)
+        if loss == "boxes":
+            return self.loss_boxes(outputs, targets, indices, num_boxes)
+        raise KeyError(f"SetCriterion: unknown loss {loss!r} (expected labels, boxes or masks)")
 
     def forward(
         self,
