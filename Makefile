@@ -1,6 +1,7 @@
 # Entry points for a fresh clone (see README):
 #   make setup        # .venv with Python 3.10 + the pinned stack (requirements-lock.txt) + detr_d2 (editable)
 #   make test         # sets up if needed, then runs the test suite in that venv
+#   make lint         # ruff check + ruff format --check (Detectron2's lint rules, ruff.toml); make format fixes
 #   make quickstart   # sets up if needed, trains + evaluates the CPU quickstart, writes overlays next to the
 #                     # per-class PQ chart and prints where they are
 # Every target runs `make setup` first; a second setup is a no-op (stamp of requirements-lock.txt + setup.py).
@@ -10,11 +11,17 @@ QUICKSTART_OUT := output/quickstart
 QUICKSTART_EVAL := $(QUICKSTART_OUT)/inference/detr_quickstart_val
 QUICKSTART_VAL_IMAGES := $(or $(DETR_D2_QUICKSTART_ROOT),$(or $(DETECTRON2_DATASETS),datasets)/detr_d2_quickstart)/val
 
-.PHONY: setup test quickstart
+.PHONY: setup test lint format quickstart
 setup:
 	bash scripts/setup.sh
 test: setup
 	$(PYTHON_VENV) -m pytest -q tests
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+format: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 quickstart: setup
 	$(PYTHON_VENV) tools/train_net.py --config-file $(QUICKSTART_CFG) OUTPUT_DIR $(QUICKSTART_OUT)
 	images=$$(ls $(QUICKSTART_VAL_IMAGES)/*.jpg | head -n 8) && \

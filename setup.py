@@ -1,9 +1,10 @@
 """detr_d2: DETR with a panoptic mask head as a Detectron2 extension.
 
-Detectron2 is a prerequisite and is deliberately *not* listed in install_requires (it is usually built
-from source against the user's own torch/CUDA); scripts/setup.sh installs the verified stack from
-requirements-lock.txt.
+Detectron2 is a prerequisite and is deliberately *not* listed in install_requires (it is usually
+built from source against the user's own torch/CUDA); scripts/setup.sh installs the verified stack
+from requirements-lock.txt.
 """
+
 from setuptools import find_packages, setup
 
 setup(

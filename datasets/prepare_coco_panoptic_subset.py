@@ -52,7 +52,9 @@ def make_subset(
     if "images" in data:
         out["images"] = [img for img in data["images"] if img["id"] in keep]
     with atomic_file(output_json, overwrite, [panoptic_json]) as json_tmp:
-        with atomic_directory(output_root, replace_root, [panoptic_json, panoptic_root]) as root_tmp:
+        with atomic_directory(
+            output_root, replace_root, [panoptic_json, panoptic_root]
+        ) as root_tmp:
             for ann in anns:
                 name = ann["file_name"]
                 shutil.copyfile(os.path.join(panoptic_root, name), os.path.join(root_tmp, name))
@@ -73,13 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-root", default=os.path.join(coco, "panoptic_val2017_100"))
     p.add_argument("-n", "--num-images", type=int, default=100)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (the whole PNG folder)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (the whole PNG folder)"
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     n = make_subset(
-        args.panoptic_json, args.panoptic_root, args.output_json, args.output_root, args.num_images, args.overwrite
+        args.panoptic_json,
+        args.panoptic_root,
+        args.output_json,
+        args.output_root,
+        args.num_images,
+        args.overwrite,
     )
     print(f"wrote {n} images: {args.output_json}, {args.output_root}")
     return 0

@@ -14,9 +14,9 @@ The images are the synthetic quickstart shapes, but the classes are those of a c
 
 Layout under --root (default datasets/own_data_example), as a user's dataset would be:
 
-    train/*.jpg  panoptic_train/*.png  panoptic_train.json  instances_train.json   (and the same for val)
-    datasets.yaml     the two datasets, own_example_train / own_example_val, in the format of the
-                      config key DATASETS.REGISTER_FILES (paths relative to the file)
+    train/*.jpg  panoptic_train/*.png  panoptic_train.json  instances_train.json   (and the same for
+    val) datasets.yaml     the two datasets, own_example_train / own_example_val, in the format of
+                      the config key DATASETS.REGISTER_FILES (paths relative to the file)
 
 instances_*.json hold the things only (COCO instances, RLE), as a project with thing annotations
 only has them (the input of tools/add_stuff_from_model.py; also the box AP ground truth).
@@ -40,7 +40,7 @@ EXAMPLE_NAMES = {1: "sports ball", 2: "crate", 3: "warning sign", 4: "sky", 5: "
 EXAMPLE_DATASETS = {"train": "own_example_train", "val": "own_example_val"}
 
 DATASETS_YAML = """\
-# The example's datasets, for DATASETS.REGISTER_FILES / --register-file (paths relative to this file).
+# The example's datasets, for DATASETS.REGISTER_FILES / --register-file (paths relative to here).
 # Fields: the arguments of detr_d2.data.datasets.register_panoptic_dataset.
 - name: own_example_train
   image_root: train                     # the images
@@ -57,31 +57,45 @@ DATASETS_YAML = """\
 
 def example_categories():
     """The quickstart categories under the example project's names."""
-    return [dict(c, name=EXAMPLE_NAMES[c["id"]], supercategory="example") for c in QUICKSTART_CATEGORIES]
+    return [
+        dict(c, name=EXAMPLE_NAMES[c["id"]], supercategory="example") for c in QUICKSTART_CATEGORIES
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser(__doc__)
-    p.add_argument("--root", default=os.path.join("datasets", "own_data_example"), help="output folder")
+    p.add_argument(
+        "--root", default=os.path.join("datasets", "own_data_example"), help="output folder"
+    )
     p.add_argument("--num-train", type=int, default=100)
     p.add_argument("--num-val", type=int, default=20)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--overwrite", action="store_true", help="write over an existing example in --root")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write over an existing example in --root"
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     yaml_path = os.path.join(args.root, "datasets.yaml")
     if os.path.exists(yaml_path) and not args.overwrite:
-        raise FileExistsError(f"{yaml_path} exists (the example is there); pass --overwrite to write it again")
+        raise FileExistsError(
+            f"{yaml_path} exists (the example is there); pass --overwrite to write it again"
+        )
     for seed, (split, num) in enumerate((("train", args.num_train), ("val", args.num_val))):
-        json_path = generate_quickstart_dataset(args.root, split, num, image_size=args.image_size, seed=seed)
+        json_path = generate_quickstart_dataset(
+            args.root, split, num, image_size=args.image_size, seed=seed
+        )
         data = read_json(json_path, "panoptic JSON")
         data["categories"] = example_categories()
-        data["info"] = {"description": f"detr_d2 own-data example ({split}): quickstart images, custom classes"}
+        data["info"] = {
+            "description": f"detr_d2 own-data example ({split}): quickstart images, custom classes"
+        }
         atomic_write_json(json_path, data)
         instances = os.path.join(args.root, f"instances_{split}.json")
-        convert_panoptic_to_detection(json_path, os.path.join(args.root, f"panoptic_{split}"), instances)
+        convert_panoptic_to_detection(
+            json_path, os.path.join(args.root, f"panoptic_{split}"), instances
+        )
         print(f"{EXAMPLE_DATASETS[split]}: {num} images, {json_path}, {instances}")
     atomic_write_bytes(yaml_path, DATASETS_YAML.encode("utf-8"))
     print(f"wrote {yaml_path}")

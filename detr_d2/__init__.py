@@ -3,18 +3,20 @@
 Importing the package registers the meta-architecture, the datasets and the evaluators with
 Detectron2's registries/catalogs.
 """
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "detr_d2 requires Detectron2, which is not installed (" + str(e) + "). "
-        "Install it from source (pip install 'git+https://github.com/facebookresearch/detectron2.git') "
-        "or, on the verified stack (Python 3.10 + torch 2.3.1), run scripts/setup.sh which installs "
+        "Install it from source (pip install 'git+https://github.com/facebookresearch/detectron2.git') "  # noqa: E501
+        "or, on the verified stack (Python 3.10 + torch 2.3.1), run scripts/setup.sh which "
+        "installs "
         "sal-detectron2==0.7.2 from requirements-lock.txt."
     ) from e
 
-from .config import add_detr_config  # noqa: E402
 from . import data, evaluation, modeling  # noqa: E402,F401
+from .config import add_detr_config  # noqa: E402
 from .engine import DetrTrainer  # noqa: E402
 
 __all__ = ["add_detr_config", "DetrTrainer"]

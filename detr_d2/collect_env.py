@@ -1,8 +1,9 @@
 """Print the environment detr_d2 runs in: ``python -m detr_d2.collect_env``.
 
-Detectron2's own table (Python, torch, CUDA, compiler, compiled ops ...) followed by detr_d2's additions:
-package versions, whether Detectron2's compiled ops and the registrations work.
+Detectron2's own table (Python, torch, CUDA, compiler, compiled ops ...) followed by detr_d2's
+additions: package versions, whether Detectron2's compiled ops and the registrations work.
 """
+
 import importlib
 import sys
 
@@ -37,12 +38,20 @@ def collect_env_info() -> str:
         ops = f"no ({e})"
     rows.append(("detectron2 compiled ops", ops))
     try:
-        import detr_d2  # noqa: F401
         from detectron2.data import DatasetCatalog
         from detectron2.modeling import META_ARCH_REGISTRY
 
-        rows.append(("META_ARCH DetrPanoptic registered", str("DetrPanoptic" in META_ARCH_REGISTRY)))
-        rows.append(("quickstart datasets registered", str("detr_quickstart_train" in DatasetCatalog.list())))
+        import detr_d2  # noqa: F401
+
+        rows.append(
+            ("META_ARCH DetrPanoptic registered", str("DetrPanoptic" in META_ARCH_REGISTRY))
+        )
+        rows.append(
+            (
+                "quickstart datasets registered",
+                str("detr_quickstart_train" in DatasetCatalog.list()),
+            )
+        )
     except Exception as e:  # noqa: BLE001
         rows.append(("detr_d2 registrations", f"failed: {e}"))
     import torch

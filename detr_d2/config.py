@@ -5,6 +5,7 @@ Detectron2's own ``cfg.TEST``; input extras under ``cfg.INPUT`` (DETR's random c
 ``INPUT.CROP`` plus two keys); optimiser extras under ``cfg.SOLVER``. ``configs/Base-DETR.yaml``
 sets the official DETR panoptic recipe.
 """
+
 import os
 from typing import Sequence
 
@@ -33,7 +34,8 @@ def add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.DEC_LAYERS = 6
     cfg.MODEL.DETR.PRE_NORM = False
     cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
-    # Auxiliary decoding losses. Must be False with FROZEN_WEIGHTS (the frozen decoder cannot learn).
+    # Auxiliary decoding losses. Must be False with FROZEN_WEIGHTS (the frozen decoder cannot
+    # learn).
     cfg.MODEL.DETR.DEEP_SUPERVISION = True
     # Loss weights (set criterion) and matcher costs
     cfg.MODEL.DETR.NO_OBJECT_WEIGHT = 0.1
@@ -49,37 +51,42 @@ def add_detr_config(cfg: CN) -> None:
     cfg.MODEL.DETR.COST_GIOU = 2.0
     # Two-stage training: a detection checkpoint loaded and frozen; only the mask head trains.
     cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
-    # Initialise the mask head (bbox_attention.*, mask_head.*: class-agnostic) from a panoptic checkpoint,
-    # e.g. a converted COCO one, while the detector comes from FROZEN_WEIGHTS (stage 2 on your own data).
+    # Initialise the mask head (bbox_attention.*, mask_head.*: class-agnostic) from a panoptic
+    # checkpoint, e.g. a converted COCO one, while the detector comes from FROZEN_WEIGHTS (stage 2
+    # on your own data).
     cfg.MODEL.DETR.MASK_HEAD_WEIGHTS = ""
-    # For training from scratch (not in the official model): the projected features entering the mask
-    # head are scaled to unit RMS per position and the attention maps so a uniform map is 1, so each
-    # query's attention map keeps its weight against the image features.
+    # For training from scratch (not in the official model): the projected features entering the
+    # mask head are scaled to unit RMS per position and the attention maps so a uniform map is 1, so
+    # each query's attention map keeps its weight against the image features.
     cfg.MODEL.DETR.MASK_HEAD_FEATURE_NORM = False
     # An image gives the same outputs alone and in a padded batch: the padded region is zeroed after
-    # every backbone conv, feature masks cover ceil(h/stride) cells and at inference the mask head runs
-    # on each image's own region. Single images are unaffected (official checkpoints reproduce either way).
+    # every backbone conv, feature masks cover ceil(h/stride) cells and at inference the mask head
+    # runs on each image's own region. Single images are unaffected (official checkpoints reproduce
+    # either way).
     cfg.MODEL.DETR.BATCH_INVARIANT = True
-    # Compute the masks of all queries, as official DETR (slower; for raw masks and comparison). Default:
-    # only the masks that are used (the fusion's kept queries at inference, the matched ones in training).
+    # Compute the masks of all queries, as official DETR (slower; for raw masks and comparison).
+    # Default: only the masks that are used (the fusion's kept queries at inference, the matched
+    # ones in training).
     cfg.MODEL.DETR.ALL_QUERY_MASKS = False
     # Group DETR (Chen et al., ICCV 2023), a training-only aid to convergence: NUM_GROUPS groups of
-    # NUM_OBJECT_QUERIES queries are decoded in training, self-attention kept within each group, each group
-    # matched one-to-one to all targets, losses (incl. masks and deep supervision) averaged over the groups.
-    # Inference decodes group 0 only: the same model and cost as without groups. The extra groups' queries
-    # (group_query_embed.weight) are training-only: a plain model ignores them in a checkpoint, and a grouped
-    # model initialises them from query_embed when a checkpoint has none. 1 = off (DETR). With
-    # FROZEN_WEIGHTS (stage 2) the frozen detector is decoded with its trained groups and the mask head
-    # learns from every group's matched queries (needs a stage 1 trained with the same NUM_GROUPS; a stage 1
-    # trained with groups also feeds a plain stage 2). Training costs about K x the decoder, matching and
-    # mask-head (matched queries) work.
+    # NUM_OBJECT_QUERIES queries are decoded in training, self-attention kept within each group,
+    # each group matched one-to-one to all targets, losses (incl. masks and deep supervision)
+    # averaged over the groups. Inference decodes group 0 only: the same model and cost as without
+    # groups. The extra groups' queries (group_query_embed.weight) are training-only: a plain model
+    # ignores them in a checkpoint, and a grouped model initialises them from query_embed when a
+    # checkpoint has none. 1 = off (DETR). With FROZEN_WEIGHTS (stage 2) the frozen detector is
+    # decoded with its trained groups and the mask head learns from every group's matched queries
+    # (needs a stage 1 trained with the same NUM_GROUPS; a stage 1 trained with groups also feeds a
+    # plain stage 2). Training costs about K x the decoder, matching and mask-head (matched queries)
+    # work.
     cfg.MODEL.DETR.GROUP_DETR = CN()
     cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = 1
-    # Duplicate suppression, a training-only aid (no parameter, inference unchanged): an unmatched query whose
-    # predicted box overlaps a target box with IoU >= IOU_THRESHOLD (typically a second prediction of that
-    # object) is pushed to "no object" with NO_OBJECT_WEIGHT instead of MODEL.DETR.NO_OBJECT_WEIGHT, in every
-    # decoder layer's (and group's) classification loss. The quickstart uses weight 0.5; 1.0 slowed its
-    # things down. Not with FROZEN_WEIGHTS (stage 2 trains no class head).
+    # Duplicate suppression, a training-only aid (no parameter, inference unchanged): an unmatched
+    # query whose predicted box overlaps a target box with IoU >= IOU_THRESHOLD (typically a second
+    # prediction of that object) is pushed to "no object" with NO_OBJECT_WEIGHT instead of
+    # MODEL.DETR.NO_OBJECT_WEIGHT, in every decoder layer's (and group's) classification loss. The
+    # quickstart uses weight 0.5; 1.0 slowed its things down. Not with FROZEN_WEIGHTS (stage 2
+    # trains no class head).
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION = CN()
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = False
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT = 1.0
@@ -100,31 +107,36 @@ def add_detr_config(cfg: CN) -> None:
     # Panoptic evaluator: "in_process" (same numbers as panopticapi, much faster) or "panopticapi"
     # (Detectron2's COCOPanopticEvaluator + per-class results).
     cfg.TEST.PANOPTIC_EVALUATOR = "in_process"
-    # "in_process" only: also write the standard predictions.json + predictions/*.png to the output dir.
+    # "in_process" only: also write the standard predictions.json + predictions/*.png to the output
+    # dir.
     cfg.TEST.PANOPTIC_WRITE_PREDICTIONS = False
-    # "in_process" only: threads computing each image's PQ statistics while the model runs (0: inline).
+    # "in_process" only: threads computing each image's PQ statistics while the model runs (0:
+    # inline).
     cfg.TEST.PANOPTIC_EVAL_WORKERS = 2
 
     # YAML files of COCO-panoptic datasets to register before the model is built (name, image_root,
-    # panoptic_root, panoptic_json[, json_file, missing] per entry; detr_d2/data/datasets/register_from_file.py),
-    # so DATASETS.TRAIN/TEST can name them. Paths of the files: relative to the working directory.
+    # panoptic_root, panoptic_json[, json_file, missing] per entry;
+    # detr_d2/data/datasets/register_from_file.py), so DATASETS.TRAIN/TEST can name them. Paths of
+    # the files: relative to the working directory.
     cfg.DATASETS.REGISTER_FILES = ()
 
-    # Training data (the detr_panoptic mapper): a sample whose image or panoptic PNG cannot be used (missing,
-    # truncated, not an image, size or segment ids not matching its JSON entry) stops training with an error
-    # naming the file (False), or is skipped with a warning naming the file and replaced by another sample (True;
-    # Detectron2's MapDataset draws another index when a mapper returns None). Evaluation never skips.
+    # Training data (the detr_panoptic mapper): a sample whose image or panoptic PNG cannot be used
+    # (missing, truncated, not an image, size or segment ids not matching its JSON entry) stops
+    # training with an error naming the file (False), or is skipped with a warning naming the file
+    # and replaced by another sample (True; Detectron2's MapDataset draws another index when a
+    # mapper returns None). Evaluation never skips.
     cfg.DATALOADER.SKIP_CORRUPT_SAMPLES = False
-    # With SKIP_CORRUPT_SAMPLES: training stops with an error once one data-loader process (each worker, or the
-    # main process when NUM_WORKERS is 0, counts the samples it reads) has skipped more than
-    # MAX_CORRUPT_FRACTION x max(samples it has read, 1000) samples; a corrupt file counts each time it is drawn.
+    # With SKIP_CORRUPT_SAMPLES: training stops with an error once one data-loader process (each
+    # worker, or the main process when NUM_WORKERS is 0, counts the samples it reads) has skipped
+    # more than MAX_CORRUPT_FRACTION x max(samples it has read, 1000) samples; a corrupt file counts
+    # each time it is drawn.
     cfg.DATALOADER.MAX_CORRUPT_FRACTION = 0.01
 
     # Input pipeline
     cfg.INPUT.DATASET_MAPPER_NAME = "detr_panoptic"
-    # DETR's optional "resize then random crop" branch is Detectron2's INPUT.CROP (ENABLED, TYPE, SIZE;
-    # DETR: absolute_range 384..600), applied with probability PROB after resizing the short side to
-    # one of RESIZE_SHORT_EDGE (no long-side cap).
+    # DETR's optional "resize then random crop" branch is Detectron2's INPUT.CROP (ENABLED, TYPE,
+    # SIZE; DETR: absolute_range 384..600), applied with probability PROB after resizing the short
+    # side to one of RESIZE_SHORT_EDGE (no long-side cap).
     cfg.INPUT.CROP.PROB = 0.5
     cfg.INPUT.CROP.RESIZE_SHORT_EDGE = (400, 500, 600)
     # Long side of a shortest-edge resize: "round" (Detectron2's ResizeShortestEdge) or "truncate"
@@ -138,8 +150,9 @@ def add_detr_config(cfg: CN) -> None:
 
 
 def get_detr_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
-    """Detectron2's default config + :func:`add_detr_config`, then ``config_file`` and the ``KEY VALUE``
-    overrides ``opts`` merged (not frozen), as the tools build it. A CUDA ``MODEL.DEVICE`` becomes ``cpu``
+    """Detectron2's default config + :func:`add_detr_config`, then ``config_file`` and the ``KEY
+    VALUE`` overrides ``opts`` merged (not frozen), as the tools build it. A CUDA ``MODEL.DEVICE``
+    becomes ``cpu``
     on a machine without CUDA. ``FileNotFoundError`` naming ``config_file`` if it does not exist."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file: {config_file} does not exist")

@@ -13,8 +13,9 @@ COCO_SAMPLE = os.path.join(ROOT, "tests", "data", "coco_panoptic_sample")
 
 def tiny_detr_cfg(num_classes: int = 5, mask_on: bool = True):
     """A small DETR config for CPU tests (ResNet-18, hidden 128, 1+2 layers, 10 queries)."""
-    import detr_d2  # noqa: F401
     from detectron2.config import get_cfg
+
+    import detr_d2  # noqa: F401
 
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)

@@ -7,11 +7,11 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_detr_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
 
-from conftest import tiny_detr_cfg
 from detr_d2.checkpoint import (
     class_match_key,
     coco_detection_class_names,
@@ -59,14 +59,21 @@ def test_name_normalisation_and_coco_names():
     panoptic, detection = coco_panoptic_class_names(), coco_detection_class_names()
     assert len(panoptic) == 250 and sum(n is not None for n in panoptic) == 133
     assert len(detection) == 91 and sum(n is not None for n in detection) == 80
-    assert panoptic[199] == "wall-other-merged" and panoptic[12] is None and detection[92 - 2] == "toothbrush"
+    assert (
+        panoptic[199] == "wall-other-merged"
+        and panoptic[12] is None
+        and detection[92 - 2] == "toothbrush"
+    )
     keys = [class_match_key(n) for n in panoptic if n]
     assert len(set(keys)) == 133  # COCO's own names never collide after normalisation
 
 
 @pytest.mark.parametrize(
     "num_logits, names, rows",
-    [(251, coco_panoptic_class_names(), PANOPTIC_ROWS), (92, coco_detection_class_names(), DETECTION_ROWS)],
+    [
+        (251, coco_panoptic_class_names(), PANOPTIC_ROWS),
+        (92, coco_detection_class_names(), DETECTION_ROWS),
+    ],
     ids=["official_panoptic", "official_detection"],
 )
 def test_transfer_copies_matched_rows_and_fresh_inits_the_rest(num_logits, names, rows, caplog):
@@ -77,20 +84,31 @@ def test_transfer_copies_matched_rows_and_fresh_inits_the_rest(num_logits, names
         out, matches = transfer_class_head(src, names, TARGET, seed=7, source="detr.pth")
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
     k = len(TARGET)
-    assert out["class_embed.weight"].shape == (k + 1, HIDDEN) and out["class_embed.bias"].shape == (k + 1,)
+    assert out["class_embed.weight"].shape == (k + 1, HIDDEN) and out["class_embed.bias"].shape == (
+        k + 1,
+    )
     fresh = expected_fresh(k + 1, seed=7)
     for c, row in enumerate(rows):
-        assert matches[c].source_row == row and matches[c].contiguous_id == c and matches[c].target_name == TARGET[c]
+        assert (
+            matches[c].source_row == row
+            and matches[c].contiguous_id == c
+            and matches[c].target_name == TARGET[c]
+        )
         want_w = fresh.weight[c] if row is None else src["class_embed.weight"][row]
         want_b = fresh.bias[c] if row is None else src["class_embed.bias"][row]
         assert torch.equal(out["class_embed.weight"][c], want_w.detach()), c
         assert torch.equal(out["class_embed.bias"][c], want_b.detach()), c
-    assert torch.equal(out["class_embed.weight"][k], src["class_embed.weight"][-1])  # no-object kept
+    assert torch.equal(
+        out["class_embed.weight"][k], src["class_embed.weight"][-1]
+    )  # no-object kept
     assert torch.equal(out["class_embed.bias"][k], src["class_embed.bias"][-1])
     assert out["query_embed.weight"] is src["query_embed.weight"]  # everything else untouched
     # the logged table: target class, contiguous id, source class, source row or 'new'
     lines = caplog.text.splitlines()
-    assert any(line.split() == ["target", "class", "id", "source", "class", "source", "row"] for line in lines)
+    assert any(
+        line.split() == ["target", "class", "id", "source", "class", "source", "row"]
+        for line in lines
+    )
     if num_logits == 251:
         assert any(line.split() == ["wall", "2", "wall-other-merged", "199"] for line in lines)
     assert any(line.split() == ["rebar", "5", "-", "new"] for line in lines)
@@ -101,14 +119,27 @@ def test_new_rows_are_what_detr_panoptic_gives_a_fresh_class_head():
     and nothing re-initialises it: the transfer's fresh rows follow the same distribution."""
     cfg = tiny_detr_cfg(num_classes=len(TARGET))
     model = build_model(cfg)
-    assert type(model.class_embed) is nn.Linear and model.class_embed.out_features == len(TARGET) + 1
+    assert (
+        type(model.class_embed) is nn.Linear and model.class_embed.out_features == len(TARGET) + 1
+    )
     bound = 1 / HIDDEN**0.5
-    assert model.class_embed.weight.abs().max() <= bound and model.class_embed.bias.abs().max() <= bound
-    assert model.class_embed.weight.abs().max() > 0.9 * bound  # uniform over the whole range, not a special init
+    assert (
+        model.class_embed.weight.abs().max() <= bound
+        and model.class_embed.bias.abs().max() <= bound
+    )
+    assert (
+        model.class_embed.weight.abs().max() > 0.9 * bound
+    )  # uniform over the whole range, not a special init
     weight, bias = fresh_class_head(HIDDEN, len(TARGET) + 1, seed=3)
-    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound and bias.abs().max() <= bound
+    assert (
+        weight.abs().max() <= bound
+        and weight.abs().max() > 0.9 * bound
+        and bias.abs().max() <= bound
+    )
     out, _ = transfer_class_head(classifier(251), coco_panoptic_class_names(), TARGET)
-    result = model.load_state_dict({k: v for k, v in out.items() if k.startswith("class_embed")}, strict=False)
+    result = model.load_state_dict(
+        {k: v for k, v in out.items() if k.startswith("class_embed")}, strict=False
+    )
     assert not result.unexpected_keys
 
 
@@ -117,8 +148,12 @@ def test_ambiguous_and_shared_matches_are_errors():
     with pytest.raises(ValueError) as e:
         match_classes(names, ["Wall", "person"], source="hf-model")
     msg = str(e.value)
-    assert msg.startswith("hf-model: cannot transfer the class head by name: ambiguous class names: ")
-    assert "'Wall' matches 'wall' (row 0), 'wall-other-merged' (row 2)" in msg and "class-map" in msg
+    assert msg.startswith(
+        "hf-model: cannot transfer the class head by name: ambiguous class names: "
+    )
+    assert (
+        "'Wall' matches 'wall' (row 0), 'wall-other-merged' (row 2)" in msg and "class-map" in msg
+    )
     with pytest.raises(
         ValueError,
         match=r"several target classes match the same source class: "
@@ -134,7 +169,9 @@ def test_class_map_files_override_and_unknown_names_are_errors(tmp_path):
     yaml_map = tmp_path / "map.yaml"
     yaml_map.write_text("excavator: truck\nwall: null\nTraffic-Light: traffic_light\n")
     json_map = tmp_path / "map.json"
-    json_map.write_text(json.dumps({"excavator": "truck", "wall": None, "Traffic-Light": "traffic_light"}))
+    json_map.write_text(
+        json.dumps({"excavator": "truck", "wall": None, "Traffic-Light": "traffic_light"})
+    )
     assert load_class_map(str(yaml_map)) == load_class_map(str(json_map))
     src = classifier(251)
     out, matches = transfer_class_head(
@@ -144,13 +181,21 @@ def test_class_map_files_override_and_unknown_names_are_errors(tmp_path):
     assert (by_name["excavator"].source_row, by_name["excavator"].rule) == (8, "class map")
     assert torch.equal(out["class_embed.weight"][4], src["class_embed.weight"][8])
     assert by_name["wall"].source_row is None and by_name["wall"].rule == "new (class map)"
-    assert torch.equal(out["class_embed.weight"][2], expected_fresh(len(TARGET) + 1, 0).weight[2].detach())
+    assert torch.equal(
+        out["class_embed.weight"][2], expected_fresh(len(TARGET) + 1, 0).weight[2].detach()
+    )
     assert by_name["traffic_light"].source_row == 10
 
-    with pytest.raises(ValueError, match=r"^m\.yaml: target classes crane are not classes of the dataset"):
-        match_classes(coco_panoptic_class_names(), TARGET, {"crane": "truck"}, class_map_source="m.yaml")
+    with pytest.raises(
+        ValueError, match=r"^m\.yaml: target classes crane are not classes of the dataset"
+    ):
+        match_classes(
+            coco_panoptic_class_names(), TARGET, {"crane": "truck"}, class_map_source="m.yaml"
+        )
     with pytest.raises(ValueError, match=r"source classes bulldozer are not classes of detr\.pth"):
-        match_classes(coco_panoptic_class_names(), TARGET, {"rebar": "bulldozer"}, source="detr.pth")
+        match_classes(
+            coco_panoptic_class_names(), TARGET, {"rebar": "bulldozer"}, source="detr.pth"
+        )
     (tmp_path / "bad.yaml").write_text("- a\n- b\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: expected an object"):
         load_class_map(str(tmp_path / "bad.yaml"))
@@ -164,7 +209,9 @@ def construction_dataset():
     name = "test_checkpoint_construction_site"
     categories = [
         {"id": i + 1, "name": n, "isthing": int(i < 5)}
-        for i, n in enumerate(["person", "Car", "excavator", "rebar", "traffic_light", "wall", "sky", "gravel-pile"])
+        for i, n in enumerate(
+            ["person", "Car", "excavator", "rebar", "traffic_light", "wall", "sky", "gravel-pile"]
+        )
     ]
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).set(**build_panoptic_metadata(categories))
@@ -195,18 +242,34 @@ def test_tool_dataset_option_transfers_by_name(tmp_path, capsys, construction_da
     out = torch.load(output, weights_only=True)["model"]
     names = coco_panoptic_class_names() if masks else coco_detection_class_names()
     expected, _ = transfer_class_head(
-        convert_official_detr(src), names, construction_dataset, class_map={"excavator": "truck"}, seed=5
+        convert_official_detr(src),
+        names,
+        construction_dataset,
+        class_map={"excavator": "truck"},
+        seed=5,
     )
     assert out.keys() == expected.keys() and all(torch.equal(out[k], expected[k]) for k in out)
     w = src[f"{lay.prefix}class_embed.weight"]
-    assert torch.equal(out["class_embed.weight"][2], w[8]) and torch.equal(out["class_embed.weight"][8], w[-1])
+    assert torch.equal(out["class_embed.weight"][2], w[8]) and torch.equal(
+        out["class_embed.weight"][8], w[-1]
+    )
     printed = capsys.readouterr().out
     copied = 6 if masks else 4  # detection checkpoints have no 'wall' / 'sky'
-    assert f"{copied} of 8 classes of test_checkpoint_construction_site copied from the checkpoint" in printed
+    assert (
+        f"{copied} of 8 classes of test_checkpoint_construction_site copied from the checkpoint"
+        in printed
+    )
     assert "MODEL.DETR.NUM_CLASSES 8 MODEL.DETR.CLASS_SLOTS contiguous" in printed
 
-    assert tool.main(["--source", source, "--output", str(tmp_path / "o2.pth"), "--class-map", "x.yaml"]) == 1
+    assert (
+        tool.main(
+            ["--source", source, "--output", str(tmp_path / "o2.pth"), "--class-map", "x.yaml"]
+        )
+        == 1
+    )
     assert "error: --class-map needs --dataset" in capsys.readouterr().err
     assert tool.main(argv[:4] + ["--dataset", "no_such_dataset_xyz", "--overwrite"]) == 1
-    assert capsys.readouterr().err.startswith("error: dataset 'no_such_dataset_xyz' is not registered")
+    assert capsys.readouterr().err.startswith(
+        "error: dataset 'no_such_dataset_xyz' is not registered"
+    )
     assert sorted(os.listdir(tmp_path)) == ["detr.pth", "map.yaml", "out.pth"]

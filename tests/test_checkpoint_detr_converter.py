@@ -12,7 +12,6 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from conftest import ROOT
 from detr_d2.checkpoint import (
     class_rows_from_mapping,
     convert_official_detr,
@@ -21,7 +20,11 @@ from detr_d2.checkpoint import (
     infer_official_layout,
     load_torch_file,
 )
-from tests.utils.official_detr import OfficialDETRsegm, build_official_detr, randomize_frozen_batchnorm_
+from tests.utils.official_detr import (
+    OfficialDETRsegm,
+    build_official_detr,
+    randomize_frozen_batchnorm_,
+)
 from tests.utils.scripts import load_script
 
 SMALL = dict(hidden_dim=128, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=7)
@@ -65,7 +68,9 @@ def test_r50_every_official_key_maps_onto_detr_d2_names():
     assert len(out) == 490
     backbone = {k[len("backbone.") :]: v.shape for k, v in out.items() if k.startswith("backbone.")}
     d2 = d2_resnet(50).state_dict()
-    assert backbone == {k: v.shape for k, v in d2.items()}  # all 265, including the 4 buffers of 53 BNs
+    assert backbone == {
+        k: v.shape for k, v in d2.items()
+    }  # all 265, including the 4 buffers of 53 BNs
     others = {k: v.shape for k, v in out.items() if not k.startswith("backbone.")}
     expected = {
         (k[len("detr.") :] if k.startswith("detr.") else k): v.shape
@@ -86,14 +91,20 @@ def test_layout_inference_and_r101_and_detection_checkpoints():
         8,
         250,
     )
-    assert (layout.enc_layers, layout.dec_layers, layout.num_queries, layout.pre_norm) == (6, 6, 100, False)
+    assert (layout.enc_layers, layout.dec_layers, layout.num_queries, layout.pre_norm) == (
+        6,
+        6,
+        100,
+        False,
+    )
     assert len(convert_official_detr(meta_official_state_dict(depth=101))) == 745
     det = convert_official_detr(meta_official_state_dict(masks=False, num_classes=91))
     assert len(det) == 458 and not any(k.startswith(("mask_head", "bbox_attention")) for k in det)
     assert det["class_embed.weight"].shape == (92, 256)
 
 
-# ------------------------------------------------------------------------------------------ numerics
+# ------------------------------------------------------------------------------------------
+# numerics
 def test_backbone_stem_and_blocks_equal_torchvision(official_r50_small):
     model, src = official_r50_small
     out = convert_official_detr(src)
@@ -110,7 +121,9 @@ def test_backbone_stem_and_blocks_equal_torchvision(official_r50_small):
         assert torch.allclose(d2_stem, tv_stem, rtol=1e-5, atol=1e-5)
         tv_block = body.layer1[0](tv_stem)
         assert torch.allclose(d2.res2[0](tv_stem), tv_block, rtol=1e-5, atol=1e-5)
-        tv_res3 = body.layer2(body.layer1(tv_stem))  # first res3 block carries the stride (3x3 conv)
+        tv_res3 = body.layer2(
+            body.layer1(tv_stem)
+        )  # first res3 block carries the stride (3x3 conv)
         assert torch.allclose(d2.res3(d2.res2(tv_stem)), tv_res3, rtol=1e-4, atol=1e-4)
         # sensitivity: Detectron2's default STRIDE_IN_1X1=True (stride on conv1) changes res3
         caffe_block = copy.deepcopy(d2.res3[0])
@@ -123,14 +136,18 @@ def test_backbone_stem_and_blocks_equal_torchvision(official_r50_small):
 def test_missing_bn_buffer_is_refused_not_silently_identity(official_r50_small):
     _, src = official_r50_small
     out = convert_official_detr(src)
-    # The trap: Detectron2's FrozenBatchNorm2d fills a missing running_var with ones, even strict=True.
+    # The trap: Detectron2's FrozenBatchNorm2d fills a missing running_var with ones, even
+    # strict=True.
     broken = {k[len("backbone.") :]: v for k, v in out.items() if k.startswith("backbone.")}
     del broken["res3.1.conv2.norm.running_var"]
     assert not d2_resnet(50).load_state_dict(broken, strict=True).missing_keys
     # ... so the converter itself must refuse a source without it.
     bad = dict(src)
     del bad["detr.backbone.0.body.layer2.1.bn2.running_var"]
-    with pytest.raises(ValueError, match=r"1 missing key\(s\): detr\.backbone\.0\.body\.layer2\.1\.bn2\.running_var"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 missing key\(s\): detr\.backbone\.0\.body\.layer2\.1\.bn2\.running_var",
+    ):
         convert_official_detr(bad, source="ckpt.pth")
 
 
@@ -138,14 +155,22 @@ def test_missing_bn_buffer_is_refused_not_silently_identity(official_r50_small):
 def test_coco_panoptic_class_remap_picks_dataset_id_rows(official_r50_small):
     _, src = official_r50_small
     mapping = dataset_class_mapping("coco_2017_val_panoptic")
-    assert len(mapping) == 133 and mapping[1] == 0 and mapping[90] == 79 and mapping[92] == 80 and mapping[200] == 132
+    assert (
+        len(mapping) == 133
+        and mapping[1] == 0
+        and mapping[90] == 79
+        and mapping[92] == 80
+        and mapping[200] == 132
+    )
     out = convert_official_detr(src, class_slots=mapping)
     w, b = src["detr.class_embed.weight"], src["detr.class_embed.bias"]
     assert out["class_embed.weight"].shape == (134, 128) and out["class_embed.bias"].shape == (134,)
     for dataset_id, contiguous_id in mapping.items():
         assert torch.equal(out["class_embed.weight"][contiguous_id], w[dataset_id])
         assert torch.equal(out["class_embed.bias"][contiguous_id], b[dataset_id])
-    assert torch.equal(out["class_embed.weight"][133], w[250]) and torch.equal(out["class_embed.bias"][133], b[250])
+    assert torch.equal(out["class_embed.weight"][133], w[250]) and torch.equal(
+        out["class_embed.bias"][133], b[250]
+    )
     kept = convert_official_detr(src)  # "keep": untouched 251 rows
     assert torch.equal(kept["class_embed.weight"], w)
 
@@ -164,7 +189,8 @@ def test_class_mapping_validation():
         convert_official_detr(meta_official_state_dict(**SMALL), class_slots="contiguous")
 
 
-# ------------------------------------------------------------------------------------------ refusals
+# ------------------------------------------------------------------------------------------
+# refusals
 def test_refusals_name_the_offending_keys():
     src = meta_official_state_dict(**SMALL)
     missing = dict(src)
@@ -172,7 +198,10 @@ def test_refusals_name_the_offending_keys():
     with pytest.raises(ValueError) as e:
         convert_official_detr(missing, source="my.pth")
     msg = str(e.value)
-    assert msg.startswith("my.pth: does not match the official DETR layout") and "ResNet-50, hidden 128" in msg
+    assert (
+        msg.startswith("my.pth: does not match the official DETR layout")
+        and "ResNet-50, hidden 128" in msg
+    )
     assert "1 missing key(s): detr.transformer.decoder.layers.1.norm2.bias" in msg
 
     unexpected = dict(src)
@@ -185,17 +214,26 @@ def test_refusals_name_the_offending_keys():
     with pytest.raises(ValueError, match=r"linear2\.weight: got \(128, 65\), expected \(128, 64\)"):
         convert_official_detr(wrong)
 
-    with pytest.raises(ValueError, match="not an official DETR state dict: cannot find .*class_embed.weight"):
+    with pytest.raises(
+        ValueError, match="not an official DETR state dict: cannot find .*class_embed.weight"
+    ):
         convert_official_detr({"conv1.weight": torch.zeros(64, 3, 7, 7)}, source="resnet.pth")
 
 
-# ------------------------------------------------------------------------------------------ files + tool
+# ------------------------------------------------------------------------------------------ files +
+# tool
 def test_training_checkpoint_with_pickled_args_loads_and_is_unwrapped(tmp_path, caplog):
     weights = {"a": torch.ones(2)}
     plain, training = str(tmp_path / "plain.pth"), str(tmp_path / "training.pth")
     torch.save({"model": weights}, plain)
     torch.save(
-        {"model": weights, "optimizer": {"state": {}}, "epoch": 3, "args": argparse.Namespace(lr=1e-4)}, training
+        {
+            "model": weights,
+            "optimizer": {"state": {}},
+            "epoch": 3,
+            "args": argparse.Namespace(lr=1e-4),
+        },
+        training,
     )
     with caplog.at_level(logging.WARNING):
         assert torch.equal(extract_state_dict(load_torch_file(plain), plain)["a"], weights["a"])
@@ -217,7 +255,10 @@ def test_convert_tool_writes_d2_checkpoint_and_protects_files(tmp_path, official
     torch.save({"model": src}, source)
     before = os.path.getmtime(source)
 
-    assert tool.main(["--source", source, "--output", output, "--dataset", "coco_2017_val_panoptic"]) == 0
+    assert (
+        tool.main(["--source", source, "--output", output, "--dataset", "coco_2017_val_panoptic"])
+        == 0
+    )
     ckpt = torch.load(output, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "__author__", "matching_heuristics"}
     assert ckpt["__author__"] == "detr_d2" and ckpt["matching_heuristics"] is False
@@ -238,12 +279,19 @@ def test_convert_tool_writes_d2_checkpoint_and_protects_files(tmp_path, official
     assert tool.main(["--source", source, "--output", output, "--overwrite"]) == 0
     assert torch.load(output, weights_only=True)["model"]["class_embed.weight"].shape == (251, 128)
     assert sorted(os.listdir(tmp_path)) == ["converted.pth", "official.pth"]  # no temp files left
-    assert tool.main(["--source", output, "--output", str(tmp_path / "again.pth")]) == 1  # already converted
+    assert (
+        tool.main(["--source", output, "--output", str(tmp_path / "again.pth")]) == 1
+    )  # already converted
     assert "already has Detectron2 / detr_d2 names" in capsys.readouterr().err
 
     bad = {k: v for k, v in src.items() if not k.startswith("mask_head.lay5")}
     torch.save({"model": bad}, str(tmp_path / "bad.pth"))
-    assert tool.main(["--source", str(tmp_path / "bad.pth"), "--output", str(tmp_path / "out2.pth")]) == 1
+    assert (
+        tool.main(["--source", str(tmp_path / "bad.pth"), "--output", str(tmp_path / "out2.pth")])
+        == 1
+    )
     err = capsys.readouterr().err
-    assert "bad.pth" in err and "2 missing key(s): mask_head.lay5.weight, mask_head.lay5.bias" in err
+    assert (
+        "bad.pth" in err and "2 missing key(s): mask_head.lay5.weight, mask_head.lay5.bias" in err
+    )
     assert not os.path.exists(tmp_path / "out2.pth")

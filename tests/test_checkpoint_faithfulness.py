@@ -1,10 +1,10 @@
 """Faithfulness of the official-checkpoint path, end to end on CPU:
 
-reference DETRsegm (tests.utils.official_detr, random weights) -> "official checkpoint" -> converter ->
-DetrPanoptic loaded through DetectionCheckpointer -> Detectron2 test mapper with DETR's resize on the
-COCO sample image -> raw outputs and panoptic map compared with the reference model + DETR's
-PostProcessPanoptic (tolerances from issue 6: logits 1e-2, boxes 1e-4, mask logits 5e-2; same segments,
->= 99.9% of pixels equal).
+reference DETRsegm (tests.utils.official_detr, random weights) -> "official checkpoint" -> converter
+-> DetrPanoptic loaded through DetectionCheckpointer -> Detectron2 test mapper with DETR's resize on
+the COCO sample image -> raw outputs and panoptic map compared with the reference model + DETR's
+PostProcessPanoptic (tolerances from issue 6: logits 1e-2, boxes 1e-4, mask logits 5e-2; same
+segments, >= 99.9% of pixels equal).
 
 Small model to stay fast: ResNet-50 (Bottleneck blocks, so stride placement matters), hidden 128,
 2+2 layers, 10 queries, image resized to short side 160 (427x640 -> 160x239; Detectron2's rounding
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import COCO_SAMPLE, ROOT
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -24,7 +25,6 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 import detr_d2
-from conftest import COCO_SAMPLE, ROOT
 from detr_d2.checkpoint import convert_official_detr, d2_checkpoint
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import DetrPanopticDatasetMapper
 from tests.utils.official_detr import (
@@ -43,8 +43,11 @@ IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 640x427
 IMAGE2 = os.path.join(COCO_SAMPLE, "input_images", "000000439180.jpg")
 SHORT_SIDE = 160
 NUM_QUERIES = 10
-SMALL = dict(hidden_dim=128, enc_layers=2, dec_layers=2, dim_feedforward=256, num_queries=NUM_QUERIES)
-# Target class per query: things 1, 3, 18; stuff 184 twice (DETR merges them), 187, 193; no-object 250.
+SMALL = dict(
+    hidden_dim=128, enc_layers=2, dec_layers=2, dim_feedforward=256, num_queries=NUM_QUERIES
+)
+# Target class per query: things 1, 3, 18; stuff 184 twice (DETR merges them), 187, 193; no-object
+# 250.
 QUERY_CLASSES = [1, 184, 3, 250, 184, 187, 18, 250, 1, 193]
 
 
@@ -62,10 +65,10 @@ def calibrate_reference_(ref: OfficialDETRsegm, image: torch.Tensor) -> None:
 
     With random weights every query decodes to nearly the same vector: all get the same class and
     masks equal to ~1e-4, so a panoptic comparison would only compare ties. The architecture is left
-    alone; only weights are picked: ``class_embed`` and ``bbox_attention.q_linear`` are solved by least
-    squares on this image's decoder output so that query q gets ``QUERY_CLASSES[q]`` (logit 10) and
-    attends to its own memory position; the mask head's image-feature inputs are scaled down and the
-    attention-map input scaled up so each query's attention decides its mask.
+    alone; only weights are picked: ``class_embed`` and ``bbox_attention.q_linear`` are solved by
+    least squares on this image's decoder output so that query q gets ``QUERY_CLASSES[q]`` (logit
+    10) and attends to its own memory position; the mask head's image-feature inputs are scaled down
+    and the attention-map input scaled up so each query's attention decides its mask.
     """
     detr = ref.detr
     features, pos = detr.backbone(nested_tensor_from_tensor_list([image]))
@@ -81,7 +84,9 @@ def calibrate_reference_(ref: OfficialDETRsegm, image: torch.Tensor) -> None:
     detr.class_embed.bias.copy_(solution[-1])
 
     att = ref.bbox_attention
-    keys = torch.nn.functional.conv2d(memory, att.k_linear.weight[:, :, None, None], att.k_linear.bias)[0].flatten(1)
+    keys = torch.nn.functional.conv2d(
+        memory, att.k_linear.weight[:, :, None, None], att.k_linear.bias
+    )[0].flatten(1)
     keys = keys - keys.mean(1, keepdim=True)
     positions = torch.linspace(0, keys.shape[1] - 1, NUM_QUERIES).round().long()
     wanted_q = 40.0 * (keys[:, positions] / keys[:, positions].norm(dim=0, keepdim=True)).T
@@ -97,7 +102,8 @@ def calibrate_reference_(ref: OfficialDETRsegm, image: torch.Tensor) -> None:
 
 
 def detr_d2_official_cfg():
-    """configs/coco_panoptic/detr_r50_official.yaml (250 dataset-id slots, DETR resize) made small."""
+    """configs/coco_panoptic/detr_r50_official.yaml (250 dataset-id slots, DETR resize) made
+    small."""
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", "coco_panoptic", "detr_r50_official.yaml"))
@@ -114,13 +120,18 @@ def detr_d2_official_cfg():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.manual_seed(0)
-    ref = randomize_frozen_batchnorm_(OfficialDETRsegm(**SMALL), torch.Generator().manual_seed(0)).eval()
+    ref = randomize_frozen_batchnorm_(
+        OfficialDETRsegm(**SMALL), torch.Generator().manual_seed(0)
+    ).eval()
     ref_image, ref_size = official_eval_transform(load_rgb_image(IMAGE), size=SHORT_SIDE)
     calibrate_reference_(ref, ref_image)
 
     path = str(tmp_path_factory.mktemp("faithfulness") / "converted.pth")
     torch.save(
-        d2_checkpoint(convert_official_detr(ref.state_dict()), author="detr_d2", matching_heuristics=False), path
+        d2_checkpoint(
+            convert_official_detr(ref.state_dict()), author="detr_d2", matching_heuristics=False
+        ),
+        path,
     )
     cfg = detr_d2_official_cfg()
     model = build_model(cfg).eval()
@@ -151,7 +162,10 @@ def test_converted_official_checkpoint_loads_without_incompatible_keys(setup):
 
 def test_input_pipeline_matches_detr_resize(setup):
     assert setup["ref_size"] == (160, 239) == detr_resized_hw(640, 427, SHORT_SIDE)
-    assert T.ResizeShortestEdge.get_output_shape(427, 640, SHORT_SIDE, 1333) == (160, 240)  # D2 rounding differs
+    assert T.ResizeShortestEdge.get_output_shape(427, 640, SHORT_SIDE, 1333) == (
+        160,
+        240,
+    )  # D2 rounding differs
     image = setup["inputs"]["image"]
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 160, 239)
     expected = np.asarray(TF.resize(load_rgb_image(IMAGE), [160, 239]))  # PIL bilinear, RGB
@@ -161,7 +175,10 @@ def test_input_pipeline_matches_detr_resize(setup):
 def _compare_raw(ours, ref):
     assert ours["pred_logits"].shape == ref["pred_logits"].shape
     assert ours["pred_masks"].shape == ref["pred_masks"].shape
-    diffs = {k: (ours[k] - ref[k]).abs().max().item() for k in ("pred_logits", "pred_boxes", "pred_masks")}
+    diffs = {
+        k: (ours[k] - ref[k]).abs().max().item()
+        for k in ("pred_logits", "pred_boxes", "pred_masks")
+    }
     assert diffs["pred_logits"] < 1e-2, diffs
     assert diffs["pred_boxes"] < 1e-4, diffs
     assert diffs["pred_masks"] < 5e-2, diffs
@@ -221,13 +238,18 @@ def test_padded_batch_matches_reference_batch_without_batch_invariance(setup):
     # sensitivity: DETR's padded result for the first image is not its single-image result
     assert (ref["pred_logits"][0] - single["pred_logits"][0]).abs().max() > 1e-2
 
-    # panoptic map of the padded image (the second, uncalibrated image has near-tied masks: not compared)
+    # panoptic map of the padded image (the second, uncalibrated image has near-tied masks: not
+    # compared)
     with torch.no_grad():
         ids, segments = model(inputs)[0]["panoptic_seg"]
-    ref_pred = PostProcessPanoptic(official_is_thing_map())(ref, [(160, 239), (160, 284)], [(427, 640), (360, 640)])[0]
+    ref_pred = PostProcessPanoptic(official_is_thing_map())(
+        ref, [(160, 239), (160, 284)], [(427, 640), (360, 640)]
+    )[0]
     ref_ids = decode_panoptic_png(ref_pred["png_string"])
     assert len(ref_pred["segments_info"]) >= 2
-    assert _as_official(segments, cfg) == [(s["id"], s["category_id"], s["isthing"]) for s in ref_pred["segments_info"]]
+    assert _as_official(segments, cfg) == [
+        (s["id"], s["category_id"], s["isthing"]) for s in ref_pred["segments_info"]
+    ]
     assert float(((ids.numpy() - 1) == ref_ids).mean()) >= 0.999
 
 
@@ -255,7 +277,9 @@ def test_panoptic_map_matches_official_postprocessor(setup):
     # the calibration worked: 7 segments, one of the two queries of stuff class 184 merged away
     assert [s["category_id"] for s in ref_segments] == [1, 184, 3, 187, 18, 1, 193]
 
-    assert _as_official(segments, setup["cfg"]) == [(s["id"], s["category_id"], s["isthing"]) for s in ref_segments]
+    assert _as_official(segments, setup["cfg"]) == [
+        (s["id"], s["category_id"], s["isthing"]) for s in ref_segments
+    ]
     ids = ids.numpy()
     assert ids.shape == ref_ids.shape == (427, 640)
     equal = float(((ids - 1) == ref_ids).mean())
@@ -265,7 +289,8 @@ def test_panoptic_map_matches_official_postprocessor(setup):
 
 
 def test_masks_of_kept_queries_only_give_the_all_query_panoptic_map(setup):
-    """8 of the 10 queries are kept: computing only their masks gives exactly the map of computing all."""
+    """8 of the 10 queries are kept: computing only their masks gives exactly the map of computing
+    all."""
     model = setup["model"]
     try:
         with torch.no_grad():

@@ -1,12 +1,13 @@
 """Hugging Face transformers DETR checkpoints -> detr_d2 (issue 14).
 
 Randomly initialised transformers models (built offline, no download) are saved with
-``save_pretrained`` (safetensors and .bin), converted, loaded into ``DetrPanoptic`` and run on the same
-normalised COCO image: logits, boxes and mask logits must match. Covered: timm and native ResNet
-backbones (ResNet-18 BasicBlocks, ResNet-50 Bottlenecks: stride placement), DetrForSegmentation and
-DetrForObjectDetection, transformers 5.x key names, the full-size hub layouts (on the meta device),
-strict refusals naming the bad HF tensor, class names from ``id2label``, and the tool's documented
-examples. Skipped when transformers / timm / safetensors are not installed (CI installs them).
+``save_pretrained`` (safetensors and .bin), converted, loaded into ``DetrPanoptic`` and run on the
+same normalised COCO image: logits, boxes and mask logits must match. Covered: timm and native
+ResNet backbones (ResNet-18 BasicBlocks, ResNet-50 Bottlenecks: stride placement),
+DetrForSegmentation and DetrForObjectDetection, transformers 5.x key names, the full-size hub
+layouts (on the meta device), strict refusals naming the bad HF tensor, class names from
+``id2label``, and the tool's documented examples. Skipped when transformers / timm / safetensors are
+not installed (CI installs them).
 """
 
 import json
@@ -26,9 +27,9 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
 
+from conftest import COCO_SAMPLE, tiny_detr_cfg  # noqa: E402
 from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation, ResNetConfig  # noqa: E402
 
-from conftest import COCO_SAMPLE, tiny_detr_cfg  # noqa: E402
 from detr_d2.checkpoint import (  # noqa: E402
     OfficialDETRLayout,
     coco_panoptic_class_names,
@@ -87,7 +88,8 @@ V5_RENAMES = [
 
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights that make every output informative: HF's own init (std 0.02 everywhere, identity frozen
+    """Weights that make every output informative: HF's own init (std 0.02 everywhere, identity
+    frozen
     BN) gives near-constant outputs, which would hide swapped or misplaced tensors."""
     g = torch.Generator().manual_seed(seed)
 
@@ -112,8 +114,8 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         elif isinstance(m, nn.Embedding):
             m.weight.copy_(rand(m.weight.shape, 1.0))
     if hasattr(model, "mask_head"):
-        # as in test_checkpoint_faithfulness: each query's (peaky) attention map decides its mask, the
-        # image features it shares with every other query are scaled down
+        # as in test_checkpoint_faithfulness: each query's (peaky) attention map decides its mask,
+        # the image features it shares with every other query are scaled down
         d, head = model.config.d_model, model.mask_head
         head.lay1.weight[:, :d] *= 1e-3
         head.lay1.weight[:, d:] *= 300.0
@@ -150,17 +152,27 @@ def compare_outputs(hf, model, image):
     """Max abs differences of logits / boxes / mask logits (HF vs detr_d2) on ``image``; also checks
     the outputs are informative (they differ between queries)."""
     with torch.no_grad():
-        theirs = hf(pixel_values=image, pixel_mask=torch.ones(1, *image.shape[-2:], dtype=torch.long))
+        theirs = hf(
+            pixel_values=image, pixel_mask=torch.ones(1, *image.shape[-2:], dtype=torch.long)
+        )
         ours = model.forward_network(image, torch.zeros(1, *image.shape[-2:], dtype=torch.bool))
-    pairs = {"logits": (ours["pred_logits"], theirs.logits), "boxes": (ours["pred_boxes"], theirs.pred_boxes)}
+    pairs = {
+        "logits": (ours["pred_logits"], theirs.logits),
+        "boxes": (ours["pred_boxes"], theirs.pred_boxes),
+    }
     if "pred_masks" in ours:
         pairs["masks"] = (ours["pred_masks"], theirs.pred_masks)
     for name, (a, b) in pairs.items():
         assert a.shape == b.shape, name
-        assert b.std(dim=1).mean() > (1e-2 if name == "boxes" else 0.1), f"{name}: queries all alike"
+        assert b.std(dim=1).mean() > (1e-2 if name == "boxes" else 0.1), (
+            f"{name}: queries all alike"
+        )
     diffs = {name: (a - b).abs().max().item() for name, (a, b) in pairs.items()}
-    # official-converter tolerances are logits 1e-2, boxes 1e-4, masks 5e-2; these paths are far tighter
-    assert diffs["logits"] < 1e-3 and diffs["boxes"] < 1e-4 and diffs.get("masks", 0.0) < 1e-2, diffs
+    # official-converter tolerances are logits 1e-2, boxes 1e-4, masks 5e-2; these paths are far
+    # tighter
+    assert diffs["logits"] < 1e-3 and diffs["boxes"] < 1e-4 and diffs.get("masks", 0.0) < 1e-2, (
+        diffs
+    )
     return diffs
 
 
@@ -172,7 +184,8 @@ class RecordingCheckpointer(DetectionCheckpointer):
 
 @pytest.fixture(scope="module")
 def r18_segmentation(tmp_path_factory):
-    """A timm-ResNet-18 DetrForSegmentation saved both ways: (model, safetensors folder, .bin folder)."""
+    """A timm-ResNet-18 DetrForSegmentation saved both ways: (model, safetensors folder, .bin
+    folder)."""
     model = hf_model()
     folder = tmp_path_factory.mktemp("hf_r18")
     model.save_pretrained(str(folder / "safetensors"))
@@ -180,13 +193,21 @@ def r18_segmentation(tmp_path_factory):
     return model, str(folder / "safetensors"), str(folder / "bin")
 
 
-# ------------------------------------------------------------------------------------------ numerics
-def test_timm_r18_segmentation_via_tool_and_detectron2_checkpointer(r18_segmentation, image, tmp_path, capsys):
+# ------------------------------------------------------------------------------------------
+# numerics
+def test_timm_r18_segmentation_via_tool_and_detectron2_checkpointer(
+    r18_segmentation, image, tmp_path, capsys
+):
     hf, safetensors_dir, bin_dir = r18_segmentation
     assert sorted(os.listdir(safetensors_dir)) == ["config.json", "model.safetensors"]
     assert sorted(os.listdir(bin_dir)) == ["config.json", "pytorch_model.bin"]
     output = str(tmp_path / "converted.pth")
-    assert load_script("convert_detr_checkpoint").main(["--source", safetensors_dir, "--output", output]) == 0
+    assert (
+        load_script("convert_detr_checkpoint").main(
+            ["--source", safetensors_dir, "--output", output]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Hugging Face (transformers 4.x DetrForSegmentation, timm backbone)" in printed
     assert "MODEL.DETR.NUM_CLASSES 5 MODEL.DETR.CLASS_SLOTS contiguous" in printed
@@ -206,7 +227,8 @@ def test_timm_r18_segmentation_via_tool_and_detectron2_checkpointer(r18_segmenta
 
 @pytest.mark.parametrize("backbone", ["timm", "native"])
 def test_r50_bottleneck_segmentation_matches(backbone, image, tmp_path):
-    """ResNet-50 (stride on the 3x3 conv: MODEL.RESNETS.STRIDE_IN_1X1 False) with both backbone kinds."""
+    """ResNet-50 (stride on the 3x3 conv: MODEL.RESNETS.STRIDE_IN_1X1 False) with both backbone
+    kinds."""
     overrides = dict(backbone="resnet50") if backbone == "timm" else NATIVE_R50
     hf = hf_model(seed=1, **overrides)
     hf.save_pretrained(str(tmp_path))
@@ -221,8 +243,12 @@ def test_r50_bottleneck_segmentation_matches(backbone, image, tmp_path):
 def test_detection_model_matches(image, tmp_path):
     hf = hf_model(DetrForObjectDetection, seed=2)
     hf.save_pretrained(str(tmp_path))
-    converted = convert_detr_file(str(tmp_path / "model.safetensors"))  # one file; config.json beside it
-    assert not converted.layout.masks and len(converted.model) == len(official_state_dict_spec(converted.layout))
+    converted = convert_detr_file(
+        str(tmp_path / "model.safetensors")
+    )  # one file; config.json beside it
+    assert not converted.layout.masks and len(converted.model) == len(
+        official_state_dict_spec(converted.layout)
+    )
     model = detr_d2_model(converted, 18)
     model.load_state_dict(converted.model, strict=True)
     diffs = compare_outputs(hf, model, image)
@@ -237,7 +263,10 @@ def test_transformers_v5_names_convert_to_the_same_weights(r18_segmentation):
         for old, new in V5_RENAMES:
             key = re.sub(old, new, key)
         v5[key] = value
-    assert "detr.model.backbone.model.layer1.0.conv1.weight" in v5 and "mask_head.fpn_stages.2.refine.norm.bias" in v5
+    assert (
+        "detr.model.backbone.model.layer1.0.conv1.weight" in v5
+        and "mask_head.fpn_stages.2.refine.norm.bias" in v5
+    )
     official_v4, layout_v4, style_v4, _ = hf_detr_to_official(v4, hf.config.to_dict())
     official_v5, layout_v5, style_v5, _ = hf_detr_to_official(v5, hf.config.to_dict())
     assert not style_v4.v5 and style_v5.v5 and layout_v4 == layout_v5
@@ -246,7 +275,8 @@ def test_transformers_v5_names_convert_to_the_same_weights(r18_segmentation):
     )
 
 
-# ------------------------------------------------------------------------------------------ full-size layouts
+# ------------------------------------------------------------------------------------------
+# full-size layouts
 @pytest.mark.parametrize(
     "cls, overrides, num_tensors",
     [
@@ -273,10 +303,13 @@ def test_full_size_r50_layouts_on_meta(cls, overrides, num_tensors):
     masks = cls is DetrForSegmentation
     hub = OfficialDETRLayout(masks, 50, 256, 8, 6, 6, 2048, False, 100, 250 if masks else 91)
     assert layout == hub
-    assert {k: v.shape for k, v in official.items()} == official_state_dict_spec(hub)  # 490 / 458 tensors
+    assert {k: v.shape for k, v in official.items()} == official_state_dict_spec(
+        hub
+    )  # 490 / 458 tensors
 
 
-# ------------------------------------------------------------------------------------------ refusals
+# ------------------------------------------------------------------------------------------
+# refusals
 def test_bad_tensors_are_named_in_hf_names(r18_segmentation, tmp_path, capsys):
     hf, _, _ = r18_segmentation
     sd = dict(hf.state_dict())
@@ -289,16 +322,21 @@ def test_bad_tensors_are_named_in_hf_names(r18_segmentation, tmp_path, capsys):
     msg = str(e.value)
     assert msg.startswith("model.safetensors: does not match the Hugging Face DETR layout")
     assert msg.endswith(f"1 mis-shaped tensor(s): {key}: got (128, 129), expected (128, 128)")
-    missing = {k: v for k, v in sd.items() if k != "detr.model.encoder.layers.0.self_attn.v_proj.bias"}
+    missing = {
+        k: v for k, v in sd.items() if k != "detr.model.encoder.layers.0.self_attn.v_proj.bias"
+    }
     with pytest.raises(
-        ValueError, match=r"1 missing key\(s\): detr\.model\.encoder\.layers\.0\.self_attn\.v_proj\.bias$"
+        ValueError,
+        match=r"1 missing key\(s\): detr\.model\.encoder\.layers\.0\.self_attn\.v_proj\.bias$",
     ):
         hf_detr_to_official(missing, config)
     with pytest.raises(ValueError, match="position_embedding_type 'learned'"):
         hf_detr_to_official(sd, {**config, "position_embedding_type": "learned"})
     with pytest.raises(ValueError, match="encoder_attention_heads 8 != decoder_attention_heads 4"):
         hf_detr_to_official(sd, {**config, "decoder_attention_heads": 4})
-    with pytest.raises(ValueError, match="use_timm_backbone=False but the backbone tensors are named like a timm"):
+    with pytest.raises(
+        ValueError, match="use_timm_backbone=False but the backbone tensors are named like a timm"
+    ):
         hf_detr_to_official(sd, {**config, "use_timm_backbone": False})
 
     folder = tmp_path / "bad_hf"
@@ -306,10 +344,15 @@ def test_bad_tensors_are_named_in_hf_names(r18_segmentation, tmp_path, capsys):
     torch.save(bad, str(folder / "pytorch_model.bin"))
     (folder / "config.json").write_text(json.dumps(config))
     output = str(tmp_path / "out.pth")
-    assert load_script("convert_detr_checkpoint").main(["--source", str(folder), "--output", output]) == 1
+    assert (
+        load_script("convert_detr_checkpoint").main(["--source", str(folder), "--output", output])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert (
-        len(err) == 1 and err[0].startswith(f"error: {folder / 'pytorch_model.bin'}: does not match") and key in err[0]
+        len(err) == 1
+        and err[0].startswith(f"error: {folder / 'pytorch_model.bin'}: does not match")
+        and key in err[0]
     )
     assert not os.path.exists(output)
     assert (
@@ -321,7 +364,8 @@ def test_bad_tensors_are_named_in_hf_names(r18_segmentation, tmp_path, capsys):
     assert "refusing to overwrite the source checkpoint" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------ class names
+# ------------------------------------------------------------------------------------------ class
+# names
 def test_class_names_come_from_id2label_else_the_official_layout(tmp_path):
     named = hf_model(
         DetrForSegmentation,
@@ -340,43 +384,69 @@ def test_class_names_come_from_id2label_else_the_official_layout(tmp_path):
     )
     assert moved.class_slots == "contiguous" and moved.num_classes == 3
 
-    coco = DetrConfig(**{**SMALL, "num_labels": 250, "use_timm_backbone": True, "backbone": "resnet18"})
+    coco = DetrConfig(
+        **{**SMALL, "num_labels": 250, "use_timm_backbone": True, "backbone": "resnet18"}
+    )
     with torch.device("meta"):
         meta_sd = DetrForSegmentation(coco).state_dict()
-    assert coco.id2label[1] == "LABEL_1"  # placeholders only: the official COCO panoptic layout names the rows
+    assert (
+        coco.id2label[1] == "LABEL_1"
+    )  # placeholders only: the official COCO panoptic layout names the rows
     zero = torch.zeros(())
-    torch.save({k: zero.expand(v.shape) for k, v in meta_sd.items()}, str(tmp_path / "pytorch_model.bin"))
+    torch.save(
+        {k: zero.expand(v.shape) for k, v in meta_sd.items()}, str(tmp_path / "pytorch_model.bin")
+    )
     (tmp_path / "config.json").write_text(coco.to_json_string())
     converted = convert_detr_file(str(tmp_path / "pytorch_model.bin"))
-    assert converted.source_classes == coco_panoptic_class_names() and converted.class_slots == "dataset_id"
+    assert (
+        converted.source_classes == coco_panoptic_class_names()
+        and converted.class_slots == "dataset_id"
+    )
 
 
-# ------------------------------------------------------------------------------------------ documentation
+# ------------------------------------------------------------------------------------------
+# documentation
 def test_tool_docstring_examples_work_as_written(tmp_path, monkeypatch, capsys):
-    """Run every example command of tools/convert_detr_checkpoint.py's docstring on fake sources of the
-    names it uses: the official R50 panoptic layout and a hub-sized HF folder (stride-0 zero tensors)."""
+    """Run every example command of tools/convert_detr_checkpoint.py's docstring on fake sources of
+    the
+    names it uses: the official R50 panoptic layout and a hub-sized HF folder (stride-0 zero
+    tensors)."""
     tool = load_script("convert_detr_checkpoint")
     doc = tool.__doc__.replace("\\\n", " ")
-    commands = [shlex.split(line.strip()) for line in doc.splitlines() if line.strip().startswith("python tools/")]
+    commands = [
+        shlex.split(line.strip())
+        for line in doc.splitlines()
+        if line.strip().startswith("python tools/")
+    ]
     assert len(commands) == 2
     monkeypatch.chdir(tmp_path)
     zero = torch.zeros(())
     official = {
         k: zero.expand(s)
-        for k, s in official_state_dict_spec(OfficialDETRLayout(True, 50, 256, 8, 6, 6, 2048, False, 100, 250)).items()
+        for k, s in official_state_dict_spec(
+            OfficialDETRLayout(True, 50, 256, 8, 6, 6, 2048, False, 100, 250)
+        ).items()
     }
     torch.save({"model": official}, "detr-r50-panoptic-00ce5173.pth")
-    config = DetrConfig(use_timm_backbone=True, use_pretrained_backbone=False, backbone="resnet50", num_labels=250)
+    config = DetrConfig(
+        use_timm_backbone=True, use_pretrained_backbone=False, backbone="resnet50", num_labels=250
+    )
     with torch.device("meta"):
         hub = DetrForSegmentation(config).state_dict()
     os.mkdir("detr-resnet-50-panoptic")
-    torch.save({k: zero.expand(v.shape) for k, v in hub.items()}, "detr-resnet-50-panoptic/pytorch_model.bin")
+    torch.save(
+        {k: zero.expand(v.shape) for k, v in hub.items()},
+        "detr-resnet-50-panoptic/pytorch_model.bin",
+    )
     config.to_json_file("detr-resnet-50-panoptic/config.json")
     (tmp_path / "class_map.yaml").write_text("circle: sports ball\n")
     for argv in commands:
         assert argv[:2] == ["python", "tools/convert_detr_checkpoint.py"]
         assert tool.main(argv[2:]) == 0, capsys.readouterr().err
         output = argv[argv.index("--output") + 1]
-        assert torch.load(output, weights_only=True)["model"]["class_embed.weight"].shape[0] in (251, 7)
+        assert torch.load(output, weights_only=True)["model"]["class_embed.weight"].shape[0] in (
+            251,
+            7,
+        )
     printed = capsys.readouterr().out
     assert "4 of 6 classes of detr_quickstart_train copied from the checkpoint, 2 new" in printed

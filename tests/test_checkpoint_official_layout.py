@@ -1,4 +1,5 @@
-"""The converter's own official-DETR key layout (issue 11) and its errors for bad checkpoints (issue 13).
+"""The converter's own official-DETR key layout (issue 11) and its errors for bad checkpoints (issue
+13).
 
 The layout spec in ``detr_d2.checkpoint.official_layout`` is written from the facts document; the
 test oracle (``tests.utils.official_detr``, an independent re-implementation of the official model)
@@ -42,14 +43,30 @@ CONFIGS = {
     "r50_panoptic_hub": {},
     "r101_panoptic_hub": dict(depth=101),
     "r18_panoptic_small": dict(
-        depth=18, hidden_dim=128, enc_layers=2, dec_layers=3, dim_feedforward=64, num_queries=7, num_classes=5
+        depth=18,
+        hidden_dim=128,
+        enc_layers=2,
+        dec_layers=3,
+        dim_feedforward=64,
+        num_queries=7,
+        num_classes=5,
     ),
-    "r34_panoptic_prenorm_16_heads": dict(depth=34, pre_norm=True, nheads=16, enc_layers=1, dec_layers=4),
+    "r34_panoptic_prenorm_16_heads": dict(
+        depth=34, pre_norm=True, nheads=16, enc_layers=1, dec_layers=4
+    ),
     "r50_detection_hub": dict(masks=False, num_classes=91),
     "r152_detection_prenorm_no_encoder": dict(
-        masks=False, depth=152, pre_norm=True, enc_layers=0, dec_layers=1, num_queries=300, num_classes=20
+        masks=False,
+        depth=152,
+        pre_norm=True,
+        enc_layers=0,
+        dec_layers=1,
+        num_queries=300,
+        num_classes=20,
     ),
-    "r101_detection_384": dict(masks=False, depth=101, hidden_dim=384, dim_feedforward=1024, num_queries=50),
+    "r101_detection_384": dict(
+        masks=False, depth=101, hidden_dim=384, dim_feedforward=1024, num_queries=50
+    ),
 }
 
 
@@ -70,7 +87,8 @@ def keys_named(message: str, keys) -> set:
     return set(re.findall(r"[\w.]+", message)) & set(keys)
 
 
-# ------------------------------------------------------------------------------------------ issue 11
+# ------------------------------------------------------------------------------------------ issue
+# 11
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_spec_equals_oracle_template_and_inference_round_trips(name):
     lay = layout(**CONFIGS[name])
@@ -86,10 +104,13 @@ def test_hub_layouts_have_the_published_tensor_counts():
     assert len(official_state_dict_spec(layout())) == 490
     assert len(official_state_dict_spec(layout(depth=101))) == 745
     assert sum(s.numel() for s in official_state_dict_spec(layout()).values()) == 43_005_528
-    assert sum(s.numel() for s in official_state_dict_spec(layout(depth=101)).values()) == 62_049_880
+    assert (
+        sum(s.numel() for s in official_state_dict_spec(layout(depth=101)).values()) == 62_049_880
+    )
 
 
-# ------------------------------------------------------------------------------------------ issue 13
+# ------------------------------------------------------------------------------------------ issue
+# 13
 @pytest.mark.parametrize(
     "lay",
     [layout(), layout(**CONFIGS["r18_panoptic_small"]), layout(masks=False, depth=18)],
@@ -120,8 +141,10 @@ def test_every_single_corrupt_tensor_is_named_alone(lay):
 
 
 def test_bad_hidden_size_tensor_no_longer_breaks_inference():
-    """Before issue 13, a class_embed of width 255 made the converter infer hidden size 255 and crash
-    in nn.MultiheadAttention (255 is not divisible by 8 heads) or list every correct tensor as wrong."""
+    """Before issue 13, a class_embed of width 255 made the converter infer hidden size 255 and
+    crash
+    in nn.MultiheadAttention (255 is not divisible by 8 heads) or list every correct tensor as
+    wrong."""
     sd = meta_state_dict(layout())
     sd["detr.class_embed.weight"] = torch.empty(251, 255, device="meta")
     with pytest.raises(
@@ -133,7 +156,9 @@ def test_bad_hidden_size_tensor_no_longer_breaks_inference():
 
 
 def test_no_majority_is_refused_naming_the_disagreeing_tensors():
-    lay = layout(masks=False, depth=18, enc_layers=1, dec_layers=0)  # FFN width shown by 3 tensors only
+    lay = layout(
+        masks=False, depth=18, enc_layers=1, dec_layers=0
+    )  # FFN width shown by 3 tensors only
     sd = meta_state_dict(lay)
     sd["transformer.encoder.layers.0.linear1.weight"] = torch.empty(512, 256, device="meta")
     sd["transformer.encoder.layers.0.linear1.bias"] = torch.empty(1024, device="meta")
@@ -141,20 +166,28 @@ def test_no_majority_is_refused_naming_the_disagreeing_tensors():
         infer_official_layout(sd, "x.pth")
     assert str(e.value) == (
         "x.pth: cannot infer the FFN width: the tensors that show it disagree (512 from "
-        "transformer.encoder.layers.0.linear1.weight; 1024 from transformer.encoder.layers.0.linear1.bias; "
+        "transformer.encoder.layers.0.linear1.weight; 1024 from "
+        "transformer.encoder.layers.0.linear1.bias; "
         "2048 from transformer.encoder.layers.0.linear2.weight)"
     )
 
 
 def test_torchvision_converter_names_the_corrupt_tensor_alone():
     template = torchvision_resnet_template(50)
-    for key in ["conv1.weight", "layer3.4.bn2.running_var", "layer4.0.downsample.0.weight", "layer2.3.conv3.weight"]:
+    for key in [
+        "conv1.weight",
+        "layer3.4.bn2.running_var",
+        "layer4.0.downsample.0.weight",
+        "layer2.3.conv3.weight",
+    ]:
         sd = {k: torch.empty(s, device="meta") for k, s in template.items()}
         sd[key] = torch.empty(corrupted_shape(template[key]), device="meta")
         with pytest.raises(ValueError) as e:
             convert_torchvision_resnet(sd, source="r50.pth")
         msg = str(e.value)
-        assert msg.startswith("r50.pth: does not match torchvision ResNet-50: 1 mis-shaped tensor(s): ")
+        assert msg.startswith(
+            "r50.pth: does not match torchvision ResNet-50: 1 mis-shaped tensor(s): "
+        )
         assert keys_named(msg, template) == {key}, msg
 
 
@@ -168,7 +201,11 @@ def _save_expanded(state_dict, path, wrap):
 @pytest.mark.parametrize("tool_name", ["convert_detr_checkpoint", "convert_torchvision_to_d2"])
 def test_tools_print_one_error_line_and_write_nothing(tmp_path, capsys, tool_name):
     if tool_name == "convert_detr_checkpoint":
-        shapes, key, wrap = official_state_dict_spec(layout()), "detr.transformer.decoder.layers.3.linear1.weight", True
+        shapes, key, wrap = (
+            official_state_dict_spec(layout()),
+            "detr.transformer.decoder.layers.3.linear1.weight",
+            True,
+        )
     else:
         shapes, key, wrap = torchvision_resnet_template(101), "layer3.17.conv2.weight", False
     shapes = dict(shapes)
@@ -182,6 +219,8 @@ def test_tools_print_one_error_line_and_write_nothing(tmp_path, capsys, tool_nam
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {source}: does not match"), captured.err
-    assert f"1 mis-shaped tensor(s): {key}: got {tuple(shapes[key])}, expected {expected}" in lines[0]
+    assert (
+        f"1 mis-shaped tensor(s): {key}: got {tuple(shapes[key])}, expected {expected}" in lines[0]
+    )
     assert keys_named(lines[0], shapes) == {key}
     assert sorted(os.listdir(tmp_path)) == ["full_size.pth"]  # no output, no temporary file

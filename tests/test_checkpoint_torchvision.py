@@ -1,16 +1,16 @@
 """torchvision ImageNet ResNet -> Detectron2 backbone init: names, refusals, and loading through
-DetectionCheckpointer into DetrPanoptic's ``backbone.*`` (.pkl by suffix matching, .pth by exact names)."""
+DetectionCheckpointer into DetrPanoptic's ``backbone.*`` (.pkl by suffix matching, .pth by exact
+names)."""
 
-import os
 import pickle
 
 import pytest
 import torch
 import torchvision
+from conftest import tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import ROOT, tiny_detr_cfg
 from detr_d2.checkpoint import convert_torchvision_resnet, torchvision_resnet_key_to_d2
 from tests.utils.scripts import load_script
 
@@ -47,7 +47,10 @@ def test_key_table():
     assert torchvision_resnet_key_to_d2("conv1.weight") == "stem.conv1.weight"
     assert torchvision_resnet_key_to_d2("bn1.running_mean") == "stem.conv1.norm.running_mean"
     assert torchvision_resnet_key_to_d2("layer1.0.conv3.weight") == "res2.0.conv3.weight"
-    assert torchvision_resnet_key_to_d2("layer3.22.bn2.running_var") == "res4.22.conv2.norm.running_var"
+    assert (
+        torchvision_resnet_key_to_d2("layer3.22.bn2.running_var")
+        == "res4.22.conv2.norm.running_var"
+    )
     assert torchvision_resnet_key_to_d2("layer4.0.downsample.0.weight") == "res5.0.shortcut.weight"
     assert torchvision_resnet_key_to_d2("layer2.0.downsample.1.bias") == "res3.0.shortcut.norm.bias"
     with pytest.raises(KeyError, match="fc.weight"):
@@ -57,17 +60,22 @@ def test_key_table():
 def test_refuses_incomplete_or_foreign_state_dicts(imagenet_r18):
     sd = imagenet_r18.state_dict()
     out = convert_torchvision_resnet(sd)
-    assert len(out) == 5 + 8 * 10 + 3 * 5 and "res5.1.conv2.norm.running_var" in out  # fc, num_batches_tracked dropped
+    assert (
+        len(out) == 5 + 8 * 10 + 3 * 5 and "res5.1.conv2.norm.running_var" in out
+    )  # fc, num_batches_tracked dropped
     broken = {k: v for k, v in sd.items() if k != "layer1.0.bn1.running_var"}
     with pytest.raises(
         ValueError,
-        match=r"r18\.pth: does not match torchvision ResNet-18: 1 missing key\(s\): layer1\.0\.bn1\.running_var",
+        match=r"r18\.pth: does not match torchvision ResNet-18: 1 missing key\(s\): "
+        r"layer1\.0\.bn1\.running_var",
     ):
         convert_torchvision_resnet(broken, source="r18.pth")
     with pytest.raises(ValueError, match=r"unexpected key\(s\): layer1\.0\.extra\.weight"):
         convert_torchvision_resnet({**sd, "layer1.0.extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="detr.pth: not a torchvision ResNet state dict"):
-        convert_torchvision_resnet({"detr.backbone.0.body.conv1.weight": torch.zeros(64, 3, 7, 7)}, source="detr.pth")
+        convert_torchvision_resnet(
+            {"detr.backbone.0.body.conv1.weight": torch.zeros(64, 3, 7, 7)}, source="detr.pth"
+        )
 
 
 @pytest.mark.parametrize("ext", [".pkl", ".pth"])
@@ -88,13 +96,20 @@ def test_converted_weights_initialise_detr_backbone(tmp_path, imagenet_r18, ext,
     inc = checkpointer.incompatible
     assert not [k for k in inc.missing_keys if k.startswith("backbone.")]
     assert not inc.unexpected_keys and not inc.incorrect_shapes
-    assert any(k.startswith("transformer.") for k in inc.missing_keys)  # only the backbone is initialised
+    assert any(
+        k.startswith("transformer.") for k in inc.missing_keys
+    )  # only the backbone is initialised
 
     tv = imagenet_r18
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         feats = model.backbone(x)
         y = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
-        for name, layer in [("res2", tv.layer1), ("res3", tv.layer2), ("res4", tv.layer3), ("res5", tv.layer4)]:
+        for name, layer in [
+            ("res2", tv.layer1),
+            ("res3", tv.layer2),
+            ("res4", tv.layer3),
+            ("res5", tv.layer4),
+        ]:
             y = layer(y)
             assert torch.allclose(feats[name], y, rtol=1e-4, atol=1e-4), name

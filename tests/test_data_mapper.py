@@ -198,7 +198,8 @@ def test_grayscale_panoptic_png_is_an_error(tmp_path, sample_dicts):
 
 
 def test_rgba_panoptic_png_reads_as_its_rgb(tmp_path, sample_dicts):
-    """The one panoptic PNG reader ignores alpha, as panopticapi's rgb2id(np.array(Image.open(png)))."""
+    """The one panoptic PNG reader ignores alpha, as panopticapi's
+    rgb2id(np.array(Image.open(png)))."""
     d = copy.deepcopy(sample_dicts[0])
     png = tmp_path / "rgba.png"
     Image.open(d["pan_seg_file_name"]).convert("RGBA").save(png)

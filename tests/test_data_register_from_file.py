@@ -1,5 +1,6 @@
 """Datasets registered from a YAML file (``DATASETS.REGISTER_FILES``) or ``tools/train_net.py
---register-dataset``: same checks as ``register_panoptic_dataset``, errors naming the file / entry / field,
+--register-dataset``: same checks as ``register_panoptic_dataset``, errors naming the file / entry /
+field,
 all or nothing, idempotent, registered before the model (train_net's setup, the predictor)."""
 
 import json
@@ -8,9 +9,9 @@ import uuid
 
 import pytest
 import yaml
+from conftest import COCO_SAMPLE, tiny_detr_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from conftest import COCO_SAMPLE, tiny_detr_cfg
 from detr_d2.data.datasets.register_from_file import (
     COMMAND_LINE_DATASETS_FILE,
     read_dataset_file,
@@ -59,7 +60,7 @@ def test_file_registers_with_paths_relative_to_the_file(tmp_path, names, monkeyp
         tmp_path / "datasets.yaml",
         [
             {"name": train, "image_root": "site/images", "panoptic_root": "site/panoptic",
-             "panoptic_json": "site/panoptic.json", "json_file": "site/instances.json", "missing": "skip"},
+             "panoptic_json": "site/panoptic.json", "json_file": "site/instances.json", "missing": "skip"},  # noqa: E501
             dict(SAMPLE_ENTRY, name=val),
         ],
     )  # fmt: skip
@@ -68,8 +69,13 @@ def test_file_registers_with_paths_relative_to_the_file(tmp_path, names, monkeyp
     monkeypatch.chdir(elsewhere)  # relative paths follow the file, not the working directory
     assert register_dataset_file(path) == [train, val]
     meta = MetadataCatalog.get(train)
-    assert meta.image_root == str(data / "images") and meta.panoptic_json == str(data / "panoptic.json")
-    assert meta.json_file == str(data / "instances.json") and meta.evaluator_type == "coco_panoptic_seg"
+    assert meta.image_root == str(data / "images") and meta.panoptic_json == str(
+        data / "panoptic.json"
+    )
+    assert (
+        meta.json_file == str(data / "instances.json")
+        and meta.evaluator_type == "coco_panoptic_seg"
+    )
     assert len(meta.stuff_classes) == 133 and meta.stuff_classes[0] == "person"
     dicts = DatasetCatalog.get(train)
     assert len(dicts) == 2 and dicts[0]["file_name"].startswith(str(data / "images"))
@@ -78,7 +84,11 @@ def test_file_registers_with_paths_relative_to_the_file(tmp_path, names, monkeyp
     assert register_dataset_file(path) == [train, val]
     # ... but the same name with other files is an error naming the entry
     other = _yaml(tmp_path / "other.yaml", [dict(SAMPLE_ENTRY, name=train)])
-    with pytest.raises(ValueError, match=rf"other.yaml: entry 0 \({train}\): dataset '{train}' is already registered with other files"):
+    with pytest.raises(
+        ValueError,
+        match=rf"other.yaml: entry 0 \({train}\): dataset '{train}' is already registered with "
+        r"other files",
+    ):
         register_dataset_file(other)
     # a builtin name cannot be taken over either
     builtin = _yaml(tmp_path / "builtin.yaml", [dict(SAMPLE_ENTRY, name="coco_2017_val_panoptic")])
@@ -92,15 +102,16 @@ def test_file_registers_with_paths_relative_to_the_file(tmp_path, names, monkeyp
         ("name: a\n", r"expected a non-empty YAML list of datasets"),
         ("[]\n", r"expected a non-empty YAML list"),
         ("- [1, 2]\n", r"entry 0: expected a mapping with fields \['name', 'image_root'"),
-        ("- {name: a, image_root: i, panoptic_root: p}\n", r"entry 0 \(a\): missing field\(s\) \['panoptic_json'\]"),
+        ("- {name: a, image_root: i, panoptic_root: p}\n", r"entry 0 \(a\): missing field\(s\) \['panoptic_json'\]"),  # noqa: E501
         ("- {name: a, image_root: i, panoptic_root: p, panoptic_json: j, png_root: x}\n",
          r"entry 0 \(a\): unknown field\(s\) \['png_root'\]"),
         ("- {name: a, image_root: 3, panoptic_root: p, panoptic_json: j}\n",
          r"entry 0 \(a\): field 'image_root' must be a non-empty string, got 3"),
         ("- {name: a, image_root: i, panoptic_root: p, panoptic_json: j, missing: ignore}\n",
          r"entry 0 \(a\): field 'missing' must be 'error' or 'skip'"),
-        ("- {name: a, image_root: i, panoptic_root: p, panoptic_json: j}\n- {name: a, image_root: i, "
-         "panoptic_root: p, panoptic_json: j}\n", r"entry 1 \(a\): name 'a' is also used by .*entry 0 \(a\)"),
+        ("- {name: a, image_root: i, panoptic_root: p, panoptic_json: j}\n- "
+            "{name: a, image_root: i, "
+         "panoptic_root: p, panoptic_json: j}\n", r"entry 1 \(a\): name 'a' is also used by .*entry 0 \(a\)"),  # noqa: E501
         ("- {name: a, image_root: i\n", r"cannot be parsed as YAML"),
     ],
 )  # fmt: skip
@@ -114,7 +125,9 @@ def test_bad_files_name_the_file_entry_and_field(tmp_path, content, message):
         read_dataset_file(str(tmp_path / "nope.yaml"))
 
 
-def test_register_checks_are_register_panoptic_datasets_and_a_bad_entry_registers_nothing(tmp_path, names):
+def test_register_checks_are_register_panoptic_datasets_and_a_bad_entry_registers_nothing(
+    tmp_path, names
+):
     good, bad = names(), names()
     with open(SAMPLE_ENTRY["panoptic_json"]) as f:
         data = json.load(f)
@@ -124,11 +137,20 @@ def test_register_checks_are_register_panoptic_datasets_and_a_bad_entry_register
         tmp_path / "datasets.yaml",
         [dict(SAMPLE_ENTRY, name=good), dict(SAMPLE_ENTRY, name=bad, panoptic_json="bad.json")],
     )
-    with pytest.raises(ValueError, match=rf"datasets.yaml: entry 1 \({bad}\): .*bad.json: categories\[3\]: missing field 'isthing'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"datasets.yaml: entry 1 \({bad}\): .*bad.json: categories\[3\]: missing field "
+        r"'isthing'",
+    ):
         register_dataset_file(path)
     assert good not in DatasetCatalog.list() and bad not in DatasetCatalog.list()  # all or nothing
-    missing = _yaml(tmp_path / "missing.yaml", [dict(SAMPLE_ENTRY, name=good, panoptic_json="no.json")])
-    with pytest.raises(FileNotFoundError, match=rf"missing.yaml: entry 0 \({good}\): panoptic JSON not found: .*no.json"):
+    missing = _yaml(
+        tmp_path / "missing.yaml", [dict(SAMPLE_ENTRY, name=good, panoptic_json="no.json")]
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"missing.yaml: entry 0 \({good}\): panoptic JSON not found: .*no.json",
+    ):
         register_dataset_file(missing)
 
 
@@ -147,14 +169,16 @@ def test_config_key_and_command_line_flag_register_before_the_model(tmp_path, na
     config.write_text(cfg.dump())
     train_net = load_script("train_net")
     args = train_net.build_parser().parse_args(
-        ["--config-file", str(config), "--register-dataset", from_flag, *[os.path.relpath(SAMPLE_ENTRY[k]) for k in
+        ["--config-file", str(config), "--register-dataset", from_flag, *[os.path.relpath(SAMPLE_ENTRY[k]) for k in  # noqa: E501
          ("image_root", "panoptic_root", "panoptic_json")], "DATASETS.TRAIN", f"('{from_flag}',)"]
     )  # fmt: skip
     cfg = setup(args)
     written = os.path.join(str(tmp_path / "out"), COMMAND_LINE_DATASETS_FILE)
     assert list(cfg.DATASETS.REGISTER_FILES) == [path, written]
     assert [e.name for e in read_dataset_file(written)] == [from_flag]
-    assert read_dataset_file(written)[0].panoptic_json == SAMPLE_ENTRY["panoptic_json"]  # absolute paths
+    assert (
+        read_dataset_file(written)[0].panoptic_json == SAMPLE_ENTRY["panoptic_json"]
+    )  # absolute paths
     assert MetadataCatalog.get(from_flag).panoptic_root == SAMPLE_ENTRY["panoptic_root"]
     model = build_model(cfg)
     assert model.class_embed.out_features == 134  # 133 COCO classes + no-object, from the metadata
@@ -168,10 +192,14 @@ def test_config_key_and_command_line_flag_register_before_the_model(tmp_path, na
     with pytest.raises(ValueError, match="DATASETS.REGISTER_FILES must be a list of YAML files"):
         register_datasets_from_config(cfg)
     cfg.DATASETS.REGISTER_FILES = (str(tmp_path / "gone.yaml"),)
-    with pytest.raises(FileNotFoundError, match="DATASETS.REGISTER_FILES: dataset file not found: .*gone.yaml"):
+    with pytest.raises(
+        FileNotFoundError, match="DATASETS.REGISTER_FILES: dataset file not found: .*gone.yaml"
+    ):
         register_datasets_from_config(cfg)
     with pytest.raises(SystemExit):  # argparse: the flag takes exactly 4 values
-        train_net.build_parser().parse_args(["--config-file", str(config), "--register-dataset", "a", "b"])
+        train_net.build_parser().parse_args(
+            ["--config-file", str(config), "--register-dataset", "a", "b"]
+        )
 
 
 def test_predictor_registers_the_datasets_of_its_config(tmp_path, names):
@@ -179,7 +207,9 @@ def test_predictor_registers_the_datasets_of_its_config(tmp_path, names):
 
     name = names()
     cfg = tiny_detr_cfg(num_classes=0)
-    cfg.DATASETS.REGISTER_FILES = (_yaml(tmp_path / "datasets.yaml", [dict(SAMPLE_ENTRY, name=name)]),)
+    cfg.DATASETS.REGISTER_FILES = (
+        _yaml(tmp_path / "datasets.yaml", [dict(SAMPLE_ENTRY, name=name)]),
+    )
     cfg.DATASETS.TEST = (name,)
     predictor = DetrPanopticPredictor(cfg)
     assert predictor.metadata.name == name and predictor.metadata.thing_classes[0] == "person"

@@ -266,8 +266,12 @@ def test_class_slots_check_num_classes_with_messages():
 def test_class_slots_checks_every_dataset():
     """All datasets of DATASETS.TRAIN/TEST with panoptic metadata must share the model's classes."""
     a, b = _name("nc_a"), _name("nc_b")
-    register_panoptic_dataset(a, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 1}])
-    register_panoptic_dataset(b, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 0}])
+    register_panoptic_dataset(
+        a, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 1}]
+    )
+    register_panoptic_dataset(
+        b, "i", "p", "p.json", categories=[{"id": 1, "name": "x", "isthing": 0}]
+    )
     with pytest.raises(ValueError, match="have different classes"):
         class_slots(1, "contiguous", [a, "no_metadata_here", b])
     assert class_slots(1, "contiguous", [a, a]).num_slots == 1

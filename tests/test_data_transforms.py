@@ -131,14 +131,25 @@ def test_multiscale_range_sampling_and_disabled_crop():
 def test_bad_config_values_raise():
     with pytest.raises(ValueError, match="RESIZE_ROUNDING"):
         build_detr_test_augmentation(_cfg(RESIZE_ROUNDING="nearest"))
-    with pytest.raises(ValueError, match=r"INPUT.CROP.SIZE must be \(min, max\) with 0 < min <= max"):
-        build_detr_train_augmentation(_cfg(CROP__ENABLED=True, CROP__TYPE="absolute_range", CROP__SIZE=(700, 600)))
+    with pytest.raises(
+        ValueError, match=r"INPUT.CROP.SIZE must be \(min, max\) with 0 < min <= max"
+    ):
+        build_detr_train_augmentation(
+            _cfg(CROP__ENABLED=True, CROP__TYPE="absolute_range", CROP__SIZE=(700, 600))
+        )
 
 
 def test_detectron2_crop_types_are_honoured():
     """INPUT.CROP.TYPE/SIZE go to Detectron2's RandomCrop as they are (e.g. relative)."""
-    cfg = _cfg(RANDOM_FLIP="none", MIN_SIZE_TRAIN=(64,), CROP__ENABLED=True, CROP__PROB=1.0,
-               CROP__TYPE="relative", CROP__SIZE=(0.5, 0.5), CROP__RESIZE_SHORT_EDGE=(100,))
+    cfg = _cfg(
+        RANDOM_FLIP="none",
+        MIN_SIZE_TRAIN=(64,),
+        CROP__ENABLED=True,
+        CROP__PROB=1.0,
+        CROP__TYPE="relative",
+        CROP__SIZE=(0.5, 0.5),
+        CROP__RESIZE_SHORT_EDGE=(100,),
+    )
     _, tfms = _apply(build_detr_train_augmentation(cfg), 80, 120)
     crop = [t for t in tfms.transforms if isinstance(t, CropTransform)][0]
     assert (crop.h, crop.w) == (50, 75)

@@ -1,5 +1,7 @@
-"""DetrPanopticPredictor and tools/demo.py on the real COCO sample with a tiny random model: Visualizer overlay,
+"""DetrPanopticPredictor and tools/demo.py on the real COCO sample with a tiny random model:
+Visualizer overlay,
 query-mask grid, and the COCO panoptic PNG + JSON round trip through rgb2id."""
+
 import json
 import os
 import shutil
@@ -8,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import COCO_SAMPLE, tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detr_d2.data.datasets import register_panoptic_dataset
 from tests.utils.scripts import load_script
 
@@ -23,7 +25,9 @@ NAME = "_detr_test_coco_sample_demo"
 def sample_cfg(tmp_path_factory):
     if NAME not in DatasetCatalog.list():
         register_panoptic_dataset(
-            NAME, os.path.join(COCO_SAMPLE, "input_images"), os.path.join(COCO_SAMPLE, "panoptic_examples"),
+            NAME,
+            os.path.join(COCO_SAMPLE, "input_images"),
+            os.path.join(COCO_SAMPLE, "panoptic_examples"),
             os.path.join(COCO_SAMPLE, "panoptic_examples.json"),
         )
     cfg = tiny_detr_cfg(num_classes=133)
@@ -68,8 +72,19 @@ def test_demo_writes_overlays_grid_and_panoptic_png_json(sample_cfg, tmp_path):
     for f in os.listdir(os.path.join(COCO_SAMPLE, "input_images")):
         shutil.copy(os.path.join(COCO_SAMPLE, "input_images", f), inputs / f)
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", cfg_path, "--input", str(inputs / "000000142238.jpg"), str(inputs / "*439180*"),
-                    "--output", str(out), "--save-query-masks", "--save-panoptic"])
+    rc = demo.main(
+        [
+            "--config-file",
+            cfg_path,
+            "--input",
+            str(inputs / "000000142238.jpg"),
+            str(inputs / "*439180*"),
+            "--output",
+            str(out),
+            "--save-query-masks",
+            "--save-panoptic",
+        ]
+    )
     assert rc == 0
     for stem in ("000000142238", "000000439180"):
         overlay = cv2.imread(str(out / f"{stem}_panoptic.jpg"))
@@ -96,7 +111,19 @@ def test_demo_bad_input(sample_cfg, tmp_path, capsys):
     demo = load_script("demo")
 
     _, cfg_path = sample_cfg
-    rc = demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "no_such.jpg"), "--output", str(tmp_path / "o")])
+    rc = demo.main(
+        [
+            "--config-file",
+            cfg_path,
+            "--input",
+            str(tmp_path / "no_such.jpg"),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 1
-    assert capsys.readouterr().err == f"error: --input '{tmp_path / 'no_such.jpg'}': no such file or folder\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: --input '{tmp_path / 'no_such.jpg'}': no such file or folder\n"
+    )
     assert not (tmp_path / "o").exists()

@@ -1,5 +1,7 @@
-"""tools/train_net.py end to end on a tiny quickstart-format dataset: train, checkpoints, resume after a
+"""tools/train_net.py end to end on a tiny quickstart-format dataset: train, checkpoints, resume
+after a
 kill, eval-only through the panoptic evaluator, and 2 CPU processes with gloo through ``launch``."""
+
 import os
 import socket
 import subprocess
@@ -8,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from conftest import ROOT, tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase, default_argument_parser
 
-from conftest import ROOT, tiny_detr_cfg
 from detr_d2.data.datasets import register_panoptic_dataset
 from detr_d2.data.datasets.quickstart import QUICKSTART_CATEGORIES, generate_quickstart_dataset
 from detr_d2.engine import DetrTrainer, main
@@ -23,8 +25,11 @@ def _register(root):
     for name, split in ((TRAIN, "train"), (VAL, "val")):
         if name not in DatasetCatalog.list():
             register_panoptic_dataset(
-                name, os.path.join(root, split), os.path.join(root, f"panoptic_{split}"),
-                os.path.join(root, f"panoptic_{split}.json"), QUICKSTART_CATEGORIES,
+                name,
+                os.path.join(root, split),
+                os.path.join(root, f"panoptic_{split}"),
+                os.path.join(root, f"panoptic_{split}.json"),
+                QUICKSTART_CATEGORIES,
             )
 
 
@@ -102,12 +107,24 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
 
     # eval-only through tools/train_net's main(): PQ table, per-class JSON + chart
     yaml = _write(cfg, tmp_path / "cfg.yaml")
-    res = main(_args(["--config-file", yaml, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth")]))
+    res = main(
+        _args(
+            [
+                "--config-file",
+                yaml,
+                "--eval-only",
+                "MODEL.WEIGHTS",
+                str(tmp_path / "run" / "model_final.pth"),
+            ]
+        )
+    )
     pq = res["panoptic_seg"]
     assert set(pq) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"}
     assert 0.0 <= pq["PQ"] <= 100.0
     out = tmp_path / "run" / "inference" / VAL
-    assert (out / "panoptic_per_class.json").exists() and (out / "panoptic_per_class_pq.png").exists()
+    assert (out / "panoptic_per_class.json").exists() and (
+        out / "panoptic_per_class_pq.png"
+    ).exists()
 
     # the evaluator options reach the evaluator
     from detr_d2.evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
@@ -137,7 +154,8 @@ def test_launch_two_cpu_processes_gloo(tiny_data, tmp_path):
     """``--num-gpus 2`` on a CPU-only machine: 2 processes, gloo, DDP without device_ids."""
     yaml = _write(_cfg(tmp_path / "ddp", max_iter=2, period=100), tmp_path / "cfg.yaml")
     script = tmp_path / "run_train_net.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {ROOT!r})
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
@@ -147,13 +165,31 @@ def test_launch_two_cpu_processes_gloo(tiny_data, tmp_path):
             sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
             import train_net
             train_net.cli(sys.argv[1:])
-    """))
+    """)
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(script), "--config-file", yaml, "--num-gpus", "2",
-         "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "SOLVER.IMS_PER_BATCH", "2"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            str(script),
+            "--config-file",
+            yaml,
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            f"tcp://127.0.0.1:{_free_port()}",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "world_size=2" in proc.stdout + proc.stderr or "Rank of current process: 0. World size: 2" in proc.stdout + proc.stderr
+    assert (
+        "world_size=2" in proc.stdout + proc.stderr
+        or "Rank of current process: 0. World size: 2" in proc.stdout + proc.stderr
+    )
     assert os.path.exists(tmp_path / "ddp" / "model_final.pth")

@@ -1,4 +1,5 @@
 """The in-process PQ computation equals panopticapi's, image by image and category by category."""
+
 import contextlib
 import io
 import json
@@ -9,6 +10,7 @@ import pytest
 from panopticapi.evaluation import PQStat, pq_compute_single_core
 from panopticapi.utils import rgb2id
 from PIL import Image
+from test_evaluation_support import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
 from detr_d2.evaluation.panoptic_quality import (
@@ -24,20 +26,28 @@ from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
     perturb_prediction,
 )
-from test_evaluation_support import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 
 
 def _ours(gt_path, gt_segments, pred_map, pred_segments, categories, image_id=0) -> PQStats:
     gt = RunLengthIdMap.from_id_map(read_panoptic_ids(gt_path))
     gt_ids, pred_ids, counts = pair_intersections(gt, pred_map)
-    return image_pq_stats(gt_ids, pred_ids, counts, gt_segments, pred_segments, categories, image_id)
+    return image_pq_stats(
+        gt_ids, pred_ids, counts, gt_segments, pred_segments, categories, image_id
+    )
 
 
 def _panopticapi(gt_ann, gt_folder, pred_map, pred_segments, categories, tmp_path) -> PQStats:
     """panopticapi's statistics for one image, through its PNG + JSON round trip."""
     save_panoptic_png(os.path.join(tmp_path, "pred.png"), pred_map)
-    pred_ann = json.loads(json.dumps({"image_id": gt_ann["image_id"], "file_name": "pred.png",
-                                      "segments_info": pred_segments}))
+    pred_ann = json.loads(
+        json.dumps(
+            {
+                "image_id": gt_ann["image_id"],
+                "file_name": "pred.png",
+                "segments_info": pred_segments,
+            }
+        )
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         stat = pq_compute_single_core(0, [(gt_ann, pred_ann)], gt_folder, str(tmp_path), categories)
     return PQStats.from_panopticapi(stat)
@@ -79,8 +89,11 @@ def test_pair_intersections_equal_dense_counts():
         pair_intersections(RunLengthIdMap.from_id_map(gt), pred[:, :5])
 
 
-@pytest.mark.parametrize("ops", [None, ("drop", "merge"), ("shift", "relabel"), ("void", "crowd_overlap"),
-                                 ("extra", "noise")], ids=lambda o: "all" if o is None else "+".join(o))
+@pytest.mark.parametrize(
+    "ops",
+    [None, ("drop", "merge"), ("shift", "relabel"), ("void", "crowd_overlap"), ("extra", "noise")],
+    ids=lambda o: "all" if o is None else "+".join(o),
+)
 def test_perturbed_coco_sample_equals_panopticapi(tmp_path, ops):
     gt, _ = coco_sample()
     categories = categories_by_id(gt["categories"])
@@ -89,8 +102,9 @@ def test_perturbed_coco_sample_equals_panopticapi(tmp_path, ops):
     for trial in range(12):
         ann = gt["annotations"][trial % 2]
         path = os.path.join(COCO_SAMPLE_PNGS, ann["file_name"])
-        pred, segments = perturb_prediction(read_panoptic_ids(path), ann["segments_info"],
-                                            list(categories), rng, ops)
+        pred, segments = perturb_prediction(
+            read_panoptic_ids(path), ann["segments_info"], list(categories), rng, ops
+        )
         ref = _panopticapi(ann, COCO_SAMPLE_PNGS, pred, segments, categories, tmp_path)
         ours = _ours(path, ann["segments_info"], pred, segments, categories)
         _assert_same_stats(ours, ref)
@@ -115,7 +129,9 @@ def test_crowd_ignore_rule_is_exercised(tmp_path):
     for category, expected_fp in ((crowd["category_id"], 0), (184, 1)):
         segments = [{"id": 1, "category_id": category}]
         ours = _ours(path, ann["segments_info"], pred, segments, categories)
-        _assert_same_stats(ours, _panopticapi(ann, COCO_SAMPLE_PNGS, pred, segments, categories, tmp_path))
+        _assert_same_stats(
+            ours, _panopticapi(ann, COCO_SAMPLE_PNGS, pred, segments, categories, tmp_path)
+        )
         assert ours.get(category)[2] == expected_fp
 
 
@@ -131,8 +147,15 @@ def test_synthetic_crowd_unlisted_and_absent_segments_equal_panopticapi(tmp_path
     gt_dir.mkdir()
     for trial in range(8):
         gt_map, gt_segments = make_synthetic_panoptic_gt(
-            rng, 40, 56, cats, num_things=10, crowd_prob=0.4, unlisted_id=trial % 2 == 0,
-            absent_segment=trial % 3 == 0)
+            rng,
+            40,
+            56,
+            cats,
+            num_things=10,
+            crowd_prob=0.4,
+            unlisted_id=trial % 2 == 0,
+            absent_segment=trial % 3 == 0,
+        )
         if trial % 4 == 1:  # panopticapi takes GT areas from the JSON, even when they are off
             for segment in gt_segments:
                 segment["area"] = int(segment["area"] * 0.8) + 1
@@ -182,10 +205,21 @@ def test_prediction_consistency_errors_match_panopticapi():
     with pytest.raises(KeyError, match="segment with ID 2 is presented in the prediction map"):
         _ours(path, ann["segments_info"], pred, [{"id": 1, "category_id": 1}], categories, 7)
     with pytest.raises(KeyError, match=r"IDs \[3\] are presented in segments_info"):
-        _ours(path, ann["segments_info"], pred, [{"id": i, "category_id": 1} for i in (1, 2, 3)], categories)
+        _ours(
+            path,
+            ann["segments_info"],
+            pred,
+            [{"id": i, "category_id": 1} for i in (1, 2, 3)],
+            categories,
+        )
     with pytest.raises(KeyError, match="unknown category_id 999"):
-        _ours(path, ann["segments_info"], pred, [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 999}],
-              categories)
+        _ours(
+            path,
+            ann["segments_info"],
+            pred,
+            [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 999}],
+            categories,
+        )
 
 
 def test_perturbation_names_are_checked():
@@ -209,5 +243,7 @@ def test_rgba_and_palette_pngs_read_as_rgb(tmp_path):
 def test_non_rgb_ground_truth_png_is_rejected(tmp_path):
     path = str(tmp_path / "gray.png")
     Image.fromarray(np.zeros((4, 5), np.uint8)).save(path)
-    with pytest.raises(ValueError, match=r"gray.png \(pan_seg_file_name\): a panoptic PNG must be RGB"):
+    with pytest.raises(
+        ValueError, match=r"gray.png \(pan_seg_file_name\): a panoptic PNG must be RGB"
+    ):
         read_panoptic_ids(path)

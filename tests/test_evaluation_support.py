@@ -3,6 +3,7 @@
 Registers the real COCO sample (``tests/data/coco_panoptic_sample``) and synthetic panoptic datasets
 with Detectron2, and provides a model that returns the ground truth as its panoptic output.
 """
+
 import contextlib
 import io
 import json
@@ -11,10 +12,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
-
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_panoptic
+from torch import nn
 
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
@@ -35,13 +35,19 @@ def register_panoptic(name: str, json_path: str, png_root: str, image_root: str)
     if name not in DatasetCatalog.list():
         with open(json_path) as f:
             categories = json.load(f)["categories"]
-        register_coco_panoptic(name, build_panoptic_metadata(categories, json_path), image_root, png_root, json_path)
+        register_coco_panoptic(
+            name, build_panoptic_metadata(categories, json_path), image_root, png_root, json_path
+        )
     return name
 
 
 def register_coco_sample() -> str:
-    return register_panoptic(COCO_SAMPLE_DATASET, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS,
-                             os.path.join(COCO_SAMPLE, "input_images"))
+    return register_panoptic(
+        COCO_SAMPLE_DATASET,
+        COCO_SAMPLE_JSON,
+        COCO_SAMPLE_PNGS,
+        os.path.join(COCO_SAMPLE, "input_images"),
+    )
 
 
 def coco_sample() -> Tuple[Dict[str, Any], Dict[int, Dict[str, Any]]]:
@@ -53,15 +59,28 @@ def coco_sample() -> Tuple[Dict[str, Any], Dict[int, Dict[str, Any]]]:
 
 def synthetic_categories(num_things: int = 12, num_stuff: int = 6) -> List[Dict[str, Any]]:
     """Categories with non-contiguous ids; most of them never appear in small synthetic sets."""
-    cats = [{"id": 3 * i + 1, "name": f"thing{i}", "isthing": 1, "color": [i, 0, 0]} for i in range(num_things)]
-    cats += [{"id": 200 + 2 * i, "name": f"stuff{i}", "isthing": 0, "color": [0, i, 0]} for i in range(num_stuff)]
+    cats = [
+        {"id": 3 * i + 1, "name": f"thing{i}", "isthing": 1, "color": [i, 0, 0]}
+        for i in range(num_things)
+    ]
+    cats += [
+        {"id": 200 + 2 * i, "name": f"stuff{i}", "isthing": 0, "color": [0, i, 0]}
+        for i in range(num_stuff)
+    ]
     return cats
 
 
-def write_synthetic_dataset(root: str, rng: np.random.Generator, num_images: int,
-                            categories: Sequence[Dict[str, Any]], height: int = 48, width: int = 64,
-                            **gt_kwargs) -> Tuple[str, str]:
-    """Write a synthetic COCO-panoptic GT set (PNG folder + JSON) to ``root``; returns both paths."""
+def write_synthetic_dataset(
+    root: str,
+    rng: np.random.Generator,
+    num_images: int,
+    categories: Sequence[Dict[str, Any]],
+    height: int = 48,
+    width: int = 64,
+    **gt_kwargs,
+) -> Tuple[str, str]:
+    """Write a synthetic COCO-panoptic GT set (PNG folder + JSON) to ``root``; returns both
+    paths."""
     png_root = os.path.join(root, "panoptic")
     os.makedirs(png_root, exist_ok=True)
     annotations = []
@@ -69,14 +88,17 @@ def write_synthetic_dataset(root: str, rng: np.random.Generator, num_images: int
         id_map, segments = make_synthetic_panoptic_gt(rng, height, width, categories, **gt_kwargs)
         file_name = f"{i:04d}.png"
         save_panoptic_png(os.path.join(png_root, file_name), id_map)
-        annotations.append({"image_id": 1000 + i, "file_name": file_name, "segments_info": segments})
+        annotations.append(
+            {"image_id": 1000 + i, "file_name": file_name, "segments_info": segments}
+        )
     json_path = os.path.join(root, "panoptic.json")
     write_panoptic_json(json_path, annotations, categories)
     return json_path, png_root
 
 
-def contiguous_output(id_map: np.ndarray, segments_info: Sequence[Dict[str, Any]],
-                      metadata: Any) -> Dict[str, Any]:
+def contiguous_output(
+    id_map: np.ndarray, segments_info: Sequence[Dict[str, Any]], metadata: Any
+) -> Dict[str, Any]:
     """A model output ``{"panoptic_seg": (int32 tensor, segments with contiguous ids + isthing)}``
     from a prediction with dataset category ids."""
     things = metadata.thing_dataset_id_to_contiguous_id
@@ -86,7 +108,9 @@ def contiguous_output(id_map: np.ndarray, segments_info: Sequence[Dict[str, Any]
         isthing = s["category_id"] in things
         contiguous = (things if isthing else stuff)[s["category_id"]]
         segments.append({"id": int(s["id"]), "category_id": contiguous, "isthing": isthing})
-    return {"panoptic_seg": (torch.from_numpy(np.ascontiguousarray(id_map, dtype=np.int32)), segments)}
+    return {
+        "panoptic_seg": (torch.from_numpy(np.ascontiguousarray(id_map, dtype=np.int32)), segments)
+    }
 
 
 class GroundTruthEchoModel(nn.Module):
@@ -101,8 +125,10 @@ class GroundTruthEchoModel(nn.Module):
         outputs = []
         for x in batched_inputs:
             ids = read_panoptic_ids(x["pan_seg_file_name"]).astype(np.int32)
-            segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
-                        for s in x["segments_info"]]
+            segments = [
+                {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+                for s in x["segments_info"]
+            ]
             outputs.append({"panoptic_seg": (torch.from_numpy(ids), segments)})
         return outputs
 
@@ -119,7 +145,12 @@ def assert_same_pq(ours: Dict[str, Any], ref: Dict[str, Any], tol: float = 1e-9)
     for group in ("All", "Things", "Stuff"):
         assert ours[group]["n"] == ref[group]["n"], group
         for key in ("pq", "sq", "rq"):
-            assert abs(ours[group][key] - ref[group][key]) <= tol, (group, key, ours[group], ref[group])
+            assert abs(ours[group][key] - ref[group][key]) <= tol, (
+                group,
+                key,
+                ours[group],
+                ref[group],
+            )
     assert set(ours["per_class"]) == set(ref["per_class"])
     for cat, values in ref["per_class"].items():
         for key in ("pq", "sq", "rq"):

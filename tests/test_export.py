@@ -2,18 +2,21 @@
 
 TorchScript (the whole model, fusion included): the panoptic map and segments are identical to
 ``model(batched_inputs)``, and the saved file runs in a process that imports neither detr_d2 nor
-Detectron2. ONNX (the network) through onnxruntime: raw outputs within the official-checkpoint converter's
-tolerances and, with the numpy post-processor, >= 99.9% of the pixels equal with the same segments.
+Detectron2. ONNX (the network) through onnxruntime: raw outputs within the official-checkpoint
+converter's tolerances and, with the numpy post-processor, >= 99.9% of the pixels equal with the
+same segments.
 
-Two models: a tiny one (ResNet-18, hidden 128, quickstart classes: 3 things + 3 stuff, so stuff merges
-happen) and the R50 layout (Bottleneck ResNet-50 with frozen BN, hidden 256 / 8 heads so the mask head has
-DETR's widths, the official 250 dataset-id class slots with COCO's metadata; 2+2 transformer layers and 20
-queries to stay fast). The score threshold is DETR's 0.85. Random weights, calibrated as in test_checkpoint_faithfulness.py so that queries get chosen classes and
-distinct, decisive masks (random masks nearly tie everywhere and a comparison would only compare float
+Two models: a tiny one (ResNet-18, hidden 128, quickstart classes: 3 things + 3 stuff, so stuff
+merges happen) and the R50 layout (Bottleneck ResNet-50 with frozen BN, hidden 256 / 8 heads so the
+mask head has DETR's widths, the official 250 dataset-id class slots with COCO's metadata; 2+2
+transformer layers and 20 queries to stay fast). The score threshold is DETR's 0.85. Random weights,
+calibrated as in test_checkpoint_faithfulness.py so that queries get chosen classes and distinct,
+decisive masks (random masks nearly tie everywhere and a comparison would only compare float
 rounding); the two test images keep different numbers of queries: one trace must serve any number of
-kept queries (and none). Images: the
-real COCO sample image at two sizes (two short sides), outputs at its original 427x640 size.
+kept queries (and none). Images: the real COCO sample image at two sizes (two short sides), outputs
+at its original 427x640 size.
 """
+
 import os
 import subprocess
 import sys
@@ -22,6 +25,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -29,16 +33,25 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 import detr_d2
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detr_d2.data.transforms import build_detr_test_augmentation
-from detr_d2.export import PanopticPostprocessor, export_metadata, export_torchscript, save_torchscript
-from detr_d2.export import onnx_postprocess, scripted_fusion
+from detr_d2.export import (
+    PanopticPostprocessor,
+    export_metadata,
+    export_torchscript,
+    onnx_postprocess,
+    save_torchscript,
+    scripted_fusion,
+)
 from detr_d2.export.network import PanopticNetwork
 from detr_d2.modeling import panoptic_inference
 from detr_d2.modeling.panoptic_inference import panoptic_fusion
 
 IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 427x640
-ONNX_TOLERANCES = {"pred_logits": 1e-3, "pred_boxes": 1e-4, "pred_masks": 5e-2}  # test_checkpoint_faithfulness
+ONNX_TOLERANCES = {
+    "pred_logits": 1e-3,
+    "pred_boxes": 1e-4,
+    "pred_masks": 5e-2,
+}  # test_checkpoint_faithfulness
 
 
 def _onnxruntime():
@@ -50,7 +63,8 @@ def _onnxruntime():
     return onnxruntime
 
 
-# ---------------------------------------------------------------------------------------------- models
+# ----------------------------------------------------------------------------------------------
+# models
 def _r50_cfg():
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
@@ -70,7 +84,8 @@ def _tiny_cfg():
 
 
 def _images(cfg, short_sides):
-    """The COCO sample image (INPUT.FORMAT) resized by the test resize to each short side: (3, h, w) uint8."""
+    """The COCO sample image (INPUT.FORMAT) resized by the test resize to each short side: (3, h, w)
+    uint8."""
     image = read_image(IMAGE, format=cfg.INPUT.FORMAT)
     out = []
     for side in short_sides:
@@ -83,17 +98,19 @@ def _images(cfg, short_sides):
 
 
 def _ridge(design, targets, ridge):
-    """(C+1, T) solution of the ridge least squares ``design @ X ~ targets`` (float64 in, float32 out)."""
+    """(C+1, T) solution of the ridge least squares ``design @ X ~ targets`` (float64 in, float32
+    out)."""
     gram = design.T @ design + ridge * torch.eye(design.shape[1], dtype=torch.float64)
     return torch.linalg.solve(gram, design.T @ targets.double()).float()
 
 
 def _calibrate(model, images, plans, ridge=1e-3):
     """Choose head weights (the architecture is left alone) so the random model's panoptic output is
-    diverse and decisive, as test_checkpoint_faithfulness.py does: on image i query q predicts class slot
-    ``plans[i][q]`` (logit 10) and the other queries no-object (``class_embed`` by ridge least squares on
-    the images' decoder outputs); query q attends to its own position of image 0's encoder memory
-    (``bbox_attention.q_linear``); the mask head's attention-map input is amplified and its image-feature
+    diverse and decisive, as test_checkpoint_faithfulness.py does: on image i query q predicts class
+    slot ``plans[i][q]`` (logit 10) and the other queries no-object (``class_embed`` by ridge least
+    squares on the images' decoder outputs); query q attends to its own position of image 0's
+    encoder memory (``bbox_attention.q_linear``); the mask head's attention-map input is amplified
+    and its image-feature
     inputs damped, so each query's attention decides its mask."""
     rows = []
     with torch.no_grad():
@@ -114,7 +131,9 @@ def _calibrate(model, images, plans, ridge=1e-3):
         model.class_embed.bias.copy_(solution[-1])
 
         att = model.bbox_attention
-        keys = torch.nn.functional.conv2d(memory, att.k_linear.weight[:, :, None, None], att.k_linear.bias)
+        keys = torch.nn.functional.conv2d(
+            memory, att.k_linear.weight[:, :, None, None], att.k_linear.bias
+        )
         keys = keys[0].flatten(1)
         keys = keys - keys.mean(1, keepdim=True)
         positions = torch.linspace(0, keys.shape[1] - 1, num_queries).round().long()
@@ -142,27 +161,45 @@ def _setup(cfg, short_sides, plans, threshold=0.85, seed=0):
 
     def capture(outputs, batched_inputs, image_sizes, masks=None, mask_queries=None):
         raw.append((outputs["pred_logits"][0], outputs["pred_boxes"][0], mask_queries[0], masks[0]))
-        return postprocess(outputs, batched_inputs, image_sizes, masks=masks, mask_queries=mask_queries)
+        return postprocess(
+            outputs, batched_inputs, image_sizes, masks=masks, mask_queries=mask_queries
+        )
 
     model.postprocess = capture
     with torch.no_grad():
-        eager = [model([{"image": x, "height": orig_hw[0], "width": orig_hw[1]}])[0]["panoptic_seg"] for x in images]
+        eager = [
+            model([{"image": x, "height": orig_hw[0], "width": orig_hw[1]}])[0]["panoptic_seg"]
+            for x in images
+        ]
     del model.postprocess
-    assert [r[2].tolist() for r in raw] == [list(range(len(p))) for p in plans]  # different numbers kept
+    assert [r[2].tolist() for r in raw] == [
+        list(range(len(p))) for p in plans
+    ]  # different numbers kept
     assert all(len(segs) >= 2 for _, segs in eager)
-    return {"cfg": cfg, "model": model, "images": images, "orig_hw": orig_hw, "meta": meta, "eager": eager, "raw": raw}
+    return {
+        "cfg": cfg,
+        "model": model,
+        "images": images,
+        "orig_hw": orig_hw,
+        "meta": meta,
+        "eager": eager,
+        "raw": raw,
+    }
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    # contiguous classes: things 0-2, stuff 3-5; stuff 3 twice (merged), thing 0 twice (two instances)
+    # contiguous classes: things 0-2, stuff 3-5; stuff 3 twice (merged), thing 0 twice (two
+    # instances)
     return _setup(_tiny_cfg(), (128, 96), plans=[[0, 3, 1, 3, 4, 2, 0], [0, 3, 1, 3]])
 
 
 @pytest.fixture(scope="module")
 def r50():
     # COCO dataset-id slots: things 1, 3, 18; stuff 184 twice (merged), 187, 193
-    return _setup(_r50_cfg(), (160, 192), plans=[[1, 184, 3, 184, 187, 18, 1, 193], [1, 184, 3, 184, 187]])
+    return _setup(
+        _r50_cfg(), (160, 192), plans=[[1, 184, 3, 184, 187, 18, 1, 193], [1, 184, 3, 184, 187]]
+    )
 
 
 def _labels(segments):
@@ -172,57 +209,103 @@ def _labels(segments):
 def _segments_from_tensors(out):
     return [
         {"id": int(i), "category_id": int(c), "isthing": bool(t), "score": float(s), "area": int(a)}
-        for i, c, t, s, a in zip(out["segment_ids"], out["category_ids"], out["isthing"], out["scores"], out["areas"])
+        for i, c, t, s, a in zip(
+            out["segment_ids"], out["category_ids"], out["isthing"], out["scores"], out["areas"]
+        )
     ]
 
 
-# ---------------------------------------------------------------------------------------------- fusion pieces
+# ----------------------------------------------------------------------------------------------
+# fusion pieces
 def test_index_tables_equal_the_models_own():
-    """PIL NEAREST index tables and bilinear taps: scripted (float64 cumsum) and numpy versions equal the
+    """PIL NEAREST index tables and bilinear taps: scripted (float64 cumsum) and numpy versions
+    equal the
     model's functions for every size pair up to 40 and some large ones."""
     nearest = torch.jit.script(scripted_fusion.pil_nearest_indices)
     taps = torch.jit.script(scripted_fusion.bilinear_taps)
-    pairs = [(a, b) for a in range(1, 41) for b in range(1, 41)] + [(800, 427), (1199, 640), (96, 50), (200, 1333)]
+    pairs = [(a, b) for a in range(1, 41) for b in range(1, 41)] + [
+        (800, 427),
+        (1199, 640),
+        (96, 50),
+        (200, 1333),
+    ]
     for n_in, n_out in pairs:
         ref = panoptic_inference.pil_nearest_indices(n_in, n_out)
         assert torch.equal(nearest(n_in, n_out), ref), (n_in, n_out)
-        assert np.array_equal(onnx_postprocess.pil_nearest_indices(n_in, n_out), ref.numpy()), (n_in, n_out)
+        assert np.array_equal(onnx_postprocess.pil_nearest_indices(n_in, n_out), ref.numpy()), (
+            n_in,
+            n_out,
+        )
         sel = torch.arange(n_out)
-        for a, b, c in zip(taps(n_in, n_out, sel), panoptic_inference.bilinear_taps(n_in, n_out, sel),
-                           onnx_postprocess.bilinear_taps(n_in, n_out, sel.numpy())):
+        for a, b, c in zip(
+            taps(n_in, n_out, sel),
+            panoptic_inference.bilinear_taps(n_in, n_out, sel),
+            onnx_postprocess.bilinear_taps(n_in, n_out, sel.numpy()),
+        ):
             assert torch.equal(a, b) and np.array_equal(c, b.numpy()), (n_in, n_out)
 
 
 def test_fusions_equal_panoptic_fusion_on_the_same_raw_outputs(tiny, r50):
-    """On the same network outputs, the scripted fusion gives panoptic_fusion's map and segments exactly;
-    the numpy one too but for pixels where two masks tie to float precision (PyTorch's float32 exp is not
+    """On the same network outputs, the scripted fusion gives panoptic_fusion's map and segments
+    exactly; the numpy one too but for pixels where two masks tie to float precision (PyTorch's
+    float32 exp is not
     correctly rounded; none here with these calibrated models), scores to 1e-6."""
     fuse = torch.jit.script(scripted_fusion.fuse_panoptic)
     for setup in (tiny, r50):
         model, (h_out, w_out) = setup["model"], setup["orig_hw"]
         post = PanopticPostprocessor.from_metadata(setup["meta"])
-        label_map = model.label_map if model.label_map is not None else torch.arange(len(model.is_thing))
+        label_map = (
+            model.label_map if model.label_map is not None else torch.arange(len(model.is_thing))
+        )
         for img, (logits, boxes, queries, masks) in zip(setup["images"], setup["raw"]):
             h, w = img.shape[1:]
             for out_hw in ((h_out, w_out), (h // 3, w // 2 + 1)):
                 ids, segs = panoptic_fusion(
-                    logits, masks, (h, w), out_hw, model.is_thing, threshold=model.object_mask_threshold,
-                    min_area=model.min_segment_area, label_map=model.label_map, mask_queries=queries,
+                    logits,
+                    masks,
+                    (h, w),
+                    out_hw,
+                    model.is_thing,
+                    threshold=model.object_mask_threshold,
+                    min_area=model.min_segment_area,
+                    label_map=model.label_map,
+                    mask_queries=queries,
                 )
-                got = fuse(logits, masks, queries, h, w, out_hw[0], out_hw[1], model.is_thing, label_map,
-                           model.min_segment_area, model.mask_stride, True)
+                got = fuse(
+                    logits,
+                    masks,
+                    queries,
+                    h,
+                    w,
+                    out_hw[0],
+                    out_hw[1],
+                    model.is_thing,
+                    label_map,
+                    model.min_segment_area,
+                    model.mask_stride,
+                    True,
+                )
                 assert torch.equal(got["panoptic_seg"], ids) and _segments_from_tensors(got) == segs
-                np_ids, np_segs = post([logits.numpy(), boxes.numpy(), queries.numpy(), masks.numpy()], (h, w), out_hw)
-                assert (np_ids == ids.numpy()).mean() >= 0.9999  # only float-precision ties may differ
+                np_ids, np_segs = post(
+                    [logits.numpy(), boxes.numpy(), queries.numpy(), masks.numpy()], (h, w), out_hw
+                )
+                assert (
+                    np_ids == ids.numpy()
+                ).mean() >= 0.9999  # only float-precision ties may differ
                 assert _labels(np_segs) == _labels(segs)
-                assert all(abs(a["area"] - b["area"]) <= 1e-4 * ids.numel() for a, b in zip(np_segs, segs))
-                assert np.allclose([s["score"] for s in np_segs], [s["score"] for s in segs], atol=1e-6, rtol=0)
+                assert all(
+                    abs(a["area"] - b["area"]) <= 1e-4 * ids.numel() for a, b in zip(np_segs, segs)
+                )
+                assert np.allclose(
+                    [s["score"] for s in np_segs], [s["score"] for s in segs], atol=1e-6, rtol=0
+                )
     merged = [s for s in tiny["eager"][0][1] + tiny["eager"][1][1] if not s["isthing"]]
     assert merged, "the tiny model's outputs should include stuff segments"
 
 
 def test_segment_removal_and_nothing_kept_in_the_scripted_fusion(tiny):
-    """Queries whose segments are too small are dropped (and the argmax redone); all dropped or none kept
+    """Queries whose segments are too small are dropped (and the argmax redone); all dropped or none
+    kept
     -> an all-zero map, no segments, as panoptic_fusion."""
     fuse = torch.jit.script(scripted_fusion.fuse_panoptic)
     model = tiny["model"]
@@ -233,8 +316,16 @@ def test_segment_removal_and_nothing_kept_in_the_scripted_fusion(tiny):
         q = queries if keep is None else queries[:keep]
         m = masks if keep is None else masks[:keep]
         threshold = model.object_mask_threshold if keep is None else 1.0
-        ids, segs = panoptic_fusion(logits, m, (h, w), (h, w), model.is_thing, threshold=threshold, min_area=min_area,
-                                    mask_queries=q)
+        ids, segs = panoptic_fusion(
+            logits,
+            m,
+            (h, w),
+            (h, w),
+            model.is_thing,
+            threshold=threshold,
+            min_area=min_area,
+            mask_queries=q,
+        )
         got = fuse(logits, m, q, h, w, h, w, model.is_thing, label_map, min_area, 4, True)
         assert torch.equal(got["panoptic_seg"], ids) and _segments_from_tensors(got) == segs
         if min_area == 10**7 or keep == 0:
@@ -243,7 +334,8 @@ def test_segment_removal_and_nothing_kept_in_the_scripted_fusion(tiny):
             assert 0 < len(segs) < len(queries)
 
 
-# ---------------------------------------------------------------------------------------------- TorchScript
+# ----------------------------------------------------------------------------------------------
+# TorchScript
 _RUN_TORCHSCRIPT = textwrap.dedent(
     """
     import sys, torch
@@ -278,8 +370,15 @@ def test_torchscript_runs_without_detr_d2_and_equals_eager(tiny, tmp_path):
     save_torchscript(module, str(tmp_path / "model.ts"), tiny["meta"])
     torch.save([(x, tiny["orig_hw"]) for x in tiny["images"]], tmp_path / "inputs.pt")
     subprocess.run(
-        [sys.executable, "-c", _RUN_TORCHSCRIPT, *(str(tmp_path / f) for f in ("model.ts", "inputs.pt", "out.pt"))],
-        check=True, cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        [
+            sys.executable,
+            "-c",
+            _RUN_TORCHSCRIPT,
+            *(str(tmp_path / f) for f in ("model.ts", "inputs.pt", "out.pt")),
+        ],
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     outs = torch.load(tmp_path / "out.pt")
     _assert_torchscript_equals_eager(tiny, outs[:2])
@@ -289,7 +388,11 @@ def test_torchscript_runs_without_detr_d2_and_equals_eager(tiny, tmp_path):
     assert all(len(v) == 0 for k, v in nothing.items() if k != "panoptic_seg")
     assert "image must be a (3, H, W) tensor" in outs[4] and "[1, 3," in outs[4]
     # dataset ids and the stored settings
-    assert all(int(d) == int(c) + 1 for o in outs[:2] for c, d in zip(o["category_ids"], o["dataset_category_ids"]))
+    assert all(
+        int(d) == int(c) + 1
+        for o in outs[:2]
+        for c, d in zip(o["category_ids"], o["dataset_category_ids"])
+    )
     extra = {"detr_d2_export.json": ""}
     loaded = torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
     assert b'"input_format": "RGB"' in extra["detr_d2_export.json"] and loaded.input_format == "RGB"
@@ -301,7 +404,9 @@ def test_torchscript_r50_equals_eager(r50):
     _assert_torchscript_equals_eager(r50, outs)
     coco = r50["meta"]["dataset_category_ids"]
     for out in outs:  # dataset ids: COCO category ids of the contiguous ones
-        assert [int(d) for d in out["dataset_category_ids"]] == [coco[int(c)] for c in out["category_ids"]]
+        assert [int(d) for d in out["dataset_category_ids"]] == [
+            coco[int(c)] for c in out["category_ids"]
+        ]
 
 
 def test_export_refuses_bad_input(tiny):
@@ -315,7 +420,8 @@ def test_export_refuses_bad_input(tiny):
         PanopticNetwork(build_model(cfg))
 
 
-# ---------------------------------------------------------------------------------------------- ONNX
+# ----------------------------------------------------------------------------------------------
+# ONNX
 def _check_onnx(setup):
     from detr_d2.export import export_onnx
 
@@ -336,8 +442,12 @@ def _check_onnx(setup):
         got_ids, got_segs = post(outputs, img.shape[1:], (h_out, w_out))
         assert (got_ids == ids.numpy()).mean() >= 0.999
         assert _labels(got_segs) == _labels(segs)
-        assert all(abs(a["area"] - b["area"]) <= 0.001 * h_out * w_out for a, b in zip(got_segs, segs))
-        assert np.allclose([s["score"] for s in got_segs], [s["score"] for s in segs], atol=1e-4, rtol=0)
+        assert all(
+            abs(a["area"] - b["area"]) <= 0.001 * h_out * w_out for a, b in zip(got_segs, segs)
+        )
+        assert np.allclose(
+            [s["score"] for s in got_segs], [s["score"] for s in segs], atol=1e-4, rtol=0
+        )
     return data
 
 
@@ -352,8 +462,16 @@ def test_onnx_r50_matches_eager(r50):
     proto = onnx.load_from_string(data)
     assert proto.opset_import[0].version == 17
     ops = {n.op_type for n in proto.graph.node}
-    assert {"NonZero", "InstanceNormalization", "Softmax", "Einsum"} <= ops  # kept queries, GroupNorm, joint softmax
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert {
+        "NonZero",
+        "InstanceNormalization",
+        "Softmax",
+        "Einsum",
+    } <= ops  # kept queries, GroupNorm, joint softmax
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in proto.graph.input
+    }
     assert dims == {"image": [3, "height", "width"]}
 
 
@@ -370,14 +488,17 @@ def test_numpy_postprocessor_needs_no_torch(tiny, tmp_path):
     logits, boxes, queries, masks = (t.numpy() for t in tiny["raw"][0])
     h, w = tiny["images"][0].shape[1:]
     np.savez(tmp_path / "raw.npz", logits=logits, boxes=boxes, queries=queries, masks=masks)
-    ids, _ = PanopticPostprocessor.from_metadata(tiny["meta"])([logits, boxes, queries, masks], (h, w), tiny["orig_hw"])
+    ids, _ = PanopticPostprocessor.from_metadata(tiny["meta"])(
+        [logits, boxes, queries, masks], (h, w), tiny["orig_hw"]
+    )
     np.save(tmp_path / "expected.npy", ids)
     script = textwrap.dedent(
         f"""
         import importlib.util, json, sys
         sys.modules["torch"] = None  # any torch import raises ImportError
         import numpy as np
-        spec = importlib.util.spec_from_file_location("onnx_postprocess", {onnx_postprocess.__file__!r})
+        path = {onnx_postprocess.__file__!r}
+        spec = importlib.util.spec_from_file_location("onnx_postprocess", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         raw = np.load("raw.npz")

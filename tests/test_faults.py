@@ -1,6 +1,8 @@
-"""Fault injection: kills during checkpoint saves and tool runs, damaged checkpoints, unwritable outputs,
-same-name inputs, truncated JPEG/PNG, and float / NaN / empty images. Nothing may be lost or left half
+"""Fault injection: kills during checkpoint saves and tool runs, damaged checkpoints, unwritable
+outputs, same-name inputs, truncated JPEG/PNG, and float / NaN / empty images. Nothing may be lost
+or left half
 written, and every expected failure is one clear message naming the file."""
+
 import contextlib
 import io
 import json
@@ -16,16 +18,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
 
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detr_d2.data import DetrPanopticDatasetMapper
 from detr_d2.data.dataset_mappers.corrupt_samples import TooManyCorruptSamplesError
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import check_image_array
-from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json, register_panoptic_dataset
-from detr_d2.data.datasets import quickstart
-from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic, convert_panoptic_to_detection
+from detr_d2.data.datasets import (
+    build_panoptic_metadata,
+    load_panoptic_json,
+    quickstart,
+    register_panoptic_dataset,
+)
+from detr_d2.data.panoptic_conversion import (
+    convert_detection_to_panoptic,
+    convert_panoptic_to_detection,
+)
 from detr_d2.engine.checkpointer import AtomicDetectionCheckpointer
 from tests.utils.scripts import load_script
 
@@ -54,8 +63,13 @@ def _unwritable(folder):
     os.makedirs(folder, exist_ok=True)
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if as_root:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", folder], capture_output=True).returncode:
-            pytest.skip("running as root, and chattr +i is not available: cannot make a folder unwritable")
+        if (
+            not shutil.which("chattr")
+            or subprocess.run(["chattr", "+i", folder], capture_output=True).returncode
+        ):
+            pytest.skip(
+                "running as root, and chattr +i is not available: cannot make a folder unwritable"
+            )
     else:
         os.chmod(folder, 0o500)
     try:
@@ -75,7 +89,8 @@ def _unwritable(folder):
 
 @contextlib.contextmanager
 def _log():
-    """INFO+ records of the ``detr_d2`` loggers (caplog misses them once Detectron2's setup_logger has
+    """INFO+ records of the ``detr_d2`` loggers (caplog misses them once Detectron2's setup_logger
+    has
     set ``propagate = False`` on ``detr_d2`` in this process)."""
     logger, stream = logging.getLogger("detr_d2"), io.StringIO()
     handler, level = logging.StreamHandler(stream), logger.level
@@ -116,7 +131,11 @@ def _checkpointer(folder, value=0.0):
     model = torch.nn.Linear(64, 64)
     torch.nn.init.constant_(model.weight, value)
     counter = _Counter()
-    return AtomicDetectionCheckpointer(model, str(folder), save_to_disk=True, trainer=counter), model, counter
+    return (
+        AtomicDetectionCheckpointer(model, str(folder), save_to_disk=True, trainer=counter),
+        model,
+        counter,
+    )
 
 
 def _save(folder, name, iteration, age=0.0):
@@ -163,10 +182,14 @@ def test_kill_9_during_checkpoint_save_then_resume(tmp_path, checkpointer):
     script = tmp_path / "child.py"
     import_line = {
         "detectron2": "from detectron2.checkpoint import DetectionCheckpointer as Checkpointer",
-        "atomic": "from detr_d2.engine.checkpointer import AtomicDetectionCheckpointer as Checkpointer",
+        "atomic": "from detr_d2.engine.checkpointer import AtomicDetectionCheckpointer as Checkpointer",  # noqa: E501
     }[checkpointer]
-    script.write_text(_KILL_CHILD.format(import_line=import_line, folder=str(folder), marker=str(marker)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    script.write_text(
+        _KILL_CHILD.format(import_line=import_line, folder=str(folder), marker=str(marker))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
     _wait_for(str(marker), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -175,7 +198,9 @@ def test_kill_9_during_checkpoint_save_then_resume(tmp_path, checkpointer):
         with pytest.raises(Exception):
             torch.load(final, map_location="cpu")
         return
-    assert torch.load(final, map_location="cpu")["trainer"] == {"iteration": 1}  # the previous one survives
+    assert torch.load(final, map_location="cpu")["trainer"] == {
+        "iteration": 1
+    }  # the previous one survives
     assert (folder / "last_checkpoint").read_text() == "model_final.pth"
     assert len(_hidden(folder)) == 1  # the half-written temporary file
     ck, model, counter = _checkpointer(folder, 5.0)
@@ -236,7 +261,10 @@ def test_resume_with_no_complete_checkpoint_starts_from_weights(tmp_path):
         ck.resume_or_load(weights, resume=True)
     assert torch.all(model.weight == 7.0) and counter.iteration == 0  # weights only, a new run
     assert not ck.has_checkpoint()
-    assert "found no complete checkpoint" in log.getvalue() and "new run from MODEL.WEIGHTS" in log.getvalue()
+    assert (
+        "found no complete checkpoint" in log.getvalue()
+        and "new run from MODEL.WEIGHTS" in log.getvalue()
+    )
 
 
 def test_damaged_weights_error_names_the_file(tmp_path):
@@ -264,7 +292,9 @@ def test_truncated_jpeg_and_png_errors_name_the_file(tmp_path, sample_dicts):
     d = sample_dicts[0]
     jpg = _truncate(d["file_name"], tmp_path / "cut.jpg")
     for is_train in (True, False):
-        with pytest.raises(ValueError, match=r"cut.jpg \(file_name\): cannot be decoded as an image: image file is"):
+        with pytest.raises(
+            ValueError, match=r"cut.jpg \(file_name\): cannot be decoded as an image: image file is"
+        ):
             _mapper(is_train)(dict(d, file_name=jpg))
     png = _truncate(d["pan_seg_file_name"], tmp_path / "cut.png")
     with pytest.raises(ValueError, match=r"cut.png \(pan_seg_file_name\): cannot be decoded"):
@@ -273,14 +303,22 @@ def test_truncated_jpeg_and_png_errors_name_the_file(tmp_path, sample_dicts):
 
 def test_skip_corrupt_samples_counts_and_stops_past_the_limit(tmp_path, sample_dicts):
     good = sample_dicts[0]
-    bad = [dict(good, file_name=_truncate(good["file_name"], tmp_path / f"cut{i}.jpg")) for i in range(3)]
-    mapper = _mapper(skip_corrupt_samples=True, max_corrupt_fraction=0.002)  # 2 allowed in the first 1000
+    bad = [
+        dict(good, file_name=_truncate(good["file_name"], tmp_path / f"cut{i}.jpg"))
+        for i in range(3)
+    ]
+    mapper = _mapper(
+        skip_corrupt_samples=True, max_corrupt_fraction=0.002
+    )  # 2 allowed in the first 1000
     with _log() as log:
         assert mapper(bad[0]) is None
         # Detectron2's MapDataset draws another sample when the mapper returns None
         out = MapDataset(DatasetFromList([bad[1], good], copy=False), mapper)[0]
     assert out["file_name"] == good["file_name"] and len(out["instances"]) > 0
-    assert "cut0.jpg" in log.getvalue() and "2 corrupt of 2 samples read by the main data-loading process" in log.getvalue()
+    assert (
+        "cut0.jpg" in log.getvalue()
+        and "2 corrupt of 2 samples read by the main data-loading process" in log.getvalue()
+    )
     with pytest.raises(TooManyCorruptSamplesError, match=r"3 corrupt of 4 samples .*cut2.jpg"):
         mapper(bad[2])
     with pytest.raises(ValueError, match="MAX_CORRUPT_FRACTION"):
@@ -292,11 +330,17 @@ def test_skip_corrupt_samples_counts_and_stops_past_the_limit(tmp_path, sample_d
 
 
 def test_corrupt_sample_limit_applies_in_each_data_loader_worker(tmp_path, sample_dicts):
-    bad = dict(sample_dicts[0], file_name=_truncate(sample_dicts[0]["file_name"], tmp_path / "cut.jpg"))
+    bad = dict(
+        sample_dicts[0], file_name=_truncate(sample_dicts[0]["file_name"], tmp_path / "cut.jpg")
+    )
     mapper = _mapper(skip_corrupt_samples=True, max_corrupt_fraction=0.0)
-    loader = torch.utils.data.DataLoader(MapDataset(DatasetFromList([bad]), mapper), num_workers=1,
-                                         collate_fn=lambda x: x)
-    with pytest.raises(TooManyCorruptSamplesError, match=r"1 corrupt of 1 samples read by data-loader worker 0.*cut.jpg"):
+    loader = torch.utils.data.DataLoader(
+        MapDataset(DatasetFromList([bad]), mapper), num_workers=1, collate_fn=lambda x: x
+    )
+    with pytest.raises(
+        TooManyCorruptSamplesError,
+        match=r"1 corrupt of 1 samples read by data-loader worker 0.*cut.jpg",
+    ):
         next(iter(loader))
 
 
@@ -308,11 +352,20 @@ TRAIN = "_detr_test_faults_train"
 @pytest.fixture(scope="module")
 def corrupt_train_set(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("faults_qs"))
-    quickstart.generate_quickstart_dataset(root, "train", num_images=4, image_size=64, seed=0, workers=1)
-    _truncate(os.path.join(root, "train", "000001.jpg"), os.path.join(root, "train", "000001.jpg"), 0.4)
+    quickstart.generate_quickstart_dataset(
+        root, "train", num_images=4, image_size=64, seed=0, workers=1
+    )
+    _truncate(
+        os.path.join(root, "train", "000001.jpg"), os.path.join(root, "train", "000001.jpg"), 0.4
+    )
     if TRAIN not in DatasetCatalog.list():
-        register_panoptic_dataset(TRAIN, os.path.join(root, "train"), os.path.join(root, "panoptic_train"),
-                                  os.path.join(root, "panoptic_train.json"), quickstart.QUICKSTART_CATEGORIES)
+        register_panoptic_dataset(
+            TRAIN,
+            os.path.join(root, "train"),
+            os.path.join(root, "panoptic_train"),
+            os.path.join(root, "panoptic_train.json"),
+            quickstart.QUICKSTART_CATEGORIES,
+        )
     return root
 
 
@@ -327,13 +380,17 @@ def _train_cfg(out_dir, max_iter):
     return cfg
 
 
-def test_training_skips_a_truncated_jpeg_and_resumes_past_a_damaged_checkpoint(corrupt_train_set, tmp_path):
+def test_training_skips_a_truncated_jpeg_and_resumes_past_a_damaged_checkpoint(
+    corrupt_train_set, tmp_path
+):
     from detectron2.engine.hooks import PeriodicCheckpointer
 
     from detr_d2.engine import DetrTrainer
 
     cfg = _train_cfg(tmp_path, 2)
-    cfg.DATALOADER.SKIP_CORRUPT_SAMPLES = True  # without it: the error of test_truncated_jpeg_and_png_...
+    cfg.DATALOADER.SKIP_CORRUPT_SAMPLES = (
+        True  # without it: the error of test_truncated_jpeg_and_png_...
+    )
     trainer = DetrTrainer(cfg)
     assert isinstance(trainer.checkpointer, AtomicDetectionCheckpointer)
     hook = next(h for h in trainer._hooks if isinstance(h, PeriodicCheckpointer))
@@ -352,7 +409,10 @@ def test_training_skips_a_truncated_jpeg_and_resumes_past_a_damaged_checkpoint(c
         resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2  # model_0000001.pth (iteration 1), saved just before model_final
     assert "model_final.pth, which is unreadable" in log.getvalue()
-    assert "resuming from the newest complete checkpoint" in log.getvalue() and "model_0000001.pth" in log.getvalue()
+    assert (
+        "resuming from the newest complete checkpoint" in log.getvalue()
+        and "model_0000001.pth" in log.getvalue()
+    )
 
 
 # ---------------------------------------------------------------- predictor input checks
@@ -361,7 +421,10 @@ def test_training_skips_a_truncated_jpeg_and_resumes_past_a_damaged_checkpoint(c
 @pytest.mark.parametrize(
     "image, message",
     [
-        (np.full((32, 40, 3), 0.5, np.float32), r"float32 with values in \[0.5, 0.5\] \(a \[0, 1\] image"),
+        (
+            np.full((32, 40, 3), 0.5, np.float32),
+            r"float32 with values in \[0.5, 0.5\] \(a \[0, 1\] image",
+        ),
         (np.full((32, 40, 3), np.nan, np.float32), r"float32 with 3840 NaN/inf values"),
         (np.zeros((0, 40, 3), np.uint8), r"an empty image of shape \(0, 40, 3\)"),
         (np.zeros((32, 40), np.uint8), r"shape \(32, 40\)"),
@@ -394,7 +457,9 @@ def test_predictor_refuses_float_nan_and_empty_images(tiny_yaml):
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     assert predictor(image)["panoptic_seg"][0].shape == (48, 64)
     for bad in (image / 255.0, np.full(image.shape, np.nan), image[:0]):
-        with pytest.raises(ValueError, match="DetrPanopticPredictor input: expected an HxWx3 BGR uint8"):
+        with pytest.raises(
+            ValueError, match="DetrPanopticPredictor input: expected an HxWx3 BGR uint8"
+        ):
             predictor(bad)
 
 
@@ -415,12 +480,27 @@ def test_demo_same_names_unreadable_image_and_panoptic_output(tiny_yaml, tmp_pat
     inputs = _images(tmp_path, ["a/img.jpg", "b/img.jpg", "c/other.png"])
     (tmp_path / "c" / "broken.jpg").write_bytes(b"not an image" * 10)
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", tiny_yaml[1], "--input", *inputs[:2], str(tmp_path / "c"), "--output", str(out),
-                    "--save-panoptic"])
+    rc = demo.main(
+        [
+            "--config-file",
+            tiny_yaml[1],
+            "--input",
+            *inputs[:2],
+            str(tmp_path / "c"),
+            "--output",
+            str(out),
+            "--save-panoptic",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "error: skipped 1 unreadable image(s): " in err and "broken.jpg" in err
-    assert sorted(os.listdir(out)) == ["a_img_panoptic.jpg", "b_img_panoptic.jpg", "other_panoptic.jpg", "panoptic",
-                                       "predictions.json"]
+    assert sorted(os.listdir(out)) == [
+        "a_img_panoptic.jpg",
+        "b_img_panoptic.jpg",
+        "other_panoptic.jpg",
+        "panoptic",
+        "predictions.json",
+    ]
     assert sorted(os.listdir(out / "panoptic")) == ["a_img.png", "b_img.png", "other.png"]
     annotations = json.loads((out / "predictions.json").read_text())["annotations"]
     assert [a["image_id"] for a in annotations] == ["a_img", "b_img", "other"]
@@ -437,7 +517,10 @@ def test_demo_output_guards(tiny_yaml, tmp_path, capsys):
         return rc, capsys.readouterr().err.strip()
 
     rc, err = run(str(tmp_path / "in" / "*.png"), "--output", str(out))
-    assert rc == 1 and err == f"error: --input '{tmp_path / 'in' / '*.png'}': the pattern matches no file"
+    assert (
+        rc == 1
+        and err == f"error: --input '{tmp_path / 'in' / '*.png'}': the pattern matches no file"
+    )
     # an input inside the output folder (e.g. <out>/panoptic/) could be overwritten: refused
     inside = _images(out, ["panoptic/x.png"])[0]
     rc, err = run(inside, "--output", str(out), "--overwrite", "--save-panoptic")
@@ -470,30 +553,51 @@ def _bad_second_image(tmp_path):
 def test_detection_to_panoptic_is_all_or_nothing(tmp_path):
     out_json, out_root = tmp_path / "out" / "p.json", tmp_path / "out" / "png"
     with pytest.raises(ValueError, match=r"annotation id 18 \(image_id 439180\)"):
-        convert_detection_to_panoptic(_bad_second_image(tmp_path), CATS_JSON, str(out_json), str(out_root))
+        convert_detection_to_panoptic(
+            _bad_second_image(tmp_path), CATS_JSON, str(out_json), str(out_root)
+        )
     assert os.listdir(tmp_path / "out") == []  # no PNG of image 1, no temporary folder
 
-    convert_detection_to_panoptic(DET_JSON, CATS_JSON, str(out_json), str(out_root), id_scheme="sequential")
+    convert_detection_to_panoptic(
+        DET_JSON, CATS_JSON, str(out_json), str(out_root), id_scheme="sequential"
+    )
     before = {p: (out_root / p).read_bytes() for p in os.listdir(out_root)}
     with pytest.raises(FileExistsError, match=r"p.json exists; pass --overwrite"):
         convert_detection_to_panoptic(DET_JSON, CATS_JSON, str(out_json), str(out_root))
-    with pytest.raises(ValueError, match="annotation id 18"):  # a failed re-run leaves the old outputs intact
-        convert_detection_to_panoptic(_bad_second_image(tmp_path), CATS_JSON, str(out_json), str(out_root),
-                                      overwrite=True)
+    with pytest.raises(
+        ValueError, match="annotation id 18"
+    ):  # a failed re-run leaves the old outputs intact
+        convert_detection_to_panoptic(
+            _bad_second_image(tmp_path), CATS_JSON, str(out_json), str(out_root), overwrite=True
+        )
     assert {p: (out_root / p).read_bytes() for p in os.listdir(out_root)} == before
     assert sorted(os.listdir(tmp_path / "out")) == ["p.json", "png"]
     convert_detection_to_panoptic(DET_JSON, CATS_JSON, str(out_json), str(out_root), overwrite=True)
-    assert {p: (out_root / p).read_bytes() for p in os.listdir(out_root)} != before  # colour ids now
+    assert {
+        p: (out_root / p).read_bytes() for p in os.listdir(out_root)
+    } != before  # colour ids now
     (out_root / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"refusing to replace .*png: it holds 'notes.txt'"):
-        convert_detection_to_panoptic(DET_JSON, CATS_JSON, str(out_json), str(out_root), overwrite=True)
+        convert_detection_to_panoptic(
+            DET_JSON, CATS_JSON, str(out_json), str(out_root), overwrite=True
+        )
 
 
 def test_detection_to_panoptic_unwritable_json_folder_fails_before_any_png(tmp_path, capsys):
     tool = load_script("convert_detection_to_panoptic")
     with _unwritable(str(tmp_path / "ro")) as ro:
-        rc = tool.main(["--detection-json", DET_JSON, "--categories-json", CATS_JSON,
-                        "--output-json", os.path.join(ro, "p.json"), "--output-root", str(tmp_path / "png")])
+        rc = tool.main(
+            [
+                "--detection-json",
+                DET_JSON,
+                "--categories-json",
+                CATS_JSON,
+                "--output-json",
+                os.path.join(ro, "p.json"),
+                "--output-root",
+                str(tmp_path / "png"),
+            ]
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith(f"error: cannot write {tmp_path / 'ro' / 'p.json'}: ")
     assert os.listdir(tmp_path) == ["ro"]
@@ -515,15 +619,35 @@ runpy.run_path({tool!r}, run_name="__main__")
 
 def test_detection_to_panoptic_killed_half_way_leaves_nothing(tmp_path):
     script, marker = tmp_path / "child.py", tmp_path / "one_png_written"
-    script.write_text(_KILL_TOOL.format(marker=str(marker), tool=os.path.join(ROOT, "tools", "convert_detection_to_panoptic.py")))
+    script.write_text(
+        _KILL_TOOL.format(
+            marker=str(marker), tool=os.path.join(ROOT, "tools", "convert_detection_to_panoptic.py")
+        )
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(script), "--detection-json", DET_JSON, "--categories-json", CATS_JSON,
-                             "--output-json", str(out / "p.json"), "--output-root", str(out / "png")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "--detection-json",
+            DET_JSON,
+            "--categories-json",
+            CATS_JSON,
+            "--output-json",
+            str(out / "p.json"),
+            "--output-root",
+            str(out / "png"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     _wait_for(str(marker), proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert [f for f in os.listdir(out) if not f.startswith(".")] == []  # only hidden temporaries remain
+    assert [
+        f for f in os.listdir(out) if not f.startswith(".")
+    ] == []  # only hidden temporaries remain
 
 
 def test_panoptic_to_detection_refuses_existing_output_and_names_a_truncated_png(tmp_path, capsys):
@@ -536,7 +660,9 @@ def test_panoptic_to_detection_refuses_existing_output_and_names_a_truncated_png
     root = tmp_path / "png"
     shutil.copytree(PAN_ROOT, root)
     _truncate(root / "000000439180.png", root / "000000439180.png", 0.6)
-    with pytest.raises(ValueError, match=r"000000439180.png \(pan_seg_file_name\): cannot be decoded"):
+    with pytest.raises(
+        ValueError, match=r"000000439180.png \(pan_seg_file_name\): cannot be decoded"
+    ):
         convert_panoptic_to_detection(PAN_JSON, str(root), str(out), overwrite=True)
     assert out.read_text() == "precious" and _hidden(tmp_path) == []
     assert tool.main(args + ["--overwrite"]) == 0 and json.loads(out.read_text())["annotations"]
@@ -548,8 +674,16 @@ def test_coco_subset_missing_png_leaves_nothing_and_existing_output_is_refused(t
     shutil.copytree(PAN_ROOT, root)
     os.remove(root / "000000439180.png")
     out = tmp_path / "out"
-    args = ["--panoptic-json", PAN_JSON, "--output-json", str(out / "s.json"), "--output-root", str(out / "png"),
-            "-n", "2"]
+    args = [
+        "--panoptic-json",
+        PAN_JSON,
+        "--output-json",
+        str(out / "s.json"),
+        "--output-root",
+        str(out / "png"),
+        "-n",
+        "2",
+    ]
     assert tool.main(args + ["--panoptic-root", str(root)]) == 1
     assert "000000439180.png" in capsys.readouterr().err and not out.exists()
     assert tool.main(args + ["--panoptic-root", PAN_ROOT]) == 0
@@ -561,7 +695,9 @@ def test_coco_subset_missing_png_leaves_nothing_and_existing_output_is_refused(t
 
 def test_interrupted_quickstart_generation_is_redone(tmp_path, monkeypatch):
     root = str(tmp_path)
-    json_path = quickstart.generate_quickstart_dataset(root, "val", num_images=2, image_size=32, seed=1, workers=1)
+    json_path = quickstart.generate_quickstart_dataset(
+        root, "val", num_images=2, image_size=32, seed=1, workers=1
+    )
     make_one = quickstart._make_one
 
     def interrupted(task):
@@ -570,8 +706,12 @@ def test_interrupted_quickstart_generation_is_redone(tmp_path, monkeypatch):
         return make_one(task)
 
     monkeypatch.setattr(quickstart, "_make_one", interrupted)
-    with pytest.raises(KeyboardInterrupt):  # other settings: image 0 is rewritten at 64 px, then a kill
-        quickstart.generate_quickstart_dataset(root, "val", num_images=3, image_size=64, seed=1, workers=1)
+    with pytest.raises(
+        KeyboardInterrupt
+    ):  # other settings: image 0 is rewritten at 64 px, then a kill
+        quickstart.generate_quickstart_dataset(
+            root, "val", num_images=3, image_size=64, seed=1, workers=1
+        )
     assert not os.path.exists(json_path)  # the old JSON no longer describes the files: gone
     monkeypatch.setattr(quickstart, "_make_one", make_one)
     quickstart.ensure_quickstart_split(root, "val", 3, seed=1)

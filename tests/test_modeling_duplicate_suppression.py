@@ -1,39 +1,55 @@
-"""Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``): a training-only classification-loss weight.
+"""Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``): a training-only classification-loss
+weight.
 
-Off, the loss is DETR's; on with the ordinary no-object weight, it equals DETR's loss (the old computation);
-on, every unmatched query whose box overlaps a target box (IoU >= threshold) gets the duplicate weight and
-nothing else changes (checked against a per-query loop); with Group DETR it is the mean of the groups'
-single-group losses; the model, its checkpoints and its inference are the plain model's; the official
-recipes keep it off.
+Off, the loss is DETR's; on with the ordinary no-object weight, it equals DETR's loss (the old
+computation); on, every unmatched query whose box overlaps a target box (IoU >= threshold) gets the
+duplicate weight and nothing else changes (checked against a per-query loop); with Group DETR it is
+the mean of the groups' single-group losses; the model, its checkpoints and its inference are the
+plain model's; the official recipes keep it off.
 """
+
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from test_modeling_group_detr import (
+    K,
+    _group_slice,
+    _random_outputs_and_targets,
+    _stage1_checkpoint,
+    _stage2_cfg,
+    grouped_cfg,
+    train_batch,
+)
 from torchvision.ops import box_convert, box_iou
 
 import detr_d2
-from conftest import ROOT
 from detr_d2.modeling.criterion import SetCriterion
 from detr_d2.modeling.matcher import HungarianMatcher
-from test_modeling_group_detr import (
-    K, _group_slice, _random_outputs_and_targets, _stage1_checkpoint, _stage2_cfg, grouped_cfg, train_batch,
-)
 
 NUM_CLASSES = 3  # the classes of _random_outputs_and_targets
 
 
 def _criterion(dup_weight=None, iou=0.5, eos=0.1):
-    return SetCriterion(NUM_CLASSES, HungarianMatcher(1.0, 5.0, 2.0), {"loss_ce": 1.0}, eos_coef=eos, losses=["labels"],
-                        duplicate_no_object_weight=dup_weight, duplicate_iou_threshold=iou)
+    return SetCriterion(
+        NUM_CLASSES,
+        HungarianMatcher(1.0, 5.0, 2.0),
+        {"loss_ce": 1.0},
+        eos_coef=eos,
+        losses=["labels"],
+        duplicate_no_object_weight=dup_weight,
+        duplicate_iou_threshold=iou,
+    )
 
 
 def _with_duplicates(outputs, targets):
-    """Give queries 0 and 1 of image 0 (in every group) the box of its first target: one is matched, the
+    """Give queries 0 and 1 of image 0 (in every group) the box of its first target: one is matched,
+    the
     other a duplicate."""
     for layer in [outputs] + outputs.get("aux_outputs", []):
         for k in range(K):
@@ -44,7 +60,8 @@ def _with_duplicates(outputs, targets):
 @pytest.mark.parametrize("num_groups", [1, K])
 @pytest.mark.parametrize("seed", range(2))
 def test_ordinary_weight_equals_detr_loss(seed, num_groups):
-    """With the duplicate weight equal to the no-object weight, the per-query weighted form gives DETR's loss
+    """With the duplicate weight equal to the no-object weight, the per-query weighted form gives
+    DETR's loss
     (F.cross_entropy with class weights, the old computation) in every decoder layer."""
     outputs, targets = _random_outputs_and_targets(seed)
     outputs = _with_duplicates(outputs, targets)
@@ -57,11 +74,15 @@ def test_ordinary_weight_equals_detr_loss(seed, num_groups):
 
 @pytest.mark.parametrize("iou", [0.3, 0.5, 0.9])
 def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
-    """loss_ce = sum(w * CE) / sum(w) with w the no-object weight for unmatched queries, the duplicate weight
-    for unmatched queries whose box has IoU >= threshold with a target box of their image, 1 for matched."""
+    """loss_ce = sum(w * CE) / sum(w) with w the no-object weight for unmatched queries, the
+    duplicate weight
+    for unmatched queries whose box has IoU >= threshold with a target box of their image, 1 for
+    matched."""
     outputs, targets = _random_outputs_and_targets(0)
     outputs = _with_duplicates(outputs, targets)
-    outputs = {key: outputs[key][:, :4] for key in ("pred_logits", "pred_boxes")}  # one group of 4 queries
+    outputs = {
+        key: outputs[key][:, :4] for key in ("pred_logits", "pred_boxes")
+    }  # one group of 4 queries
     crit = _criterion(dup_weight=2.0, iou=iou)
     indices = crit.matcher(outputs, targets)
     total, wsum, near_count = 0.0, 0.0, 0
@@ -75,7 +96,10 @@ def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
                 w = 0.1
                 if len(targets[i]["boxes"]):
                     box = box_convert(outputs["pred_boxes"][i, q : q + 1], "cxcywh", "xyxy")
-                    if box_iou(box, box_convert(targets[i]["boxes"], "cxcywh", "xyxy")).max() >= iou:
+                    if (
+                        box_iou(box, box_convert(targets[i]["boxes"], "cxcywh", "xyxy")).max()
+                        >= iou
+                    ):
                         w, near_count = 2.0, near_count + 1
             total += w * F.cross_entropy(outputs["pred_logits"][i, q], torch.tensor(label)).item()
             wsum += w
@@ -86,10 +110,14 @@ def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
 
 
 def test_duplicates_get_a_larger_push_to_no_object():
-    """One target, queries 0 and 1 on its box, 2 and 3 far from it: the unmatched duplicate's no-object logit
-    gets duplicate_weight / no_object_weight (10x) the gradient a far query gets, relative to DETR's loss."""
+    """One target, queries 0 and 1 on its box, 2 and 3 far from it: the unmatched duplicate's
+    no-object logit
+    gets duplicate_weight / no_object_weight (10x) the gradient a far query gets, relative to DETR's
+    loss."""
     g = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]])
+    boxes = torch.tensor(
+        [[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]]
+    )
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     logits0 = torch.randn(1, 4, NUM_CLASSES + 1, generator=g)
     grads = []
@@ -125,7 +153,8 @@ def _cfg(enabled, num_groups=K):
 
 
 def test_model_and_inference_are_the_plain_model():
-    """No parameter is added: state dicts have the same keys and load both ways; inference outputs are equal;
+    """No parameter is added: state dicts have the same keys and load both ways; inference outputs
+    are equal;
     a training step gives the same box/mask losses and a different class loss."""
     plain, suppressed = build_model(_cfg(False)), build_model(_cfg(True))
     suppressed.load_state_dict(plain.state_dict())
@@ -145,7 +174,10 @@ def test_model_and_inference_are_the_plain_model():
     with torch.no_grad():
         a, b = plain(batch[:2]), suppressed(batch[:2])
     for x, y in zip(a, b):
-        assert torch.equal(x["panoptic_seg"][0], y["panoptic_seg"][0]) and x["panoptic_seg"][1] == y["panoptic_seg"][1]
+        assert (
+            torch.equal(x["panoptic_seg"][0], y["panoptic_seg"][0])
+            and x["panoptic_seg"][1] == y["panoptic_seg"][1]
+        )
 
 
 def test_stage2_refuses_it(tmp_path):
@@ -155,11 +187,21 @@ def test_stage2_refuses_it(tmp_path):
     cfg = _stage2_cfg(path, 1)
     build_model(cfg)  # without the option: fine
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = True
-    with pytest.raises(ValueError, match="FROZEN_WEIGHTS freezes the class head.*DUPLICATE_SUPPRESSION.ENABLED False"):
+    with pytest.raises(
+        ValueError,
+        match="FROZEN_WEIGHTS freezes the class head.*DUPLICATE_SUPPRESSION.ENABLED False",
+    ):
         build_model(cfg)
 
 
-@pytest.mark.parametrize("name", ["Base-DETR.yaml"] + [f"coco_panoptic/{f}" for f in sorted(os.listdir(os.path.join(ROOT, "configs", "coco_panoptic")))])
+@pytest.mark.parametrize(
+    "name",
+    ["Base-DETR.yaml"]
+    + [
+        f"coco_panoptic/{f}"
+        for f in sorted(os.listdir(os.path.join(ROOT, "configs", "coco_panoptic")))
+    ],
+)
 def test_official_recipes_keep_duplicate_suppression_off(name):
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
@@ -173,7 +215,9 @@ def test_cuda_loss_equals_cpu_loss():
     outputs = _with_duplicates(outputs, targets)
     crit = _criterion(dup_weight=1.0)
     cpu = crit(outputs, targets, num_groups=K)
-    move = lambda d: {k: (v.cuda() if torch.is_tensor(v) else [move(a) for a in v]) for k, v in d.items()}  # noqa: E731
+    move = lambda d: {
+        k: (v.cuda() if torch.is_tensor(v) else [move(a) for a in v]) for k, v in d.items()
+    }  # noqa: E731
     cuda = crit.cuda()(move(outputs), [move(t) for t in targets], num_groups=K)
     for key in cpu:
         torch.testing.assert_close(cuda[key].cpu(), cpu[key], atol=1e-5, rtol=1e-5, msg=key)

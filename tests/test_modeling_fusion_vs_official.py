@@ -1,15 +1,25 @@
-"""Proposed with the faster panoptic_fusion: it must agree with the official PostProcessPanoptic (PIL
-round trip) on every pixel, for random outputs, output sizes above and below the processed size
-(including those where PIL NEAREST and nearest-exact disagree), duplicated stuff classes and exact ties."""
+"""Proposed with the faster panoptic_fusion: it must agree with the official PostProcessPanoptic
+(PIL round trip) on every pixel, for random outputs, output sizes above and below the processed size
+(including those where PIL NEAREST and nearest-exact disagree), duplicated stuff classes and exact
+ties."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from panopticapi.utils import id2rgb, rgb2id
+from PIL import Image
 
-from detr_d2.modeling.panoptic_inference import _sampled_bilinear, panoptic_fusion, pil_nearest_indices
-from tests.utils.official_detr import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+from detr_d2.modeling.panoptic_inference import (
+    _sampled_bilinear,
+    panoptic_fusion,
+    pil_nearest_indices,
+)
+from tests.utils.official_detr import (
+    PostProcessPanoptic,
+    decode_panoptic_png,
+    official_is_thing_map,
+)
 
 
 @pytest.mark.parametrize("size", [(64, 48), (800, 612), (1066, 500), (7, 25), (1199, 640), (5, 5)])
@@ -45,15 +55,25 @@ def test_fusion_matches_official_postprocessor_pixel_for_pixel():
         logits[:, 250] += 10
         for j in rng.choice(q, int(rng.integers(1, q + 1)), replace=False):
             logits[j, 250] -= 10
-            logits[j, int(rng.choice(list(range(1, 91)) + [92, 93, 95]))] += 10  # few stuff ids: duplicates
+            logits[j, int(rng.choice(list(range(1, 91)) + [92, 93, 95]))] += (
+                10  # few stuff ids: duplicates
+            )
         masks = torch.randn(q, hm, wm, generator=g) * float(rng.choice([0.01, 1.0, 5.0]))
         if case % 3 == 0:
             masks[int(rng.integers(q))] = masks[int(rng.integers(q))]  # identical masks: exact ties
-        ref = post({"pred_logits": logits[None], "pred_masks": masks[None], "pred_boxes": torch.rand(1, q, 4)},
-                   [(h, w)], [(oh, ow)])[0]
+        ref = post(
+            {
+                "pred_logits": logits[None],
+                "pred_masks": masks[None],
+                "pred_boxes": torch.rand(1, q, 4),
+            },
+            [(h, w)],
+            [(oh, ow)],
+        )[0]
         ids, info = panoptic_fusion(logits, masks, (h, w), (oh, ow), is_thing, crop_padding=False)
         assert [(s["category_id"], s["area"]) for s in info] == [
-            (s["category_id"], s["area"]) for s in ref["segments_info"]]
+            (s["category_id"], s["area"]) for s in ref["segments_info"]
+        ]
         if info:
             assert np.array_equal(ids.numpy() - 1, decode_panoptic_png(ref["png_string"]))
             checked += 1

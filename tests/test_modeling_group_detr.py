@@ -1,10 +1,11 @@
 """Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS``): training-only query groups.
 
 The decoder's group attention mask isolates the groups; matching and losses with K groups equal the
-average of K single-group computations on the corresponding slices; inference is exactly the plain model's;
-checkpoints load both ways (plain <-> grouped); every group's queries get gradients; the official recipes
-keep the option off.
+average of K single-group computations on the corresponding slices; inference is exactly the plain
+model's; checkpoints load both ways (plain <-> grouped); every group's queries get gradients; the
+official recipes keep the option off.
 """
+
 import contextlib
 import copy
 import logging
@@ -13,24 +14,25 @@ import re
 
 import pytest
 import torch
+from conftest import ROOT, tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from test_modeling_meta_arch import make_input
 
 import detr_d2
-from conftest import ROOT, tiny_detr_cfg
 from detr_d2.modeling.criterion import SetCriterion
 from detr_d2.modeling.matcher import HungarianMatcher
 from detr_d2.modeling.transformer import Transformer, group_attention_mask
-from test_modeling_meta_arch import make_input
 
 K, Q = 3, 4
 
 
 @contextlib.contextmanager
 def captured_log(names=("detr_d2.modeling.weight_loading",)):
-    """Messages logged to the loggers ``names`` (handlers on the loggers themselves: another test may stop
+    """Messages logged to the loggers ``names`` (handlers on the loggers themselves: another test
+    may stop
     propagation)."""
     records = []
     handler = logging.Handler(logging.INFO)
@@ -58,10 +60,15 @@ def grouped_cfg(num_groups=K, **detr):
 
 
 def train_batch():
-    return [make_input(64, 80, 3, seed=1), make_input(48, 64, 0, seed=2), make_input(56, 40, 2, seed=3)]
+    return [
+        make_input(64, 80, 3, seed=1),
+        make_input(48, 64, 0, seed=2),
+        make_input(56, 40, 2, seed=3),
+    ]
 
 
-# ---------------------------------------------------------------------------------------------- decoder
+# ----------------------------------------------------------------------------------------------
+# decoder
 def test_group_attention_mask_layout():
     m = group_attention_mask(2, 3)
     expected = torch.ones(6, 6, dtype=torch.bool)
@@ -72,10 +79,18 @@ def test_group_attention_mask_layout():
 
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_group_attention_mask_isolates_groups(pre_norm):
-    """A group's decoder output does not change when the other groups' queries change (bit for bit), and
+    """A group's decoder output does not change when the other groups' queries change (bit for bit),
+    and
     equals that group decoded alone; without the mask it does change (the check can fail)."""
-    t = Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64,
-                    dropout=0.0, normalize_before=pre_norm).train()
+    t = Transformer(
+        d_model=32,
+        nhead=4,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        dropout=0.0,
+        normalize_before=pre_norm,
+    ).train()
     g = torch.Generator().manual_seed(0)
     src, pos = torch.randn(2, 32, 3, 5, generator=g), torch.randn(2, 32, 3, 5, generator=g)
     mask = torch.zeros(2, 3, 5, dtype=torch.bool)
@@ -97,31 +112,53 @@ def test_group_attention_mask_isolates_groups(pre_norm):
         t(src, mask, queries, pos, query_groups=5)
 
 
-# ---------------------------------------------------------------------------------------------- matching and losses
+# ----------------------------------------------------------------------------------------------
+# matching and losses
 def _rand_boxes(n, g):
-    return torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], 1)
+    return torch.cat(
+        [torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], 1
+    )
 
 
 def _random_outputs_and_targets(seed, num_classes=3, hm=6, wm=7):
-    """Outputs of K groups of Q queries (with masks and 2 auxiliary layers) and 3 images' targets: 2 segments,
+    """Outputs of K groups of Q queries (with masks and 2 auxiliary layers) and 3 images' targets: 2
+    segments,
     none, and more segments (Q + 2) than a group has queries."""
     g = torch.Generator().manual_seed(seed)
     b, n = 3, K * Q
 
     def layer():
-        return {"pred_logits": torch.randn(b, n, num_classes + 1, generator=g), "pred_boxes": _rand_boxes(b * n, g).view(b, n, 4)}
+        return {
+            "pred_logits": torch.randn(b, n, num_classes + 1, generator=g),
+            "pred_boxes": _rand_boxes(b * n, g).view(b, n, 4),
+        }
 
-    outputs = {**layer(), "pred_masks": torch.randn(b, n, hm, wm, generator=g), "aux_outputs": [layer(), layer()]}
+    outputs = {
+        **layer(),
+        "pred_masks": torch.randn(b, n, hm, wm, generator=g),
+        "aux_outputs": [layer(), layer()],
+    }
     targets = []
-    for count, (h, w) in zip([2, 0, Q + 2], [(4 * hm, 4 * wm), (4 * hm - 3, 4 * wm), (4 * hm, 4 * wm - 5)]):
-        targets.append({"labels": torch.randint(0, num_classes, (count,), generator=g), "boxes": _rand_boxes(count, g),
-                        "masks": torch.rand(count, h, w, generator=g) > 0.5})
+    for count, (h, w) in zip(
+        [2, 0, Q + 2], [(4 * hm, 4 * wm), (4 * hm - 3, 4 * wm), (4 * hm, 4 * wm - 5)]
+    ):
+        targets.append(
+            {
+                "labels": torch.randint(0, num_classes, (count,), generator=g),
+                "boxes": _rand_boxes(count, g),
+                "masks": torch.rand(count, h, w, generator=g) > 0.5,
+            }
+        )
     return outputs, targets
 
 
 def _group_slice(outputs, k):
     sl = slice(k * Q, (k + 1) * Q)
-    out = {key: outputs[key][:, sl] for key in ("pred_logits", "pred_boxes", "pred_masks") if key in outputs}
+    out = {
+        key: outputs[key][:, sl]
+        for key in ("pred_logits", "pred_boxes", "pred_masks")
+        if key in outputs
+    }
     if "aux_outputs" in outputs:
         out["aux_outputs"] = [{key: a[key][:, sl] for key in a} for a in outputs["aux_outputs"]]
     return out
@@ -136,22 +173,38 @@ def test_group_matching_equals_single_group_matching(seed):
     for i, (src, tgt) in enumerate(grouped):
         assert torch.equal(src, torch.cat([s[i][0] + k * Q for k, s in enumerate(singles)]))
         assert torch.equal(tgt, torch.cat([s[i][1] for s in singles]))
-        assert len(src) == K * min(Q, len(targets[i]["labels"]))  # every target once per group (if it fits)
+        assert len(src) == K * min(
+            Q, len(targets[i]["labels"])
+        )  # every target once per group (if it fits)
         assert torch.equal(src, src.sort().values)
     with pytest.raises(ValueError, match="cannot form 5 equal groups"):
         matcher(outputs, targets, num_groups=5)
 
 
 def _criterion():
-    weight_dict = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_mask": 1.0, "loss_dice": 1.0}
-    return SetCriterion(3, HungarianMatcher(1.0, 5.0, 2.0), weight_dict, eos_coef=0.1, losses=["labels", "boxes", "masks"])
+    weight_dict = {
+        "loss_ce": 1.0,
+        "loss_bbox": 5.0,
+        "loss_giou": 2.0,
+        "loss_mask": 1.0,
+        "loss_dice": 1.0,
+    }
+    return SetCriterion(
+        3,
+        HungarianMatcher(1.0, 5.0, 2.0),
+        weight_dict,
+        eos_coef=0.1,
+        losses=["labels", "boxes", "masks"],
+    )
 
 
 @pytest.mark.parametrize("masks_from", ["pred_masks", "mask_fn"])
 @pytest.mark.parametrize("seed", range(2))
 def test_group_losses_equal_average_of_single_group_losses(seed, masks_from):
-    """Every loss (class, boxes, masks, auxiliary layers) with K groups = the mean of the K single-group
-    criteria on the groups' slices; with ``mask_fn``, one call gets the matched queries of all groups."""
+    """Every loss (class, boxes, masks, auxiliary layers) with K groups = the mean of the K
+    single-group
+    criteria on the groups' slices; with ``mask_fn``, one call gets the matched queries of all
+    groups."""
     outputs, targets = _random_outputs_and_targets(seed)
     crit = _criterion()
     singles = [crit(_group_slice(outputs, k), targets) for k in range(K)]
@@ -165,7 +218,9 @@ def test_group_losses_equal_average_of_single_group_losses(seed, masks_from):
     else:
         mask_fn = None
     grouped = crit(outputs, targets, mask_fn, num_groups=K)
-    assert set(grouped) == set(singles[0]) and {"loss_mask", "loss_dice", "loss_giou_1"} <= set(grouped)
+    assert set(grouped) == set(singles[0]) and {"loss_mask", "loss_dice", "loss_giou_1"} <= set(
+        grouped
+    )
     for key in grouped:
         expected = torch.stack([s[key] for s in singles]).mean()
         torch.testing.assert_close(grouped[key], expected, atol=1e-6, rtol=1e-5, msg=key)
@@ -174,11 +229,14 @@ def test_group_losses_equal_average_of_single_group_losses(seed, masks_from):
         assert calls == [[src.tolist() for src, _ in matched]]
 
 
-# ---------------------------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------------------------
+# model
 def _plain_and_grouped():
     grouped = build_model(grouped_cfg())
     plain = build_model(grouped_cfg(num_groups=1))
-    plain.load_state_dict({k: v for k, v in grouped.state_dict().items() if k != "group_query_embed.weight"})
+    plain.load_state_dict(
+        {k: v for k, v in grouped.state_dict().items() if k != "group_query_embed.weight"}
+    )
     return plain, grouped
 
 
@@ -188,13 +246,19 @@ def test_inference_equals_plain_model():
     batch = [make_input(64, 80, 0, seed=5), make_input(48, 64, 0, seed=6)]
     with torch.no_grad():
         images, mask = plain.preprocess_image(batch)
-        raw_plain, raw_grouped = plain.forward_network(images.tensor, mask), grouped.forward_network(images.tensor, mask)
+        raw_plain, raw_grouped = (
+            plain.forward_network(images.tensor, mask),
+            grouped.forward_network(images.tensor, mask),
+        )
         res_plain, res_grouped = plain(batch), grouped(batch)
     assert raw_grouped["pred_logits"].shape[1] == grouped.num_queries  # group 0 only
     for key in ("pred_logits", "pred_boxes", "pred_masks"):
         assert torch.equal(raw_grouped[key], raw_plain[key]), key
     for a, b in zip(res_plain, res_grouped):
-        assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0]) and a["panoptic_seg"][1] == b["panoptic_seg"][1]
+        assert (
+            torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
+            and a["panoptic_seg"][1] == b["panoptic_seg"][1]
+        )
 
 
 def test_training_decodes_all_groups_and_every_group_gets_gradients():
@@ -209,11 +273,16 @@ def test_training_decodes_all_groups_and_every_group_gets_gradients():
         assert all(a["pred_logits"].shape[1] == K * q for a in out["aux_outputs"])
         losses = model(train_batch())
     handle.remove()
-    assert rows[-2:] == [K * 3, K * 2]  # the mask head on the matched queries of all groups (image 1: none)
+    assert rows[-2:] == [
+        K * 3,
+        K * 2,
+    ]  # the mask head on the matched queries of all groups (image 1: none)
     sum(losses.values()).backward()
     for name in ("query_embed", "group_query_embed"):
         grad = getattr(model, name).weight.grad
-        assert grad is not None and (grad.abs().sum(1) > 0).all(), name  # every query of every group
+        assert grad is not None and (grad.abs().sum(1) > 0).all(), (
+            name
+        )  # every query of every group
 
 
 def test_all_query_masks_training_equals_matched_query_masks():
@@ -228,8 +297,12 @@ def test_all_query_masks_training_equals_matched_query_masks():
         with EventStorage():
             losses = model(copy.deepcopy(batch))
         sum(losses.values()).backward()
-        results.append(({k: v.detach() for k, v in losses.items()},
-                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (
+                {k: v.detach() for k, v in losses.items()},
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            )
+        )
     (ref_l, ref_g), (l, g) = results
     assert ref_l.keys() == l.keys() and ref_g.keys() == g.keys()
     for k in l:
@@ -238,7 +311,8 @@ def test_all_query_masks_training_equals_matched_query_masks():
         torch.testing.assert_close(g[k], ref_g[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------------------
+# checkpoints
 def test_grouped_checkpoint_loads_into_plain_model():
     grouped = build_model(grouped_cfg())
     plain = build_model(grouped_cfg(num_groups=1))
@@ -261,12 +335,15 @@ def test_plain_checkpoint_initialises_the_extra_groups_from_query_embed():
     extra = grouped.group_query_embed.weight.detach().view(K - 1, plain.num_queries, -1)
     noise = extra - base
     assert noise.abs().max() < 0.1 * base.std() * 6  # copies of group 0 + N(0, (0.1 std)^2)
-    assert noise.std() > 0.05 * base.std() and not torch.allclose(extra[0], extra[1])  # the groups differ
+    assert noise.std() > 0.05 * base.std() and not torch.allclose(
+        extra[0], extra[1]
+    )  # the groups differ
     assert torch.equal(grouped.query_embed.weight, plain.query_embed.weight)
 
 
 def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
-    """The training/evaluation path: DetectionCheckpointer files, grouped -> grouped (resume), grouped ->
+    """The training/evaluation path: DetectionCheckpointer files, grouped -> grouped (resume),
+    grouped ->
     plain, plain -> grouped, and a grouped checkpoint of another K (re-initialised from group 0)."""
     grouped = build_model(grouped_cfg())
     DetectionCheckpointer(grouped, save_dir=str(tmp_path)).save("grouped")
@@ -280,7 +357,8 @@ def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
     with captured_log(loggers) as log:
         DetectionCheckpointer(plain).load(path)
     assert [m for m in log if "group_query_embed" in m] == [
-        "Ignored group_query_embed.weight (20, 128) from the checkpoint: Group DETR's training-only queries (this "
+        "Ignored group_query_embed.weight (20, 128) from the checkpoint: Group DETR's "
+        "training-only queries (this "
         "model decodes query_embed only, as at inference)"
     ]  # and no "unexpected key" warning from fvcore
     assert torch.equal(plain.query_embed.weight, grouped.query_embed.weight)
@@ -290,15 +368,19 @@ def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
         with captured_log(loggers) as log:
             DetectionCheckpointer(other).load(str(tmp_path / src))
         assert any("Initialised group_query_embed.weight" in m for m in log), (num_groups, src, log)
-        assert not any("not found in the checkpoint" in m and "group_query_embed" in m for m in log), log
+        assert not any(
+            "not found in the checkpoint" in m and "group_query_embed" in m for m in log
+        ), log
         extra = other.group_query_embed.weight.view(num_groups - 1, other.num_queries, -1)
         noise = extra - grouped.query_embed.weight
         assert noise.abs().max() < 0.1 * grouped.query_embed.weight.std() * 6 and noise.std() > 0
 
 
-# ---------------------------------------------------------------------------------------------- config
+# ----------------------------------------------------------------------------------------------
+# config
 def _stage1_checkpoint(path, num_groups):
-    """A detection (stage 1, no mask head) checkpoint of a model with ``num_groups`` groups, as train_net saves it."""
+    """A detection (stage 1, no mask head) checkpoint of a model with ``num_groups`` groups, as
+    train_net saves it."""
     stage1 = build_model(grouped_cfg(num_groups=num_groups, MASK_ON=False))
     torch.save({"model": stage1.state_dict()}, path)
     return stage1
@@ -310,8 +392,10 @@ def _stage2_cfg(path, num_groups):
 
 @pytest.mark.parametrize("stage2_groups", [1, K])
 def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
-    """A stage 1 trained with K groups feeds a plain stage 2 (its extra groups ignored) and a grouped one (its
-    trained groups frozen with the detector: the mask head learns from the matched queries of every group)."""
+    """A stage 1 trained with K groups feeds a plain stage 2 (its extra groups ignored) and a
+    grouped one (its
+    trained groups frozen with the detector: the mask head learns from the matched queries of every
+    group)."""
     path = tmp_path / "stage1.pth"
     stage1 = _stage1_checkpoint(path, K)
     model = build_model(_stage2_cfg(path, stage2_groups)).train()
@@ -325,17 +409,25 @@ def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
     with EventStorage():
         losses = model(train_batch())
     handle.remove()
-    assert rows == [stage2_groups * 3, stage2_groups * 2]  # matched queries of every group (image 1: none)
+    assert rows == [
+        stage2_groups * 3,
+        stage2_groups * 2,
+    ]  # matched queries of every group (image 1: none)
     sum(losses.values()).backward()
-    assert model.mask_head.lay1.weight.grad.abs().sum() > 0 and model.query_embed.weight.grad is None
+    assert (
+        model.mask_head.lay1.weight.grad.abs().sum() > 0 and model.query_embed.weight.grad is None
+    )
 
 
 def test_grouped_stage2_needs_a_detector_trained_with_the_same_groups(tmp_path):
     for stage1_groups, found in ((1, "None"), (2, "(10, 128)")):
         path = tmp_path / f"stage1_g{stage1_groups}.pth"
         _stage1_checkpoint(path, stage1_groups)
-        with pytest.raises(ValueError, match=rf"FROZEN_WEIGHTS=.*stage1_g{stage1_groups}.pth.*NUM_GROUPS=3.*"
-                                             rf"group_query_embed.weight of shape \(20, 128\) \(found {re.escape(found)}\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"FROZEN_WEIGHTS=.*stage1_g{stage1_groups}.pth.*NUM_GROUPS=3.*"
+            rf"group_query_embed.weight of shape \(20, 128\) \(found {re.escape(found)}\)",
+        ):
             build_model(_stage2_cfg(path, K))
 
 
@@ -344,7 +436,14 @@ def test_bad_number_of_groups_refused():
         build_model(grouped_cfg(num_groups=0))
 
 
-@pytest.mark.parametrize("name", ["Base-DETR.yaml"] + [f"coco_panoptic/{f}" for f in sorted(os.listdir(os.path.join(ROOT, "configs", "coco_panoptic")))])
+@pytest.mark.parametrize(
+    "name",
+    ["Base-DETR.yaml"]
+    + [
+        f"coco_panoptic/{f}"
+        for f in sorted(os.listdir(os.path.join(ROOT, "configs", "coco_panoptic")))
+    ],
+)
 def test_official_recipes_keep_group_detr_off(name):
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)

@@ -1,6 +1,6 @@
 """Matcher optimality, each loss against a hand computation, and the panoptic fusion rules."""
+
 import itertools
-import math
 
 import pytest
 import torch
@@ -20,13 +20,18 @@ def _rand_boxes(n, g):
 def test_matcher_equals_brute_force(seed):
     g = torch.Generator().manual_seed(seed)
     q, n = 5, int(torch.randint(1, 5, (1,), generator=g))
-    outputs = {"pred_logits": torch.randn(1, q, 4, generator=g), "pred_boxes": _rand_boxes(q, g)[None]}
+    outputs = {
+        "pred_logits": torch.randn(1, q, 4, generator=g),
+        "pred_boxes": _rand_boxes(q, g)[None],
+    }
     targets = [{"labels": torch.randint(0, 3, (n,), generator=g), "boxes": _rand_boxes(n, g)}]
     matcher = HungarianMatcher(1.0, 5.0, 2.0)
     (cost,) = matcher.cost_matrices(outputs, targets)
-    (src, tgt), = matcher(outputs, targets)
+    ((src, tgt),) = matcher(outputs, targets)
     got = cost[src, tgt].sum().item()
-    best = min(sum(cost[p[j], j].item() for j in range(n)) for p in itertools.permutations(range(q), n))
+    best = min(
+        sum(cost[p[j], j].item() for j in range(n)) for p in itertools.permutations(range(q), n)
+    )
     assert got == pytest.approx(best, abs=1e-5)
     assert len(src) == n and len(set(src.tolist())) == n
     # the cost matrix itself, entry (0, 0), by hand
@@ -34,7 +39,9 @@ def test_matcher_equals_brute_force(seed):
     b, t = outputs["pred_boxes"][0, 0], targets[0]["boxes"][0]
     from torchvision.ops import box_convert, generalized_box_iou
 
-    giou = generalized_box_iou(box_convert(b[None], "cxcywh", "xyxy"), box_convert(t[None], "cxcywh", "xyxy"))[0, 0]
+    giou = generalized_box_iou(
+        box_convert(b[None], "cxcywh", "xyxy"), box_convert(t[None], "cxcywh", "xyxy")
+    )[0, 0]
     hand = 5 * (b - t).abs().sum() - p[targets[0]["labels"][0]] - 2 * giou
     assert cost[0, 0].item() == pytest.approx(hand.item(), abs=1e-5)
 
@@ -47,12 +54,24 @@ def test_matcher_no_targets():
 
 
 def test_losses_by_hand():
-    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]])  # 1 image, 2 queries, 2 classes + no-object
+    logits = torch.tensor(
+        [[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]]
+    )  # 1 image, 2 queries, 2 classes + no-object
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]]])
     tgt_box = torch.tensor([[0.5, 0.4, 0.2, 0.4]])
-    masks_pred = torch.tensor([[[[0.0, 1.0], [2.0, -1.0]], [[0.0, 0.0], [0.0, 0.0]]]])  # (1, 2, 2, 2)
-    tgt_mask = torch.tensor([[[True, True, False, False], [True, True, False, False],
-                              [False, False, False, False], [False, False, False, False]]])  # (1, 4, 4)
+    masks_pred = torch.tensor(
+        [[[[0.0, 1.0], [2.0, -1.0]], [[0.0, 0.0], [0.0, 0.0]]]]
+    )  # (1, 2, 2, 2)
+    tgt_mask = torch.tensor(
+        [
+            [
+                [True, True, False, False],
+                [True, True, False, False],
+                [False, False, False, False],
+                [False, False, False, False],
+            ]
+        ]
+    )  # (1, 4, 4)
     targets = [{"labels": torch.tensor([0]), "boxes": tgt_box, "masks": tgt_mask}]
     outputs = {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks_pred}
     matcher = HungarianMatcher(1.0, 0.0, 0.0)  # class cost only -> query 0 (p(class 0) highest)
@@ -65,10 +84,13 @@ def test_losses_by_hand():
     assert losses["loss_ce"].item() == pytest.approx(((ce0 + 0.1 * ce1) / 1.1).item(), rel=1e-6)
     # L1 on cxcywh, summed, / num_boxes (1)
     assert losses["loss_bbox"].item() == pytest.approx(0.0 + 0.1 + 0.0 + 0.2, abs=1e-6)
-    # GIoU: pred xyxy (.4,.4,.6,.6), target (.4,.2,.6,.6): IoU = .04/.08, enclosing = union -> giou = .5
+    # GIoU: pred xyxy (.4,.4,.6,.6), target (.4,.2,.6,.6): IoU = .04/.08, enclosing = union -> giou
+    # = .5
     assert losses["loss_giou"].item() == pytest.approx(0.5, abs=1e-6)
     # masks: bilinear 2x2 -> 4x4 (align_corners False), then focal / dice by hand
-    up = torch.nn.functional.interpolate(masks_pred[:, :1], size=(4, 4), mode="bilinear", align_corners=False).flatten()
+    up = torch.nn.functional.interpolate(
+        masks_pred[:, :1], size=(4, 4), mode="bilinear", align_corners=False
+    ).flatten()
     t = tgt_mask.flatten().float()
     p = up.sigmoid()
     ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
@@ -102,16 +124,22 @@ def test_fusion_stuff_merge_and_small_segments():
     masks[0, :, :4] = 5
     masks[1, :, 4:10] = 5
     masks[2, :, 10:] = 5
-    masks[1, :, 10:] = 0  # second choice there: after the duplicate stuff query is dropped (DETR's rule:
+    masks[1, :, 10:] = (
+        0  # second choice there: after the duplicate stuff query is dropped (DETR's rule:
+    )
     # pixels are re-assigned by argmax among the remaining queries), they go to query 1
     masks[3, 0, 0:2] = 20  # wins 2 pixels only -> dropped (area <= 4), pixels go back to query 0
     logits = _logits_for([0, 2, 2, 1], 3)
     is_thing = torch.tensor([True, True, False])
     id_map, segs = panoptic_fusion(logits, masks, (h, w), (h, w), is_thing, mask_stride=1)
-    assert [(s["id"], s["category_id"], s["isthing"]) for s in segs] == [(1, 0, True), (2, 2, False)]
+    assert [(s["id"], s["category_id"], s["isthing"]) for s in segs] == [
+        (1, 0, True),
+        (2, 2, False),
+    ]
     assert (id_map[:, :4] == 1).all() and (id_map[:, 4:] == 2).all()
     assert [s["area"] for s in segs] == [32, 96]
-    # without a second choice the dropped duplicate's pixels go to the first remaining query (DETR's quirk)
+    # without a second choice the dropped duplicate's pixels go to the first remaining query (DETR's
+    # quirk)
     masks[1, :, 10:] = -5
     id_map, segs = panoptic_fusion(logits, masks, (h, w), (h, w), is_thing, mask_stride=1)
     assert (id_map[:, 10:] == 1).all() and [s["area"] for s in segs] == [32 + 48, 48]
@@ -121,9 +149,13 @@ def test_fusion_threshold_and_no_object():
     masks = torch.randn(3, 4, 4)
     logits = _logits_for([0, 1, 3], 3)  # query 2 predicts no-object
     logits[1] = 0.0  # uniform -> score 0.25 < 0.85
-    id_map, segs = panoptic_fusion(logits, masks, (4, 4), (4, 4), torch.tensor([True, True, True]), mask_stride=1)
+    id_map, segs = panoptic_fusion(
+        logits, masks, (4, 4), (4, 4), torch.tensor([True, True, True]), mask_stride=1
+    )
     assert len(segs) == 1 and (id_map == 1).all()
-    id_map, segs = panoptic_fusion(_logits_for([3, 3], 3), masks[:2], (4, 4), (4, 4), torch.tensor([True] * 3))
+    id_map, segs = panoptic_fusion(
+        _logits_for([3, 3], 3), masks[:2], (4, 4), (4, 4), torch.tensor([True] * 3)
+    )
     assert segs == [] and (id_map == 0).all()
 
 
@@ -131,7 +163,9 @@ def test_fusion_resizes_ids_nearest_to_output_size():
     masks = torch.full((2, 2, 4), -5.0)
     masks[0, :, :2] = 5
     masks[1, :, 2:] = 5
-    id_map, segs = panoptic_fusion(_logits_for([0, 1], 2), masks, (2, 4), (6, 12), torch.tensor([True, True]), mask_stride=1)
+    id_map, segs = panoptic_fusion(
+        _logits_for([0, 1], 2), masks, (2, 4), (6, 12), torch.tensor([True, True]), mask_stride=1
+    )
     assert id_map.shape == (6, 12)
     assert (id_map[:, :6] == 1).all() and (id_map[:, 6:] == 2).all()
     assert [s["area"] for s in segs] == [36, 36]

@@ -1,13 +1,14 @@
-"""DetrPanoptic end to end on CPU: output shapes, train/eval steps, frozen weights, batching, bad input."""
+"""DetrPanoptic end to end on CPU: output shapes, train/eval steps, frozen weights, batching, bad
+input."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_detr_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
-
-from conftest import tiny_detr_cfg
 
 
 def make_input(h, w, n, num_classes=5, seed=0, crowd=None):
@@ -16,7 +17,10 @@ def make_input(h, w, n, num_classes=5, seed=0, crowd=None):
     inst = Instances((h, w))
     masks = torch.zeros(n, h, w, dtype=torch.bool)
     for k in range(n):
-        y0, x0 = int(torch.randint(0, max(1, h // 2), (1,), generator=g)), int(torch.randint(0, max(1, w // 2), (1,), generator=g))
+        y0, x0 = (
+            int(torch.randint(0, max(1, h // 2), (1,), generator=g)),
+            int(torch.randint(0, max(1, w // 2), (1,), generator=g)),
+        )
         masks[k, y0 : y0 + max(1, h // 3), x0 : x0 + max(1, w // 3)] = True
     inst.gt_masks = BitMasks(masks)
     inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
@@ -39,11 +43,21 @@ def test_registered():
 
 def test_state_dict_layout(model):
     keys = set(model.state_dict())
-    for k in ["backbone.stem.conv1.weight", "backbone.res2.0.conv1.norm.running_mean", "input_proj.weight",
-              "transformer.encoder.layers.0.self_attn.in_proj_weight", "transformer.decoder.norm.weight",
-              "transformer.decoder.layers.1.multihead_attn.out_proj.bias", "class_embed.weight",
-              "bbox_embed.layers.2.weight", "query_embed.weight", "bbox_attention.k_linear.weight",
-              "mask_head.lay1.weight", "mask_head.adapter3.weight", "mask_head.out_lay.bias"]:
+    for k in [
+        "backbone.stem.conv1.weight",
+        "backbone.res2.0.conv1.norm.running_mean",
+        "input_proj.weight",
+        "transformer.encoder.layers.0.self_attn.in_proj_weight",
+        "transformer.decoder.norm.weight",
+        "transformer.decoder.layers.1.multihead_attn.out_proj.bias",
+        "class_embed.weight",
+        "bbox_embed.layers.2.weight",
+        "query_embed.weight",
+        "bbox_attention.k_linear.weight",
+        "mask_head.lay1.weight",
+        "mask_head.adapter3.weight",
+        "mask_head.out_lay.bias",
+    ]:
         assert k in keys, k
     assert not any(k.startswith(("pixel_", "criterion")) for k in keys)
     assert model.class_embed.out_features == 6
@@ -65,11 +79,24 @@ def test_raw_output_shapes(model):
 
 def test_train_step_then_eval_with_empty_target(model):
     model.train()
-    batch = [make_input(64, 96, 3), make_input(80, 64, 0), make_input(72, 72, 2, crowd=[False, True])]
+    batch = [
+        make_input(64, 96, 3),
+        make_input(80, 64, 0),
+        make_input(72, 72, 2, crowd=[False, True]),
+    ]
     with EventStorage() as storage:
         losses = model(batch)
         assert "class_error" in storage.latest()
-    expected = {"loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_ce_0", "loss_bbox_0", "loss_giou_0"}
+    expected = {
+        "loss_ce",
+        "loss_bbox",
+        "loss_giou",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_0",
+        "loss_bbox_0",
+        "loss_giou_0",
+    }
     assert set(losses) == expected
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -79,7 +106,9 @@ def test_train_step_then_eval_with_empty_target(model):
     assert model.mask_head.out_lay.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        outs = model([{"image": b["image"], "height": 2 * b["height"], "width": b["width"]} for b in batch])
+        outs = model(
+            [{"image": b["image"], "height": 2 * b["height"], "width": b["width"]} for b in batch]
+        )
     for b, o in zip(batch, outs):
         id_map, segs = o["panoptic_seg"]
         assert id_map.shape == (2 * b["height"], b["width"]) and id_map.dtype == torch.int32
@@ -112,7 +141,9 @@ def test_frozen_weights_only_mask_head_trains(tmp_path):
     cfg = tiny_detr_cfg()
     cfg.MODEL.DETR.FROZEN_WEIGHTS = str(path)
     with pytest.raises(ValueError, match="set MODEL.DETR.DEEP_SUPERVISION False"):
-        build_model(cfg)  # the frozen decoder cannot learn from auxiliary losses: no silent override
+        build_model(
+            cfg
+        )  # the frozen decoder cannot learn from auxiliary losses: no silent override
     cfg.MODEL.DETR.DEEP_SUPERVISION = False
     m = build_model(cfg)
     for k, v in det.state_dict().items():
@@ -123,14 +154,17 @@ def test_frozen_weights_only_mask_head_trains(tmp_path):
     assert "loss_ce_0" not in losses  # no aux losses when the detector is frozen
     sum(losses.values()).backward()
     trained = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert trained and all(n.startswith(("bbox_attention.", "mask_head.")) for n in trained), trained
+    assert trained and all(n.startswith(("bbox_attention.", "mask_head.")) for n in trained), (
+        trained
+    )
     assert {n for n, p in m.named_parameters() if p.requires_grad} == {
         n for n, _ in m.named_parameters() if n.startswith(("bbox_attention.", "mask_head."))
     }
 
 
 def test_mask_head_weights_initialise_only_the_mask_head(tmp_path):
-    """Stage 2 on another dataset: detector from FROZEN_WEIGHTS, mask head from a panoptic checkpoint of
+    """Stage 2 on another dataset: detector from FROZEN_WEIGHTS, mask head from a panoptic
+    checkpoint of
     other classes (the mask head is class-agnostic)."""
     det = build_model(tiny_detr_cfg(mask_on=False))
     det_path = tmp_path / "det.pth"
@@ -147,7 +181,10 @@ def test_mask_head_weights_initialise_only_the_mask_head(tmp_path):
         assert torch.equal(v, source.state_dict()[k]), k
     cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 50, 256  # other FPN widths
     cfg.MODEL.DETR.FROZEN_WEIGHTS = ""
-    with pytest.raises(ValueError, match=r"MASK_HEAD_WEIGHTS=.*pan.pth.*shape mismatches \['mask_head.adapter1.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"MASK_HEAD_WEIGHTS=.*pan.pth.*shape mismatches \['mask_head.adapter1.weight",
+    ):
         build_model(cfg)
 
 
@@ -162,10 +199,13 @@ def test_frozen_weights_rejects_wrong_checkpoint(tmp_path):
 
 
 def test_batched_equals_single():
-    """Two images of different sizes in one batch give the same raw outputs and panoptic maps as each alone
+    """Two images of different sizes in one batch give the same raw outputs and panoptic maps as
+    each alone
     (padding-invariant backbone, per-image mask head, padding cropped before resizing the masks)."""
     model = build_model(tiny_detr_cfg()).eval()
-    with torch.no_grad():  # a random mask head barely separates queries: amplify the attention-map inputs
+    with (
+        torch.no_grad()
+    ):  # a random mask head barely separates queries: amplify the attention-map inputs
         model.mask_head.lay1.weight[:, -8:] *= 1e4
     model.object_mask_threshold = 0.0
     a, b = make_input(64, 96, 0, seed=1), make_input(97, 45, 0, seed=2)
@@ -179,9 +219,14 @@ def test_batched_equals_single():
             for x in (a, b):
                 images, mask = model.preprocess_image([x])
                 raw_alone.append(model.forward_network(images.tensor, mask))
-            # DETR's published post-processor (no crop) on masks of the padded batch grid (batch invariance
-            # off: with it, each image's masks are computed on its own region and have no padding)
-            invariant, model.batch_invariant, model.crop_mask_padding = model.batch_invariant, None, False
+            # DETR's published post-processor (no crop) on masks of the padded batch grid (batch
+            # invariance off: with it, each image's masks are computed on its own region and have no
+            # padding)
+            invariant, model.batch_invariant, model.crop_mask_padding = (
+                model.batch_invariant,
+                None,
+                False,
+            )
             uncropped = model([a, b])
             model.crop_mask_padding = True
             cropped = model([a, b])
@@ -189,10 +234,16 @@ def test_batched_equals_single():
         model.batch_invariant, model.crop_mask_padding = invariant, True
         model.object_mask_threshold = 0.85
     for i, ra in enumerate(raw_alone):
-        torch.testing.assert_close(raw_both["pred_logits"][i], ra["pred_logits"][0], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(raw_both["pred_boxes"][i], ra["pred_boxes"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            raw_both["pred_logits"][i], ra["pred_logits"][0], atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            raw_both["pred_boxes"][i], ra["pred_boxes"][0], atol=1e-5, rtol=1e-5
+        )
         h4, w4 = ra["pred_masks"].shape[-2:]
-        torch.testing.assert_close(raw_both["pred_masks"][i, :, :h4, :w4], ra["pred_masks"][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            raw_both["pred_masks"][i, :, :h4, :w4], ra["pred_masks"][0], atol=1e-4, rtol=1e-4
+        )
     for x, y in zip(both, alone):
         mx, sx = x["panoptic_seg"]
         my, sy = y["panoptic_seg"]
@@ -240,7 +291,9 @@ def test_one_pixel_wide_image(model):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(50, 50), torch.zeros(1, 50, 50), np.zeros((3, 5, 5)), torch.zeros(3, 0, 5)])
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(50, 50), torch.zeros(1, 50, 50), np.zeros((3, 5, 5)), torch.zeros(3, 0, 5)]
+)
 def test_bad_image_gives_clear_error(model, bad):
     model.eval()
     with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['image'\]"):
@@ -265,7 +318,9 @@ def test_num_classes_checked_against_metadata():
     _register_meta("_detr_test_meta_a", [1, 3], [7, 9, 12])
     cfg = tiny_detr_cfg(num_classes=4)
     cfg.DATASETS.TEST = ("_detr_test_meta_a",)
-    with pytest.raises(ValueError, match="NUM_CLASSES = 4 but dataset '_detr_test_meta_a' has 5 classes"):
+    with pytest.raises(
+        ValueError, match="NUM_CLASSES = 4 but dataset '_detr_test_meta_a' has 5 classes"
+    ):
         build_model(cfg)
     cfg.MODEL.DETR.NUM_CLASSES = 0  # derive
     m = build_model(cfg)
@@ -296,7 +351,9 @@ def test_dataset_id_slots_map_back_to_contiguous():
         out["pred_logits"][0, 0, 9] = 10
         (r,) = m.postprocess(out, [inp], images.image_sizes)
     id_map, segs = r["panoptic_seg"]
-    assert segs == [{"id": 1, "category_id": 3, "isthing": False, "score": segs[0]["score"], "area": 48 * 48}]
+    assert segs == [
+        {"id": 1, "category_id": 3, "isthing": False, "score": segs[0]["score"], "area": 48 * 48}
+    ]
     assert (id_map == 1).all()
 
 
@@ -309,7 +366,9 @@ def test_instances_and_sem_seg_outputs():
         (r,) = m([{"image": torch.zeros(3, 40, 60, dtype=torch.uint8), "height": 80, "width": 120}])
     inst = r["instances"]
     assert inst.image_size == (80, 120)
-    assert inst.pred_masks.shape[1:] == (80, 120) and len(inst) == len(inst.scores) == len(inst.pred_boxes)
+    assert inst.pred_masks.shape[1:] == (80, 120) and len(inst) == len(inst.scores) == len(
+        inst.pred_boxes
+    )
     assert r["sem_seg"].shape == (5, 80, 120)
 
 

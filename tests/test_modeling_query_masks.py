@@ -1,23 +1,26 @@
-"""The mask head runs only on the queries whose masks are used, with the same results as computing all.
+"""The mask head runs only on the queries whose masks are used, with the same results as computing
+all.
 
-Inference: the panoptic fusion reads the kept queries only (and ``instances`` the thing queries); the
-output must be identical (segments, ids, categories, scores, pixels) to DETR's computation of every
-query's mask (``MODEL.DETR.ALL_QUERY_MASKS``). Training: the mask losses read the matched queries only;
-losses and every parameter gradient must equal the all-query computation, including images without
-targets and crowd segments, for joint training and for stage 2 (frozen detector).
+Inference: the panoptic fusion reads the kept queries only (and ``instances`` the thing queries);
+the output must be identical (segments, ids, categories, scores, pixels) to DETR's computation of
+every query's mask (``MODEL.DETR.ALL_QUERY_MASKS``). Training: the mask losses read the matched
+queries only; losses and every parameter gradient must equal the all-query computation, including
+images without targets and crowd segments, for joint training and for stage 2 (frozen detector).
 
-The random models' mask heads are calibrated (attention-map input of the first convolution amplified) so
-queries get distinct masks: with near-identical masks the fusion would compare float-rounding ties.
+The random models' mask heads are calibrated (attention-map input of the first convolution
+amplified) so queries get distinct masks: with near-identical masks the fusion would compare
+float-rounding ties.
 """
+
 import copy
 
 import pytest
 import torch
+from conftest import tiny_detr_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import tiny_detr_cfg
 from detr_d2.modeling.mask_head import MaskHeadSmallConv
 from detr_d2.modeling.panoptic_inference import panoptic_queries
 
@@ -52,14 +55,17 @@ class MaskHeadCalls:
 
     def __init__(self, model):
         self.rows = []
-        self.handle = model.mask_head.register_forward_hook(lambda m, i, o: self.rows.append(o.shape[0]))
+        self.handle = model.mask_head.register_forward_hook(
+            lambda m, i, o: self.rows.append(o.shape[0])
+        )
 
     def close(self):
         self.handle.remove()
 
 
 def test_split_first_convolution_equals_concatenation():
-    """The image-feature part of the first convolution, computed once per image, gives DETR's result."""
+    """The image-feature part of the first convolution, computed once per image, gives DETR's
+    result."""
     torch.manual_seed(0)
     head = MaskHeadSmallConv(128 + 8, [64, 32, 16], 128).eval()
     x = torch.randn(2, 128, 5, 7)
@@ -80,7 +86,9 @@ def _outputs_equal(a, b):
             assert ra["panoptic_seg"][1] == rb["panoptic_seg"][1]
         if "instances" in ra:
             ia, ib = ra["instances"], rb["instances"]
-            assert torch.equal(ia.pred_classes, ib.pred_classes) and torch.equal(ia.scores, ib.scores)
+            assert torch.equal(ia.pred_classes, ib.pred_classes) and torch.equal(
+                ia.scores, ib.scores
+            )
             assert torch.equal(ia.pred_boxes.tensor, ib.pred_boxes.tensor)
             assert torch.equal(ia.pred_masks, ib.pred_masks)
         if "sem_seg" in ra:
@@ -88,7 +96,8 @@ def _outputs_equal(a, b):
 
 
 @pytest.mark.parametrize(
-    "batch_invariant, outputs", [(True, "panoptic"), (False, "panoptic"), (True, "panoptic+instances"), (True, "all")]
+    "batch_invariant, outputs",
+    [(True, "panoptic"), (False, "panoptic"), (True, "panoptic+instances"), (True, "all")],
 )
 def test_inference_on_used_queries_equals_all_queries(batch_invariant, outputs):
     cfg = tiny_detr_cfg()
@@ -96,7 +105,10 @@ def test_inference_on_used_queries_equals_all_queries(batch_invariant, outputs):
     cfg.TEST.INSTANCE_ON = outputs != "panoptic"
     cfg.TEST.SEMANTIC_ON = outputs == "all"
     model = calibrated_model(cfg).eval()
-    inputs = [{"image": make_image(64, 96, 1)}, {"image": make_image(97, 45, 2), "height": 50, "width": 30}]
+    inputs = [
+        {"image": make_image(64, 96, 1)},
+        {"image": make_image(97, 45, 2), "height": 50, "width": 30},
+    ]
     for threshold in (0.0, 0.11, 1.0):  # keep all, some, none of the 10 queries
         model.object_mask_threshold = threshold
         with torch.no_grad():
@@ -108,7 +120,9 @@ def test_inference_on_used_queries_equals_all_queries(batch_invariant, outputs):
             calls.close()
             single = [model([x])[0] for x in inputs]
         _outputs_equal(used, reference)
-        if batch_invariant:  # still batch invariant: each image as alone (scores up to float rounding)
+        if (
+            batch_invariant
+        ):  # still batch invariant: each image as alone (scores up to float rounding)
             for r, s in zip(used, single):
                 key = lambda segs: [(g["id"], g["category_id"], g["area"]) for g in segs]  # noqa: E731
                 assert key(r["panoptic_seg"][1]) == key(s["panoptic_seg"][1])
@@ -134,14 +148,20 @@ def test_instance_score_threshold_limits_masks_and_instances():
         calls.close()
     assert 0 < len(some) < len(everything) and calls.rows == [len(some)]
     keep = everything.scores > model.instance_score_threshold
-    assert torch.equal(some.scores, everything.scores[keep]) and torch.equal(some.pred_masks, everything.pred_masks[keep])
+    assert torch.equal(some.scores, everything.scores[keep]) and torch.equal(
+        some.pred_masks, everything.pred_masks[keep]
+    )
 
 
 def _train_batch():
     return [
-        make_train_input(64, 80, [(0, 0, 30, 20), (10, 30, 70, 60), (40, 5, 60, 25)], [0, 3, 1], seed=1),
+        make_train_input(
+            64, 80, [(0, 0, 30, 20), (10, 30, 70, 60), (40, 5, 60, 25)], [0, 3, 1], seed=1
+        ),
         make_train_input(48, 48, [], [], seed=2),  # no target
-        make_train_input(56, 40, [(0, 0, 40, 56), (5, 5, 20, 20)], [4, 2], crowd=[False, True], seed=3),
+        make_train_input(
+            56, 40, [(0, 0, 40, 56), (5, 5, 20, 20)], [4, 2], crowd=[False, True], seed=3
+        ),
     ]
 
 
@@ -175,7 +195,8 @@ def test_joint_training_on_matched_queries_equals_all_queries():
     cfg = tiny_detr_cfg()
     cfg.MODEL.DETR.DROPOUT = 0.0
     model = calibrated_model(cfg).train()
-    # image 0: 3 targets, image 1: none (skipped), image 2: 2 segments of which 1 crowd (never matched)
+    # image 0: 3 targets, image 1: none (skipped), image 2: 2 segments of which 1 crowd (never
+    # matched)
     _assert_same_training(model, _train_batch(), matched_rows=[3, 1])
 
 
@@ -190,12 +211,15 @@ def test_stage2_training_on_matched_queries_equals_all_queries(tmp_path):
 
 
 def test_batch_without_targets_keeps_the_mask_head_in_the_graph():
-    """Zero mask loss, and (zero) gradients for every mask-head parameter, as with all queries (DDP needs a
+    """Zero mask loss, and (zero) gradients for every mask-head parameter, as with all queries (DDP
+    needs a
     gradient for every parameter)."""
     cfg = tiny_detr_cfg()
     model = calibrated_model(cfg).train()
     batch = [make_train_input(48, 48, [], [], seed=4), make_train_input(40, 56, [], [], seed=5)]
     losses, grads, rows = _losses_and_grads(model, batch, False)
     assert rows == [1] and float(losses["loss_mask"]) == 0.0 and float(losses["loss_dice"]) == 0.0
-    head = [n for n, _ in model.named_parameters() if n.startswith(("mask_head.", "bbox_attention."))]
+    head = [
+        n for n, _ in model.named_parameters() if n.startswith(("mask_head.", "bbox_attention."))
+    ]
     assert head and all(n in grads and not grads[n].any() for n in head)

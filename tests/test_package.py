@@ -1,28 +1,37 @@
 """Package-level behaviour: config defaults, registrations, collect_env, import without Detectron2,
 setup script's Python check."""
+
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 def test_config_defaults_and_registries():
-    import detr_d2
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.modeling import META_ARCH_REGISTRY
+
+    import detr_d2
 
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
     assert cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100 and cfg.MODEL.DETR.HIDDEN_DIM == 256
     assert cfg.TEST.OBJECT_MASK_THRESHOLD == 0.85 and cfg.MODEL.DETR.PRE_NORM is False
     assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1 and cfg.TEST.PANOPTIC_EVALUATOR == "in_process"
-    for name in os.listdir(os.path.join(ROOT, "configs")) + [
-        os.path.join("coco_panoptic", f) for f in os.listdir(os.path.join(ROOT, "configs", "coco_panoptic"))
-    ] + [os.path.join("quickstart", f) for f in os.listdir(os.path.join(ROOT, "configs", "quickstart"))]:
+    for name in (
+        os.listdir(os.path.join(ROOT, "configs"))
+        + [
+            os.path.join("coco_panoptic", f)
+            for f in os.listdir(os.path.join(ROOT, "configs", "coco_panoptic"))
+        ]
+        + [
+            os.path.join("quickstart", f)
+            for f in os.listdir(os.path.join(ROOT, "configs", "quickstart"))
+        ]
+    ):
         if name.endswith(".yaml"):
             c = get_cfg()
             detr_d2.add_detr_config(c)
@@ -30,13 +39,24 @@ def test_config_defaults_and_registries():
             assert c.MODEL.META_ARCHITECTURE == "DetrPanoptic", name
     assert "DetrPanoptic" in META_ARCH_REGISTRY
     names = DatasetCatalog.list()
-    for n in ("detr_quickstart_train", "detr_quickstart_val", "coco_2017_train_panoptic", "coco_2017_val_panoptic"):
+    for n in (
+        "detr_quickstart_train",
+        "detr_quickstart_val",
+        "coco_2017_train_panoptic",
+        "coco_2017_val_panoptic",
+    ):
         assert n in names
     assert MetadataCatalog.get("detr_quickstart_val").evaluator_type == "coco_panoptic_seg"
 
 
 def test_collect_env_runs():
-    out = subprocess.run([sys.executable, "-m", "detr_d2.collect_env"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "detr_d2.collect_env"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "detectron2" in out.stdout and "META_ARCH DetrPanoptic registered  True" in out.stdout
 
@@ -52,7 +72,13 @@ def test_import_without_detectron2_says_what_is_missing(tmp_path):
         "sys.meta_path.insert(0, _Hide())\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
-    out = subprocess.run([sys.executable, "-c", "import detr_d2"], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import detr_d2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "ImportError: detr_d2 requires Detectron2" in out.stderr
     assert "scripts/setup.sh" in out.stderr and "pip install" in out.stderr
@@ -60,14 +86,28 @@ def test_import_without_detectron2_says_what_is_missing(tmp_path):
 
 def test_setup_script_refuses_a_non_310_python(tmp_path):
     env = dict(os.environ, PYTHON="/bin/false", VENV=str(tmp_path / "venv"))
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup.sh")], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "setup.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "needs Python 3.10" in out.stderr and "PYTHON=/path/to/python3.10" in out.stderr
     assert not (tmp_path / "venv").exists()
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv", ".detr_d2_setup_stamp")), reason="no venv made by setup.sh")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(ROOT, ".venv", ".detr_d2_setup_stamp")),
+    reason="no venv made by setup.sh",
+)
 def test_setup_script_second_run_is_a_no_op():
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup.sh")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "setup.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout

@@ -1,5 +1,7 @@
-"""The reference oracle (tests.utils.official_detr) against the facts document: official state-dict layout,
-input pipeline, and each numerically delicate block recomputed independently from its description."""
+"""The reference oracle (tests.utils.official_detr) against the facts document: official state-dict
+layout,
+input pipeline, and each numerically delicate block recomputed independently from its
+description."""
 
 import math
 import os
@@ -8,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COCO_SAMPLE
 from PIL import Image
 
-from conftest import COCO_SAMPLE
 from tests.utils.official_detr import (
     FrozenBatchNorm2d,
     NestedTensor,
@@ -23,7 +25,12 @@ from tests.utils.official_detr import (
     official_state_dict_template,
     randomize_frozen_batchnorm_,
 )
-from tests.utils.official_detr.model import MaskHeadSmallConv, MHAttentionMap, PositionEmbeddingSine, Transformer
+from tests.utils.official_detr.model import (
+    MaskHeadSmallConv,
+    MHAttentionMap,
+    PositionEmbeddingSine,
+    Transformer,
+)
 
 SAMPLE_IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 640x427 (WxH)
 
@@ -96,11 +103,21 @@ def test_r101_and_detection_layouts():
 
 
 def test_official_checkpoint_loads_strictly_and_reproduces_outputs():
-    kw = dict(depth=18, hidden_dim=128, enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=4, num_classes=20)
+    kw = dict(
+        depth=18,
+        hidden_dim=128,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=64,
+        num_queries=4,
+        num_classes=20,
+    )
     a = randomize_frozen_batchnorm_(OfficialDETRsegm(**kw)).eval()
     b = OfficialDETRsegm(**kw).eval()
     sd = a.state_dict()
-    sd["detr.backbone.0.body.bn1.num_batches_tracked"] = torch.tensor(5)  # tolerated, like DETR's FrozenBN
+    sd["detr.backbone.0.body.bn1.num_batches_tracked"] = torch.tensor(
+        5
+    )  # tolerated, like DETR's FrozenBN
     result = b.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(3, 64, 80)
@@ -180,14 +197,17 @@ def test_position_encoding_matches_formula():
 
 
 def _manual_attention(xq, xk, xv, attn, key_padding_mask=None):
-    """Section 4.3 attention from nn.MultiheadAttention's packed weights (sequence-first tensors)."""
+    """Section 4.3 attention from nn.MultiheadAttention's packed weights (sequence-first
+    tensors)."""
     c = xq.shape[-1]
     heads, d = attn.num_heads, c // attn.num_heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
     q = (xq @ w[:c].T + b[:c]) / math.sqrt(d)
     k = xk @ w[c : 2 * c].T + b[c : 2 * c]
     v = xv @ w[2 * c :].T + b[2 * c :]
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).permute(1, 2, 0, 3)  # (B, heads, L, d)
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).permute(
+        1, 2, 0, 3
+    )  # (B, heads, L, d)
     logits = split(q) @ split(k).transpose(-1, -2)
     if key_padding_mask is not None:
         logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -223,7 +243,9 @@ def test_transformer_post_norm_matches_description():
         for layer in tr.encoder.layers:
             s = layer.norm1(s + _manual_attention(s + p, s + p, s, layer.self_attn, kpm))
             s = layer.norm2(s + layer.linear2(F.relu(layer.linear1(s))))
-        assert torch.allclose(memory, s.permute(1, 2, 0).reshape(bs, 32, h, w), atol=1e-5)  # no final norm
+        assert torch.allclose(
+            memory, s.permute(1, 2, 0).reshape(bs, 32, h, w), atol=1e-5
+        )  # no final norm
         t = torch.zeros(q, bs, 32)
         qpos = query[:, None].repeat(1, bs, 1)
         expected_hs = []
@@ -231,7 +253,9 @@ def test_transformer_post_norm_matches_description():
             t = layer.norm1(t + _manual_attention(t + qpos, t + qpos, t, layer.self_attn))
             t = layer.norm2(t + _manual_attention(t + qpos, s + p, s, layer.multihead_attn, kpm))
             t = layer.norm3(t + layer.linear2(F.relu(layer.linear1(t))))
-            expected_hs.append(tr.decoder.norm(t).transpose(0, 1))  # the next layer gets un-normalised t
+            expected_hs.append(
+                tr.decoder.norm(t).transpose(0, 1)
+            )  # the next layer gets un-normalised t
     assert tuple(hs.shape) == (2, bs, q, 32)
     assert torch.allclose(hs, torch.stack(expected_hs), atol=1e-5)
 
@@ -245,8 +269,12 @@ def test_bbox_attention_is_one_softmax_over_heads_and_positions():
     with torch.no_grad():
         out = att(hs, memory, mask=mask)
         qh = att.q_linear(hs).view(2, 3, 4, 8) * 8**-0.5
-        k = (memory.permute(0, 2, 3, 1) @ att.k_linear.weight.T + att.k_linear.bias).view(2, 4, 5, 4, 8)
-        logits = torch.einsum("bqnc,bhwnc->bqnhw", qh, k).masked_fill(mask[:, None, None], float("-inf"))
+        k = (memory.permute(0, 2, 3, 1) @ att.k_linear.weight.T + att.k_linear.bias).view(
+            2, 4, 5, 4, 8
+        )
+        logits = torch.einsum("bqnc,bhwnc->bqnhw", qh, k).masked_fill(
+            mask[:, None, None], float("-inf")
+        )
         expected = logits.flatten(2).softmax(-1).view_as(logits)
     assert tuple(out.shape) == (2, 3, 4, 4, 5)
     assert torch.allclose(out, expected, atol=1e-6)
@@ -267,13 +295,24 @@ def test_mask_head_matches_description_with_legacy_nearest():
     torch.manual_seed(3)
     hidden, heads, b, q = 128, 8, 2, 3
     head = MaskHeadSmallConv(hidden + heads, [32, 16, 8], hidden).eval()
-    sizes = [(4, 5), (7, 10), (13, 19), (25, 38)]  # res5..res2 of a 100x150 input: not exact doubles
+    sizes = [
+        (4, 5),
+        (7, 10),
+        (13, 19),
+        (25, 38),
+    ]  # res5..res2 of a 100x150 input: not exact doubles
     src_proj = torch.randn(b, hidden, *sizes[0])
     bbox_mask = torch.rand(b, q, heads, *sizes[0])
-    fpns = [torch.randn(b, 32, *sizes[1]), torch.randn(b, 16, *sizes[2]), torch.randn(b, 8, *sizes[3])]
+    fpns = [
+        torch.randn(b, 32, *sizes[1]),
+        torch.randn(b, 16, *sizes[2]),
+        torch.randn(b, 8, *sizes[3]),
+    ]
     with torch.no_grad():
         out = head(src_proj, bbox_mask, fpns)
-        rows = [torch.cat([src_proj[i], bbox_mask[i, j]], 0) for i in range(b) for j in range(q)]  # batch-major
+        rows = [
+            torch.cat([src_proj[i], bbox_mask[i, j]], 0) for i in range(b) for j in range(q)
+        ]  # batch-major
         x = torch.stack(rows)
         x = F.relu(head.gn1(head.lay1(x)))
         x = F.relu(head.gn2(head.lay2(x)))
@@ -290,13 +329,20 @@ def test_mask_head_matches_description_with_legacy_nearest():
         # the check is sensitive: nearest-exact picks other source cells for these sizes
         probe = torch.arange(4 * 5.0).view(1, 1, 4, 5)
         assert not torch.equal(
-            F.interpolate(probe, size=(7, 10), mode="nearest-exact"), _legacy_nearest(probe, (7, 10))
+            F.interpolate(probe, size=(7, 10), mode="nearest-exact"),
+            _legacy_nearest(probe, (7, 10)),
         )
 
 
 def test_forward_shapes_and_feature_masks_on_padded_batch():
     model = build_official_detr(
-        depth=18, hidden_dim=128, enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=5, num_classes=20
+        depth=18,
+        hidden_dim=128,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=64,
+        num_queries=5,
+        num_classes=20,
     ).eval()
     images = [torch.randn(3, 70, 90), torch.randn(3, 100, 60)]
     samples = nested_tensor_from_tensor_list(images)

@@ -1,9 +1,14 @@
-"""DETR's PostProcessPanoptic as re-implemented in tests.utils.official_detr, on hand-built outputs whose
+"""DETR's PostProcessPanoptic as re-implemented in tests.utils.official_detr, on hand-built outputs
+whose
 result follows from the facts document (section 5) step by step."""
 
 import torch
 
-from tests.utils.official_detr import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
+from tests.utils.official_detr import (
+    PostProcessPanoptic,
+    decode_panoptic_png,
+    official_is_thing_map,
+)
 
 NUM_LOGITS = 251  # 250 slots (COCO panoptic ids) + no-object
 
@@ -18,7 +23,11 @@ def _logits(classes, high=12.0):
 
 def _outputs(logits, masks):
     q = logits.shape[0]
-    return {"pred_logits": logits[None], "pred_masks": masks[None], "pred_boxes": torch.full((1, q, 4), 0.5)}
+    return {
+        "pred_logits": logits[None],
+        "pred_masks": masks[None],
+        "pred_boxes": torch.full((1, q, 4), 0.5),
+    }
 
 
 def test_is_thing_map():
@@ -67,7 +76,9 @@ def test_threshold_is_strict_and_no_object_is_dropped():
 
 def test_nothing_kept_gives_all_zero_map_and_no_segments():
     logits = _logits([250, 250])
-    (pred,) = PostProcessPanoptic(official_is_thing_map())(_outputs(logits, torch.randn(2, 4, 6)), [(8, 12)], [(5, 7)])
+    (pred,) = PostProcessPanoptic(official_is_thing_map())(
+        _outputs(logits, torch.randn(2, 4, 6)), [(8, 12)], [(5, 7)]
+    )
     assert pred["segments_info"] == []
     ids = decode_panoptic_png(pred["png_string"])
     assert ids.shape == (5, 7) and not ids.any()

@@ -1,6 +1,7 @@
-"""Stuff from a model (``detr_d2.data.stuff_from_model``, ``tools/add_stuff_from_model.py``): thing segments
-are the annotations' exactly, other pixels the model's (mapped) stuff, unannotated model things void;
-coverage, workers, all-or-nothing output, untouched inputs, bad input named. The model is a fake with a
+"""Stuff from a model (``detr_d2.data.stuff_from_model``, ``tools/add_stuff_from_model.py``): thing
+segments are the annotations' exactly, other pixels the model's (mapped) stuff, unannotated model
+things void; coverage, workers, all-or-nothing output, untouched inputs, bad input named. The model
+is a fake with a
 known output here; tests/test_recipe_own_data.py runs the tool with a real (random) DETR."""
 
 import hashlib
@@ -17,7 +18,11 @@ from detectron2.data.catalog import Metadata
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
 from detr_d2.data.panoptic_io import read_panoptic_ids
-from detr_d2.data.stuff_from_model import add_stuff_from_model, load_stuff_map, model_stuff_categories
+from detr_d2.data.stuff_from_model import (
+    add_stuff_from_model,
+    load_stuff_map,
+    model_stuff_categories,
+)
 from tests.utils.scripts import load_script
 
 H, W = 32, 40
@@ -34,8 +39,15 @@ THINGS = [
     {"id": 2, "name": "worker"},
 ]
 STUFF_MAP = {
-    "categories": [{"id": 10, "name": "background sky"}, {"id": 11, "name": "ground", "color": [90, 90, 20]}],
-    "map": {"Sky_Other-Merged": "background sky", "grass-merged": "ground", "wall-other-merged": None},
+    "categories": [
+        {"id": 10, "name": "background sky"},
+        {"id": 11, "name": "ground", "color": [90, 90, 20]},
+    ],
+    "map": {
+        "Sky_Other-Merged": "background sky",
+        "grass-merged": "ground",
+        "wall-other-merged": None,
+    },
 }
 
 
@@ -70,11 +82,35 @@ def data(tmp_path):
         images.append({"id": 100 + i, "file_name": name, "height": H, "width": W})
     anns = [
         # image 0: a polygon excavator, an RLE worker overlapping it, a crowd of workers
-        {"id": 1, "image_id": 100, "category_id": 1, "segmentation": [[4, 4, 20, 4, 20, 16, 4, 16]], "iscrowd": 0},
-        {"id": 2, "image_id": 100, "category_id": 2, "segmentation": _rle(_box(10, 20, 14, 24)), "iscrowd": 0},
-        {"id": 3, "image_id": 100, "category_id": 2, "segmentation": _rle(_box(26, 30, 30, 38)), "iscrowd": 1},
+        {
+            "id": 1,
+            "image_id": 100,
+            "category_id": 1,
+            "segmentation": [[4, 4, 20, 4, 20, 16, 4, 16]],
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 100,
+            "category_id": 2,
+            "segmentation": _rle(_box(10, 20, 14, 24)),
+            "iscrowd": 0,
+        },
+        {
+            "id": 3,
+            "image_id": 100,
+            "category_id": 2,
+            "segmentation": _rle(_box(26, 30, 30, 38)),
+            "iscrowd": 1,
+        },
         # image 1: one worker
-        {"id": 4, "image_id": 101, "category_id": 2, "segmentation": _rle(_box(20, 28, 2, 10)), "iscrowd": 0},
+        {
+            "id": 4,
+            "image_id": 101,
+            "category_id": 2,
+            "segmentation": _rle(_box(20, 28, 2, 10)),
+            "iscrowd": 0,
+        },
     ]
     instances = root / "instances.json"
     instances.write_text(json.dumps({"images": images, "annotations": anns, "categories": THINGS}))
@@ -86,8 +122,10 @@ def data(tmp_path):
 
 
 def fake_model(bgr):
-    """Sky on top, grass below, a wall strip, a void strip, and a model 'person' at x 30..36 (unannotated
-    in image 0 except where the crowd box is; the model's thing on the annotated excavator is ignored)."""
+    """Sky on top, grass below, a wall strip, a void strip, and a model 'person' at x 30..36
+    (unannotated
+    in image 0 except where the crowd box is; the model's thing on the annotated excavator is
+    ignored)."""
     assert bgr.shape == (H, W, 3) and bgr.dtype == np.uint8
     ids = np.zeros((H, W), np.int32)
     ids[:12] = 1  # sky
@@ -108,7 +146,10 @@ def fake_model(bgr):
 def _read(out):
     with open(os.path.join(out, "panoptic.json")) as f:
         pan = json.load(f)
-    maps = {a["image_id"]: read_panoptic_ids(os.path.join(out, "panoptic", a["file_name"])) for a in pan["annotations"]}
+    maps = {
+        a["image_id"]: read_panoptic_ids(os.path.join(out, "panoptic", a["file_name"]))
+        for a in pan["annotations"]
+    }
     return pan, maps
 
 
@@ -125,13 +166,18 @@ def test_things_exact_stuff_mapped_unannotated_things_void(data, tmp_path):
     root, instances, images, stuff_map = data
     before = _tree_digest(str(root))
     out = str(tmp_path / "out")
-    summary = add_stuff_from_model(instances, images, out, fake_model, _metadata(), stuff_map=stuff_map)
+    summary = add_stuff_from_model(
+        instances, images, out, fake_model, _metadata(), stuff_map=stuff_map
+    )
     assert _tree_digest(str(root)) == before  # inputs untouched
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no temporary folder left
     pan, maps = _read(out)
     assert [c["id"] for c in pan["categories"]] == [1, 2, 10, 11]
     assert [c["isthing"] for c in pan["categories"]] == [1, 1, 0, 0]
-    assert pan["categories"][3]["color"] == [90, 90, 20] and pan["images"][0]["file_name"] == "img0.jpg"
+    assert (
+        pan["categories"][3]["color"] == [90, 90, 20]
+        and pan["images"][0]["file_name"] == "img0.jpg"
+    )
 
     # the things: exactly what the detection -> panoptic converter makes of the annotations alone
     cats = tmp_path / "things.json"
@@ -143,7 +189,9 @@ def test_things_exact_stuff_mapped_unannotated_things_void(data, tmp_path):
         ids, ref_ids = maps[ann["image_id"]], ref_maps[ann["image_id"]]
         things = [s for s in ann["segments_info"] if s["category_id"] in (1, 2)]
         assert things == ref_ann["segments_info"]  # ids, categories, crowd, areas, boxes
-        assert np.array_equal(np.where(ref_ids > 0, ids, 0), ref_ids)  # every annotated pixel as annotated
+        assert np.array_equal(
+            np.where(ref_ids > 0, ids, 0), ref_ids
+        )  # every annotated pixel as annotated
         assert not np.isin(ids[ref_ids == 0], [s["id"] for s in things]).any()  # and no other pixel
 
     # the rest, pixel by pixel, from the model's map
@@ -152,11 +200,17 @@ def test_things_exact_stuff_mapped_unannotated_things_void(data, tmp_path):
     cat = np.vectorize(lambda i: seg_cat.get(int(i), 0))(ids)
     model = fake_model(np.zeros((H, W, 3), np.uint8))["panoptic_seg"][0].numpy()
     free = ref_ids == 0
-    expected = np.select([model == 1, model == 2], [10, 11], 0)  # sky -> 10, grass -> 11, wall/void/person -> 0
+    expected = np.select(
+        [model == 1, model == 2], [10, 11], 0
+    )  # sky -> 10, grass -> 11, wall/void/person -> 0
     assert np.array_equal(cat[free], expected[free])
-    assert (cat[free & (model == 4)] == 0).all() and (free & (model == 4)).sum() > 50  # unannotated person: void
+    assert (cat[free & (model == 4)] == 0).all() and (
+        free & (model == 4)
+    ).sum() > 50  # unannotated person: void
     assert ids[7, 7] == ref_ids[7, 7] > 0  # the model's person on the excavator changes nothing
-    stuff_segments = [s for s in pan["annotations"][0]["segments_info"] if s["category_id"] in (10, 11)]
+    stuff_segments = [
+        s for s in pan["annotations"][0]["segments_info"] if s["category_id"] in (10, 11)
+    ]
     assert [s["category_id"] for s in stuff_segments] == [10, 11]  # one segment per stuff class
     for s in stuff_segments:
         assert s["area"] == int((ids == s["id"]).sum()) and s["iscrowd"] == 0
@@ -169,18 +223,27 @@ def test_things_exact_stuff_mapped_unannotated_things_void(data, tmp_path):
     assert c0["things"] == pytest.approx(100 * (ref_ids > 0).sum() / n, abs=1e-3)
     assert c0["stuff"] == pytest.approx(100 * np.isin(cat, [10, 11]).sum() / n, abs=1e-3)
     assert c0["void"] == pytest.approx(100 * (ids == 0).sum() / n, abs=1e-3)
-    assert c0["void_model_thing"] == pytest.approx(100 * ((ids == 0) & (model == 4)).sum() / n, abs=1e-3)
+    assert c0["void_model_thing"] == pytest.approx(
+        100 * ((ids == 0) & (model == 4)).sum() / n, abs=1e-3
+    )
     assert c0["things"] + c0["stuff"] + c0["void"] == pytest.approx(100, abs=1e-2)
     assert coverage["summary"]["images"] == summary.images == 2
     assert summary.void == pytest.approx((c0["void"] + coverage["images"][1]["void"]) / 2, abs=1e-2)
     text = summary.text()
-    assert "annotated things" in text and "model thing without annotation" in text and "img0.jpg" in text
+    assert (
+        "annotated things" in text
+        and "model thing without annotation" in text
+        and "img0.jpg" in text
+    )
 
 
 def _read_ref(json_path, root):
     with open(json_path) as f:
         ref = json.load(f)
-    return ref, {a["image_id"]: read_panoptic_ids(os.path.join(root, a["file_name"])) for a in ref["annotations"]}
+    return ref, {
+        a["image_id"]: read_panoptic_ids(os.path.join(root, a["file_name"]))
+        for a in ref["annotations"]
+    }
 
 
 def test_model_stuff_classes_by_default_and_workers_give_the_same_files(data, tmp_path):
@@ -188,18 +251,31 @@ def test_model_stuff_classes_by_default_and_workers_give_the_same_files(data, tm
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     add_stuff_from_model(instances, images, one, fake_model, _metadata())
     add_stuff_from_model(instances, images, two, fake_model, _metadata(), workers=2)
-    assert open(os.path.join(one, "panoptic.json")).read() == open(os.path.join(two, "panoptic.json")).read()
+    assert (
+        open(os.path.join(one, "panoptic.json")).read()
+        == open(os.path.join(two, "panoptic.json")).read()
+    )
     assert sorted(os.listdir(os.path.join(one, "panoptic"))) == ["img0.png", "img1.png"]
     for f in os.listdir(os.path.join(one, "panoptic")):
-        assert open(os.path.join(one, "panoptic", f), "rb").read() == open(os.path.join(two, "panoptic", f), "rb").read()
+        assert (
+            open(os.path.join(one, "panoptic", f), "rb").read()
+            == open(os.path.join(two, "panoptic", f), "rb").read()
+        )
     pan, maps = _read(one)
     assert [(c["id"], c["name"]) for c in pan["categories"][2:]] == [
-        (187, "sky-other-merged"), (193, "grass-merged"), (199, "wall-other-merged")
+        (187, "sky-other-merged"),
+        (193, "grass-merged"),
+        (199, "wall-other-merged"),
     ]
     assert pan["categories"][2]["color"] == [70, 130, 180]
     cats = {s["category_id"] for s in pan["annotations"][0]["segments_info"]}
     assert cats == {1, 2, 187, 193, 199}  # the wall is a class of its own now
-    assert model_stuff_categories(_metadata())[0] == {"id": 187, "name": "sky-other-merged", "isthing": 0, "color": [70, 130, 180]}
+    assert model_stuff_categories(_metadata())[0] == {
+        "id": 187,
+        "name": "sky-other-merged",
+        "isthing": 0,
+        "color": [70, 130, 180],
+    }
 
 
 def test_output_all_or_nothing_and_overwrite(data, tmp_path):
@@ -209,7 +285,10 @@ def test_output_all_or_nothing_and_overwrite(data, tmp_path):
     (out / "keep.txt").write_text("old")
     with pytest.raises(FileExistsError, match="out exists; pass --overwrite"):
         add_stuff_from_model(instances, images, str(out), fake_model, _metadata())
-    with pytest.raises(ValueError, match=r"refusing to replace .*out: it holds \['keep.txt'\], which this tool does not write"):
+    with pytest.raises(
+        ValueError,
+        match=r"refusing to replace .*out: it holds \['keep.txt'\], which this tool does not write",
+    ):
         add_stuff_from_model(instances, images, str(out), fake_model, _metadata(), overwrite=True)
     (out / "keep.txt").unlink()
     (out / "panoptic.json").write_text("old")
@@ -223,7 +302,10 @@ def test_output_all_or_nothing_and_overwrite(data, tmp_path):
 
     with pytest.raises(RuntimeError, match="model died"):
         add_stuff_from_model(instances, images, str(out), failing, _metadata(), overwrite=True)
-    assert os.listdir(out) == ["panoptic.json"] and sorted(os.listdir(tmp_path)) == ["in", "out"]  # untouched, no temp
+    assert os.listdir(out) == ["panoptic.json"] and sorted(os.listdir(tmp_path)) == [
+        "in",
+        "out",
+    ]  # untouched, no temp
     assert (out / "panoptic.json").read_text() == "old"
     add_stuff_from_model(instances, images, str(out), fake_model, _metadata(), overwrite=True)
     assert sorted(os.listdir(out)) == ["coverage.json", "panoptic", "panoptic.json"]
@@ -245,18 +327,40 @@ def test_bad_input_is_refused_with_file_and_field(data, tmp_path):
     )
     model_stuff = model_stuff_categories(meta)
     bad = tmp_path / "map.json"
-    with pytest.raises(ValueError, match=r"map\['sky'\]: 'sky' is not a stuff class of the model .*did you mean \['sky-other-merged'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"map\['sky'\]: 'sky' is not a stuff class of the model .*did you mean "
+        r"\['sky-other-merged'\]",
+    ):
         load_stuff_map(_write(bad, dict(STUFF_MAP, map={"sky": "ground"})), model_stuff)
-    with pytest.raises(ValueError, match=r"map\['grass-merged'\]: 'lawn' is not one of the output categories"):
+    with pytest.raises(
+        ValueError, match=r"map\['grass-merged'\]: 'lawn' is not one of the output categories"
+    ):
         load_stuff_map(_write(bad, dict(STUFF_MAP, map={"grass-merged": "lawn"})), model_stuff)
     with pytest.raises(ValueError, match=r"map.json: missing field\(s\) \['map'\]"):
         load_stuff_map(_write(bad, {"categories": STUFF_MAP["categories"]}), model_stuff)
     with pytest.raises(ValueError, match=r"categories\[0\] \(x\): output categories are stuff"):
-        load_stuff_map(_write(bad, dict(STUFF_MAP, categories=[{"id": 5, "name": "x", "isthing": 1}])), model_stuff)
-    with pytest.raises(ValueError, match=r"map\['GRASS_merged'\]: model class 'grass-merged' is already mapped"):
-        load_stuff_map(_write(bad, dict(STUFF_MAP, map={"grass-merged": "ground", "GRASS_merged": None})), model_stuff)
-    clash = _write(bad, dict(STUFF_MAP, categories=[{"id": 2, "name": "background sky"}, {"id": 11, "name": "ground"}]))
-    with pytest.raises(ValueError, match=r"stuff category id\(s\) \[2\] .* are also thing ids of .*instances.json"):
+        load_stuff_map(
+            _write(bad, dict(STUFF_MAP, categories=[{"id": 5, "name": "x", "isthing": 1}])),
+            model_stuff,
+        )
+    with pytest.raises(
+        ValueError, match=r"map\['GRASS_merged'\]: model class 'grass-merged' is already mapped"
+    ):
+        load_stuff_map(
+            _write(bad, dict(STUFF_MAP, map={"grass-merged": "ground", "GRASS_merged": None})),
+            model_stuff,
+        )
+    clash = _write(
+        bad,
+        dict(
+            STUFF_MAP,
+            categories=[{"id": 2, "name": "background sky"}, {"id": 11, "name": "ground"}],
+        ),
+    )
+    with pytest.raises(
+        ValueError, match=r"stuff category id\(s\) \[2\] .* are also thing ids of .*instances.json"
+    ):
         run(smap=clash)
 
     with open(instances) as f:
@@ -264,13 +368,13 @@ def test_bad_input_is_refused_with_file_and_field(data, tmp_path):
     cases = [
         (dict(good, categories=[dict(THINGS[0], isthing=0), THINGS[1]]), ValueError,
          r"categories\[0\] \(excavator\) has isthing 0: this tool takes thing annotations only"),
-        (dict(good, annotations=good["annotations"] + [dict(good["annotations"][0], id=9, category_id=7)]),
+        (dict(good, annotations=good["annotations"] + [dict(good["annotations"][0], id=9, category_id=7)]),  # noqa: E501
          ValueError, r"annotations\[4\] \(id 9\): category_id 7 is not in 'categories'"),
-        (dict(good, images=[dict(good["images"][0], file_name="gone.jpg")], annotations=[]), FileNotFoundError,
+        (dict(good, images=[dict(good["images"][0], file_name="gone.jpg")], annotations=[]), FileNotFoundError,  # noqa: E501
          r"images\[0\]: image not found \(file_name 'gone.jpg'\)"),
         (dict(good, images=[dict(good["images"][0], height=H + 1)], annotations=[]), ValueError,
          r"img0.jpg: the image is 40x32 but the instances JSON says 40x33"),
-        ({"images": [], "annotations": []}, ValueError, r"inst.json: missing field\(s\) \['categories'\]"),
+        ({"images": [], "annotations": []}, ValueError, r"inst.json: missing field\(s\) \['categories'\]"),  # noqa: E501
     ]  # fmt: skip
     for content, error, message in cases:
         with pytest.raises(error, match=message):
@@ -286,16 +390,34 @@ def test_tool_refuses_before_building_the_model(data, tmp_path, capsys):
     root, instances, images, _ = data
     tool = load_script("add_stuff_from_model")
     base = ["--instances-json", instances, "--image-root", images, "--config-file"]
-    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "coco_panoptic",
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "coco_panoptic",  # noqa: E501
                           "detr_r50_official.yaml")  # fmt: skip
     (tmp_path / "exists").mkdir()
     assert tool.main(base + [config, "--output", str(tmp_path / "o")]) == 1
     assert f"error: {config}: MODEL.WEIGHTS is empty" in capsys.readouterr().err
-    assert tool.main(base + [config, "--output", str(tmp_path / "o"), "--opts", "MODEL.WEIGHTS", "no.pth"]) == 1
+    assert (
+        tool.main(
+            base + [config, "--output", str(tmp_path / "o"), "--opts", "MODEL.WEIGHTS", "no.pth"]
+        )
+        == 1
+    )
     assert "error: MODEL.WEIGHTS: checkpoint not found: no.pth" in capsys.readouterr().err
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
-    assert tool.main(base + [config, "--output", str(tmp_path / "exists"), "--opts", "MODEL.WEIGHTS", str(weights)]) == 1
+    assert (
+        tool.main(
+            base
+            + [
+                config,
+                "--output",
+                str(tmp_path / "exists"),
+                "--opts",
+                "MODEL.WEIGHTS",
+                str(weights),
+            ]
+        )
+        == 1
+    )
     assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert tool.main(base + [config, "--output", "o", "--workers", "0"]) == 1
     assert "error: --workers must be >= 1" in capsys.readouterr().err

@@ -171,7 +171,8 @@ def test_grayscale_png_is_an_error(pan_copy):
 
 
 def test_rgba_png_converts_like_its_rgb(pan_copy):
-    """The one panoptic PNG reader ignores alpha, as panopticapi's rgb2id(np.array(Image.open(png)))."""
+    """The one panoptic PNG reader ignores alpha, as panopticapi's
+    rgb2id(np.array(Image.open(png)))."""
     data, root, json_path = pan_copy
     _convert(data, root, json_path)
     expected = (json_path.parent / "out.json").read_text()

@@ -2,7 +2,7 @@
 """Benchmark panoptic evaluation: Detectron2's COCOPanopticEvaluator vs panopticapi's pq_compute vs
 detr_d2's FastCOCOPanopticEvaluator, per image, on the same predictions.
 
-    python tools/benchmark_evaluation.py                       # 50 copies of the COCO sample (100 images)
+    python tools/benchmark_evaluation.py       # 50 copies of the COCO sample (100 images)
     python tools/benchmark_evaluation.py --copies 100 --synthetic 100 --size 480 640
 
 Data: every copy of the COCO sample (tests/data/coco_panoptic_sample) gets its own GT PNG file and
@@ -28,6 +28,7 @@ evaluator (the fast evaluator's background threads work during the model's forwa
 All methods must agree on PQ/SQ/RQ; the script checks it. No output file is written outside a
 temporary folder (``--keep DIR`` keeps the generated data there instead).
 """
+
 import argparse
 import contextlib
 import io
@@ -35,20 +36,18 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Tuple
 
+import benchmark_utils  # noqa: F401  (puts the checkout on sys.path for tests.utils)
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from detectron2.data.datasets import register_coco_panoptic
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, inference_on_dataset
+from tqdm import tqdm
 
-import benchmark_utils  # noqa: F401  (puts the checkout on sys.path for tests.utils)
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from detr_d2.data.panoptic_io import encode_panoptic_png, read_panoptic_ids, save_panoptic_png
 from detr_d2.evaluation import GROUND_TRUTH_CACHE, FastCOCOPanopticEvaluator
@@ -64,21 +63,47 @@ MODEL_LIKE_PERTURBATIONS = ("drop", "merge", "shift", "relabel", "void", "crowd_
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=50,
-                        help="copies of the 2-image COCO sample (default 50 -> 100 images; 0 = none)")
-    parser.add_argument("--synthetic", type=int, default=0,
-                        help="number of synthetic images to benchmark as a second set (default 0)")
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
-                        help="synthetic image size (default 480 640)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per method; the best is kept")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=50,
+        help="copies of the 2-image COCO sample (default 50 -> 100 images; 0 = none)",
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        help="number of synthetic images to benchmark as a second set (default 0)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(480, 640),
+        metavar=("H", "W"),
+        help="synthetic image size (default 480 640)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per method; the best is kept"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-d2", action="store_true", help="do not time Detectron2's evaluator")
-    parser.add_argument("--model-ms", type=float, default=40.0,
-                        help="stand-in model time per image for the inference_on_dataset timing "
-                             "(default 40; 0 = skip that timing)")
-    parser.add_argument("--keep", metavar="DIR", default=None,
-                        help="write the generated data to DIR (must not exist) and keep it")
+    parser.add_argument(
+        "--model-ms",
+        type=float,
+        default=40.0,
+        help="stand-in model time per image for the inference_on_dataset timing "
+        "(default 40; 0 = skip that timing)",
+    )
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        default=None,
+        help="write the generated data to DIR (must not exist) and keep it",
+    )
     args = parser.parse_args(argv)
     if args.copies < 0 or args.synthetic < 0 or args.copies + args.synthetic == 0:
         parser.error("--copies and --synthetic must be >= 0 and not both 0")
@@ -95,8 +120,14 @@ class BenchmarkSet:
     """A registered GT set with one model-style prediction per image, and those predictions also
     written in the standard format (``pred.json`` + ``pred/``) for pq_compute."""
 
-    def __init__(self, root: str, title: str, gt: List[Tuple[np.ndarray, List[Dict]]],
-                 categories: List[Dict[str, Any]], rng: np.random.Generator):
+    def __init__(
+        self,
+        root: str,
+        title: str,
+        gt: List[Tuple[np.ndarray, List[Dict]]],
+        categories: List[Dict[str, Any]],
+        rng: np.random.Generator,
+    ):
         self.title = title
         self.root = root
         self.gt_json = os.path.join(root, "gt.json")
@@ -107,7 +138,10 @@ class BenchmarkSet:
         os.makedirs(self.pred_dir)
         self.name = f"benchmark_evaluation_{title}_{uuid.uuid4().hex[:8]}"
         meta = build_panoptic_metadata(categories, self.gt_json)
-        things, stuff = meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"]
+        things, stuff = (
+            meta["thing_dataset_id_to_contiguous_id"],
+            meta["stuff_dataset_id_to_contiguous_id"],
+        )
         # Relabelled / extra segments take categories of the GT (PQ averages over categories: a
         # random one of 133 classes per error would drive it to ~0 and look nothing like a model).
         category_ids = sorted({s["category_id"] for _, segments in gt for s in segments})
@@ -116,20 +150,34 @@ class BenchmarkSet:
         for i, (gt_map, segments) in enumerate(tqdm(gt, desc=f"preparing {title}", leave=False)):
             file_name = f"{i:06d}.png"
             save_panoptic_png(os.path.join(self.gt_dir, file_name), gt_map)
-            images.append({"id": i, "file_name": f"{i:06d}.jpg", "height": gt_map.shape[0],
-                           "width": gt_map.shape[1]})
+            images.append(
+                {
+                    "id": i,
+                    "file_name": f"{i:06d}.jpg",
+                    "height": gt_map.shape[0],
+                    "width": gt_map.shape[1],
+                }
+            )
             gt_anns.append({"image_id": i, "file_name": file_name, "segments_info": segments})
-            pred, pred_segments = perturb_prediction(gt_map, segments, category_ids, rng,
-                                                     MODEL_LIKE_PERTURBATIONS)
+            pred, pred_segments = perturb_prediction(
+                gt_map, segments, category_ids, rng, MODEL_LIKE_PERTURBATIONS
+            )
             with open(os.path.join(self.pred_dir, file_name), "wb") as f:
                 f.write(encode_panoptic_png(pred))
-            pred_anns.append({"image_id": i, "file_name": file_name, "segments_info": pred_segments})
+            pred_anns.append(
+                {"image_id": i, "file_name": file_name, "segments_info": pred_segments}
+            )
             self.inputs.append({"image_id": i, "file_name": f"{i:06d}.jpg"})
             model_segments = []
             for s in pred_segments:
                 isthing = s["category_id"] in things
-                model_segments.append({"id": s["id"], "isthing": isthing,
-                                       "category_id": (things if isthing else stuff)[s["category_id"]]})
+                model_segments.append(
+                    {
+                        "id": s["id"],
+                        "isthing": isthing,
+                        "category_id": (things if isthing else stuff)[s["category_id"]],
+                    }
+                )
             self.outputs.append({"panoptic_seg": (torch.from_numpy(pred), model_segments)})
         for path, anns in ((self.gt_json, gt_anns), (self.pred_json, pred_anns)):
             with open(path, "w") as f:
@@ -142,17 +190,29 @@ class BenchmarkSet:
 def coco_sample_set(root: str, copies: int, rng: np.random.Generator) -> BenchmarkSet:
     with open(os.path.join(COCO_SAMPLE, "panoptic_examples.json")) as f:
         sample = json.load(f)
-    maps = [read_panoptic_ids(os.path.join(COCO_SAMPLE, "panoptic_examples", a["file_name"]))
-            for a in sample["annotations"]]
-    gt = [(maps[j], sample["annotations"][j]["segments_info"]) for _ in range(copies) for j in range(len(maps))]
+    maps = [
+        read_panoptic_ids(os.path.join(COCO_SAMPLE, "panoptic_examples", a["file_name"]))
+        for a in sample["annotations"]
+    ]
+    gt = [
+        (maps[j], sample["annotations"][j]["segments_info"])
+        for _ in range(copies)
+        for j in range(len(maps))
+    ]
     return BenchmarkSet(os.path.join(root, "coco"), "coco_sample", gt, sample["categories"], rng)
 
 
-def synthetic_set(root: str, count: int, size: Tuple[int, int], rng: np.random.Generator) -> BenchmarkSet:
+def synthetic_set(
+    root: str, count: int, size: Tuple[int, int], rng: np.random.Generator
+) -> BenchmarkSet:
     with open(os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")) as f:
         categories = json.load(f)
-    gt = [make_synthetic_panoptic_gt(rng, size[0], size[1], categories, num_things=int(rng.integers(5, 25)))
-          for _ in tqdm(range(count), desc="synthetic GT", leave=False)]
+    gt = [
+        make_synthetic_panoptic_gt(
+            rng, size[0], size[1], categories, num_things=int(rng.integers(5, 25))
+        )
+        for _ in tqdm(range(count), desc="synthetic GT", leave=False)
+    ]
     return BenchmarkSet(os.path.join(root, "synthetic"), "synthetic", gt, categories, rng)
 
 
@@ -182,11 +242,15 @@ def _pq_compute_one_core(data: BenchmarkSet):
 
 def _copy_outputs(outputs: List[Dict]) -> List[Dict]:
     """The outputs with copied segments_info dicts (the id map tensors are shared, not modified)."""
-    return [{"panoptic_seg": (y["panoptic_seg"][0], [dict(s) for s in y["panoptic_seg"][1]])}
-            for y in outputs]
+    return [
+        {"panoptic_seg": (y["panoptic_seg"][0], [dict(s) for s in y["panoptic_seg"][1]])}
+        for y in outputs
+    ]
 
 
-def _run_evaluator(make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]]) -> Dict[str, float]:
+def _run_evaluator(
+    make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]]
+) -> Dict[str, float]:
     evaluator = make()
     evaluator.reset()
     for x, y in zip(data.inputs, outputs.pop()):
@@ -208,9 +272,12 @@ class StandInModel(torch.nn.Module):
         return [self.outputs_by_id[x["image_id"]] for x in batched_inputs]
 
 
-def _run_in_inference_loop(make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]],
-                           model_seconds: float) -> Dict[str, float]:
-    model = StandInModel({x["image_id"]: y for x, y in zip(data.inputs, outputs.pop())}, model_seconds)
+def _run_in_inference_loop(
+    make: Callable[[], Any], data: BenchmarkSet, outputs: List[List[Dict]], model_seconds: float
+) -> Dict[str, float]:
+    model = StandInModel(
+        {x["image_id"]: y for x, y in zip(data.inputs, outputs.pop())}, model_seconds
+    )
     results = inference_on_dataset(model, [[x] for x in data.inputs], make())
     return results.get("panoptic_seg", {})
 
@@ -226,9 +293,13 @@ def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool, model_ms: float) -
 
     with contextlib.redirect_stdout(io.StringIO()):
         timings["pq_compute"], ref = _best_time(
-            lambda: pq_compute(data.gt_json, data.pred_json, data.gt_dir, data.pred_dir), repeat)
-    results["pq_compute"] = {"PQ": 100 * ref["All"]["pq"], "SQ": 100 * ref["All"]["sq"],
-                             "RQ": 100 * ref["All"]["rq"]}
+            lambda: pq_compute(data.gt_json, data.pred_json, data.gt_dir, data.pred_dir), repeat
+        )
+    results["pq_compute"] = {
+        "PQ": 100 * ref["All"]["pq"],
+        "SQ": 100 * ref["All"]["sq"],
+        "RQ": 100 * ref["All"]["rq"],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         timings["pq_compute 1 core"], _ = _best_time(lambda: _pq_compute_one_core(data), repeat)
     d2 = lambda: COCOPanopticEvaluator(data.name)  # noqa: E731
@@ -237,55 +308,83 @@ def benchmark(data: BenchmarkSet, repeat: int, skip_d2: bool, model_ms: float) -
     if not skip_d2:
         timings["d2"], results["d2"] = _best_time(lambda: _run_evaluator(d2, data, outputs), repeat)
     timings["fast cold"], results["fast cold"] = _best_time(
-        lambda: _run_evaluator(fast, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear)
+        lambda: _run_evaluator(fast, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear
+    )
     timings["fast cold 1 thread"], results["fast cold 1 thread"] = _best_time(
-        lambda: _run_evaluator(fast_inline, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear)
+        lambda: _run_evaluator(fast_inline, data, outputs), repeat, before=GROUND_TRUTH_CACHE.clear
+    )
     _run_evaluator(fast, data, outputs)
-    timings["fast warm"], results["fast warm"] = _best_time(lambda: _run_evaluator(fast, data, outputs), repeat)
+    timings["fast warm"], results["fast warm"] = _best_time(
+        lambda: _run_evaluator(fast, data, outputs), repeat
+    )
     timings["fast warm 1 thread"], results["fast warm 1 thread"] = _best_time(
-        lambda: _run_evaluator(fast_inline, data, outputs), repeat)
+        lambda: _run_evaluator(fast_inline, data, outputs), repeat
+    )
 
     if model_ms:
         seconds = model_ms / 1000
         loop = {}
         loop["no evaluator"], _ = _best_time(
-            lambda: _run_in_inference_loop(lambda: DatasetEvaluators([]), data, outputs, seconds), repeat)
+            lambda: _run_in_inference_loop(lambda: DatasetEvaluators([]), data, outputs, seconds),
+            repeat,
+        )
         if not skip_d2:
             loop["d2"], results["d2 in loop"] = _best_time(
-                lambda: _run_in_inference_loop(d2, data, outputs, seconds), repeat)
+                lambda: _run_in_inference_loop(d2, data, outputs, seconds), repeat
+            )
         loop["fast cold"], results["fast cold in loop"] = _best_time(
-            lambda: _run_in_inference_loop(fast, data, outputs, seconds), repeat, before=GROUND_TRUTH_CACHE.clear)
+            lambda: _run_in_inference_loop(fast, data, outputs, seconds),
+            repeat,
+            before=GROUND_TRUTH_CACHE.clear,
+        )
         loop["fast warm"], results["fast warm in loop"] = _best_time(
-            lambda: _run_in_inference_loop(fast, data, outputs, seconds), repeat)
-        added = {k: (v - loop["no evaluator"]) / data.num_images for k, v in loop.items() if k != "no evaluator"}
+            lambda: _run_in_inference_loop(fast, data, outputs, seconds), repeat
+        )
+        added = {
+            k: (v - loop["no evaluator"]) / data.num_images
+            for k, v in loop.items()
+            if k != "no evaluator"
+        }
         added["model"] = loop["no evaluator"] / data.num_images
 
     for method, res in results.items():
         for key in ("PQ", "SQ", "RQ"):
             if abs(res[key] - results["pq_compute"][key]) > 1e-9:
-                raise RuntimeError(f"{method} gives {key} {res[key]} but pq_compute {results['pq_compute'][key]}")
-    return {"PQ": results["pq_compute"]["PQ"], "added": added,
-            **{k: v / data.num_images for k, v in timings.items()}}
+                raise RuntimeError(
+                    f"{method} gives {key} {res[key]} but pq_compute {results['pq_compute'][key]}"
+                )
+    return {
+        "PQ": results["pq_compute"]["PQ"],
+        "added": added,
+        **{k: v / data.num_images for k, v in timings.items()},
+    }
 
 
 def print_report(data: BenchmarkSet, per_image: Dict[str, Any]) -> None:
-    print(f"\n{data.title}: {data.num_images} images of {data.height}x{data.width}, PQ {per_image['PQ']:.2f} "
-          "(identical for every method)")
+    print(
+        f"\n{data.title}: {data.num_images} images of {data.height}x{data.width}, PQ "
+        f"{per_image['PQ']:.2f} "
+        "(identical for every method)"
+    )
     print(f"{'method':<20} {'ms/image':>9}")
     ours_methods = ("fast cold", "fast cold 1 thread", "fast warm", "fast warm 1 thread")
     for method in ("d2", "pq_compute", "pq_compute 1 core") + ours_methods:
         if method in per_image:
             print(f"{method:<20} {1000 * per_image[method]:9.2f}")
     for ours in ours_methods:
-        ratios = [f"pq_compute / {ours} = {per_image['pq_compute'] / per_image[ours]:.1f}x",
-                  f"pq_compute 1 core / {ours} = {per_image['pq_compute 1 core'] / per_image[ours]:.1f}x"]
+        ratios = [
+            f"pq_compute / {ours} = {per_image['pq_compute'] / per_image[ours]:.1f}x",
+            f"pq_compute 1 core / {ours} = {per_image['pq_compute 1 core'] / per_image[ours]:.1f}x",
+        ]
         if "d2" in per_image:
             ratios.append(f"d2 / {ours} = {per_image['d2'] / per_image[ours]:.1f}x")
         print("  " + ", ".join(ratios))
     added = per_image["added"]
     if added:
-        print(f"inside inference_on_dataset, stand-in model {1000 * added['model']:.1f} ms/image; "
-              "time each evaluator adds:")
+        print(
+            f"inside inference_on_dataset, stand-in model {1000 * added['model']:.1f} ms/image; "
+            "time each evaluator adds:"
+        )
         print(f"{'method':<20} {'ms/image':>9}")
         for method in ("d2", "fast cold", "fast warm"):
             if method in added:
@@ -311,8 +410,10 @@ def main(argv=None) -> None:
     root = args.keep or tempfile.mkdtemp(prefix="benchmark_evaluation_")
     if args.keep:
         os.makedirs(root)
-    print(f"{os.cpu_count()} CPUs (pq_compute uses a pool of that many processes; the fast "
-          f"evaluator 2 threads by default); best of {args.repeat} runs")
+    print(
+        f"{os.cpu_count()} CPUs (pq_compute uses a pool of that many processes; the fast "
+        f"evaluator 2 threads by default); best of {args.repeat} runs"
+    )
     try:
         sets = []
         if args.copies:

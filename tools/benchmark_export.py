@@ -1,27 +1,29 @@
 #!/usr/bin/env python
 """Exported DetrPanoptic (TorchScript, ONNX Runtime) against eager PyTorch: images/s, end to end.
 
-One model (default: the official R50 panoptic layout, 251 dataset-id class logits, COCO metadata; random
-weights), one random image of ``--input-size`` (default 800x1199: a 427x640 COCO image at short side 800),
-panoptic output at ``--output-size``. The score threshold is set so that ``--kept`` queries are kept on
-that image (random weights keep none at DETR's 0.85; the class head's no-object and unused-slot biases are
-lowered by 10 so every query predicts a class), so the mask head and the fusion do real work.
-Pipelines, all from the preprocessed image to the panoptic map:
+One model (default: the official R50 panoptic layout, 251 dataset-id class logits, COCO metadata;
+random weights), one random image of ``--input-size`` (default 800x1199: a 427x640 COCO image at
+short side 800), panoptic output at ``--output-size``. The score threshold is set so that ``--kept``
+queries are kept on that image (random weights keep none at DETR's 0.85; the class head's no-object
+and unused-slot biases are lowered by 10 so every query predicts a class), so the mask head and the
+fusion do real work. Pipelines, all from the preprocessed image to the panoptic map:
 
 * eager: ``model([{"image", "height", "width"}])`` (Detectron2's call);
 * torchscript: the file written by ``detr_d2.export.save_torchscript``, ``torch.jit.load``-ed,
   ``module(image, [H, W])`` (network traced, fusion scripted);
-* onnxruntime: the file of ``detr_d2.export.export_onnx`` in an ``InferenceSession`` (intra-op threads =
-  torch's), then ``PanopticPostprocessor`` (numpy).
+* onnxruntime: the file of ``detr_d2.export.export_onnx`` in an ``InferenceSession`` (intra-op
+  threads = torch's), then ``PanopticPostprocessor`` (numpy).
 
-Each pipeline gets ``--warmup`` untimed passes, then ``--iters`` rounds of one timed pass per pipeline,
-in rotating order so that load changes hit all alike. Printed: ms per image, images/s and the ratio to
-eager, plus the kept queries / segments of each (same run, same machine). ``--device cuda``: eager and
-TorchScript on the GPU (the TorchScript file is exported there), ONNX Runtime with its
-``CUDAExecutionProvider`` when the installed onnxruntime has one (``onnxruntime-gpu``), else skipped.
+Each pipeline gets ``--warmup`` untimed passes, then ``--iters`` rounds of one timed pass per
+pipeline, in rotating order so that load changes hit all alike. Printed: ms per image, images/s and
+the ratio to eager, plus the kept queries / segments of each (same run, same machine). ``--device
+cuda``: eager and TorchScript on the GPU (the TorchScript file is exported there), ONNX Runtime with
+its ``CUDAExecutionProvider`` when the installed onnxruntime has one (``onnxruntime-gpu``), else
+skipped.
 
     python tools/benchmark_export.py --device cpu --threads 2
 """
+
 import argparse
 import os
 import sys
@@ -29,18 +31,42 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import add_architecture_arguments, architecture, hw_size, print_done  # puts the checkout on sys.path
+from benchmark_utils import (
+    add_architecture_arguments,
+    architecture,
+    hw_size,
+    print_done,
+)  # puts the checkout on sys.path
 
 PIPELINES = ("eager", "torchscript", "onnxruntime")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch / onnxruntime CPU threads (default: torch's default)")
-    p.add_argument("--input-size", type=hw_size(32), default=(800, 1199), help="network input HxW (default 800x1199)")
-    p.add_argument("--output-size", type=hw_size(), default=(427, 640), help="panoptic output HxW (default 427x640)")
-    p.add_argument("--kept", type=int, default=20, help="queries kept on the benchmark image (default 20)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch / onnxruntime CPU threads (default: torch's default)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=hw_size(32),
+        default=(800, 1199),
+        help="network input HxW (default 800x1199)",
+    )
+    p.add_argument(
+        "--output-size",
+        type=hw_size(),
+        default=(427, 640),
+        help="panoptic output HxW (default 427x640)",
+    )
+    p.add_argument(
+        "--kept", type=int, default=20, help="queries kept on the benchmark image (default 20)"
+    )
     p.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per pipeline (default 1)")
     p.add_argument("--iters", type=int, default=3, help="timed passes per pipeline (default 3)")
@@ -57,18 +83,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace, device, image):
-    """The random model on ``device`` with its threshold between the ``--kept``-th and the next score."""
+    """The random model on ``device`` with its threshold between the ``--kept``-th and the next
+    score."""
     import torch
+    from benchmark_utils import detr_config
     from detectron2.modeling import build_model as d2_build_model
 
-    from benchmark_utils import detr_config
     from detr_d2.export import PanopticNetwork
     from detr_d2.modeling.panoptic_inference import panoptic_queries
 
     torch.manual_seed(args.seed)
     cfg = detr_config(architecture(args), device)
     model = d2_build_model(cfg).eval()
-    with torch.no_grad():  # the random class head often prefers no-object / unused slots: rule them out
+    with (
+        torch.no_grad()
+    ):  # the random class head often prefers no-object / unused slots: rule them out
         not_a_class = torch.ones_like(model.class_embed.bias, dtype=torch.bool)
         not_a_class[:-1] = model.label_map < 0 if model.label_map is not None else False
         model.class_embed.bias[not_a_class] -= 10.0
@@ -76,7 +105,10 @@ def build_model(args: argparse.Namespace, device, image):
         scores = logits.softmax(-1).max(-1).values[panoptic_queries(logits, -1.0, model.label_map)]
         scores = scores.sort(descending=True).values
     if len(scores) < args.kept:
-        raise SystemExit(f"error: {len(scores)} queries predict a class on this image: use --kept <= {len(scores)}")
+        raise SystemExit(
+            f"error: {len(scores)} queries predict a class on this image: use --kept <= "
+            f"{len(scores)}"
+        )
     upper = float(scores[args.kept - 1])
     lower = float(scores[args.kept]) if len(scores) > args.kept else 0.0
     model.object_mask_threshold = (upper + lower) / 2
@@ -87,7 +119,13 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
     """name -> callable running one image end to end, returning its number of segments."""
     import torch
 
-    from detr_d2.export import PanopticPostprocessor, export_metadata, export_onnx, export_torchscript, save_torchscript
+    from detr_d2.export import (
+        PanopticPostprocessor,
+        export_metadata,
+        export_onnx,
+        export_torchscript,
+        save_torchscript,
+    )
 
     h_out, w_out = args.output_size
     meta = export_metadata(model, cfg)
@@ -96,7 +134,9 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
 
     def eager():
         with torch.no_grad():
-            return len(model([{"image": image_dev, "height": h_out, "width": w_out}])[0]["panoptic_seg"][1])
+            return len(
+                model([{"image": image_dev, "height": h_out, "width": w_out}])[0]["panoptic_seg"][1]
+            )
 
     pipelines["eager"] = eager
     if "torchscript" in args.pipelines:
@@ -105,7 +145,10 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
         save_torchscript(export_torchscript(model, image, meta), path, meta)
         module = torch.jit.load(path, map_location=device)
         size_mib = os.path.getsize(path) / 2**20
-        print(f"torchscript: exported in {time.perf_counter() - t0:.0f} s ({size_mib:.0f} MiB)", flush=True)
+        print(
+            f"torchscript: exported in {time.perf_counter() - t0:.0f} s ({size_mib:.0f} MiB)",
+            flush=True,
+        )
 
         def torchscript():
             with torch.no_grad():
@@ -120,7 +163,10 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
         else:
             provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
             if provider not in ort.get_available_providers():
-                print(f"onnxruntime: skipped (this onnxruntime has no {provider}; install onnxruntime-gpu)")
+                print(
+                    f"onnxruntime: skipped (this onnxruntime has no {provider}; install "
+                    "onnxruntime-gpu)"
+                )
             else:
                 t0 = time.perf_counter()
                 data = export_onnx(model, image.to(model.device), meta)
@@ -129,8 +175,12 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
                     options.intra_op_num_threads = torch.get_num_threads()
                 session = ort.InferenceSession(data, options, providers=[provider])
                 post = PanopticPostprocessor.from_onnx_session(session)
-                print(f"onnxruntime {ort.__version__} ({provider}): exported in {time.perf_counter() - t0:.0f} s "
-                      f"({len(data) / 2**20:.0f} MiB)", flush=True)
+                print(
+                    f"onnxruntime {ort.__version__} ({provider}): exported in "
+                    f"{time.perf_counter() - t0:.0f} s "
+                    f"({len(data) / 2**20:.0f} MiB)",
+                    flush=True,
+                )
                 feed = {"image": image.float().numpy()}
 
                 def onnxruntime():
@@ -141,10 +191,11 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
     return pipelines
 
 
-def time_pipelines(pipelines: Dict[str, Callable], args, device) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
-    from tqdm import tqdm
-
+def time_pipelines(
+    pipelines: Dict[str, Callable], args, device
+) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
     from benchmark_utils import synchronize
+    from tqdm import tqdm
 
     names = list(pipelines)
     plan = [(n, False) for _ in range(args.warmup) for n in names]
@@ -166,7 +217,6 @@ def time_pipelines(pipelines: Dict[str, Callable], args, device) -> Tuple[Dict[s
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
-
     from benchmark_utils import format_table, print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
@@ -177,10 +227,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, *args.input_size), dtype=torch.uint8, generator=g)
     model, cfg = build_model(args, device, image)
-    print(f"model: ResNet-{args.depth}, hidden {args.hidden_dim}, {args.enc_layers}+{args.dec_layers} layers, "
-          f"{args.num_queries} queries, 251 class logits; random weights; threshold {model.object_mask_threshold:.6f} "
-          f"keeps {args.kept} queries; input {args.input_size[0]}x{args.input_size[1]}, output "
-          f"{args.output_size[0]}x{args.output_size[1]}", flush=True)
+    print(
+        f"model: ResNet-{args.depth}, hidden {args.hidden_dim}, "
+        f"{args.enc_layers}+{args.dec_layers} layers, "
+        f"{args.num_queries} queries, 251 class logits; random weights; threshold "
+        f"{model.object_mask_threshold:.6f} "
+        f"keeps {args.kept} queries; input {args.input_size[0]}x{args.input_size[1]}, output "
+        f"{args.output_size[0]}x{args.output_size[1]}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as workdir:
         pipelines = make_pipelines(args, model, cfg, image, device, workdir)
         times, results = time_pipelines(pipelines, args, device)
@@ -188,9 +243,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for name, ts in times.items():
         mean = sum(ts) / len(ts)
-        rows.append([name, f"{mean * 1e3:.0f}", f"{1 / mean:.3f}", f"{eager / mean:.2f}", results[name]])
-    print(f"\n== {device.type.upper()}, {torch.get_num_threads()} threads: one image end to end (network + panoptic "
-          f"fusion), mean of {args.iters} timed passes per pipeline (interleaved) after {args.warmup} warm-up ==")
+        rows.append(
+            [name, f"{mean * 1e3:.0f}", f"{1 / mean:.3f}", f"{eager / mean:.2f}", results[name]]
+        )
+    print(
+        f"\n== {device.type.upper()}, {torch.get_num_threads()} threads: one image end to "
+        "end (network + panoptic "
+        f"fusion), mean of {args.iters} timed passes per pipeline (interleaved) after "
+        f"{args.warmup} warm-up =="
+    )
     print(format_table(["pipeline", "ms/img", "images/s", "speed vs eager", "segments"], rows))
     line = ", ".join(f"{r[0]} {r[2]} img/s ({r[3]}x)" for r in rows)
     print(f"\nbenchmark: {device.type} {args.input_size[0]}x{args.input_size[1]}: {line}")

@@ -1,54 +1,62 @@
 #!/usr/bin/env python
-"""Training benchmark: one training step of detr_d2's ``DetrPanoptic`` against the official DETR code, same
-weights, same targets, same run; then the quickstart's joint step with and without all-query masks.
+"""Training benchmark: one training step of detr_d2's ``DetrPanoptic`` against the official DETR
+code, same weights, same targets, same run; then the quickstart's joint step with and without
+all-query masks.
 
-Part ``stage2`` (the official two-stage recipe's mask-head training, ``--frozen_weights``): the detector
-(ResNet, transformer, class and box heads) is frozen and only ``bbox_attention`` / ``mask_head`` train.
+Part ``stage2`` (the official two-stage recipe's mask-head training, ``--frozen_weights``): the
+detector (ResNet, transformer, class and box heads) is frozen and only ``bbox_attention`` /
+``mask_head`` train.
 
 * ours: ``MODEL.DETR.FROZEN_WEIGHTS`` (the detector loaded from a checkpoint file and frozen),
-  ``DEEP_SUPERVISION False``; a step is Detectron2's ``SimpleTrainer.run_step`` without the data loader
-  (``loss_dict = model(batch)``, sum, ``zero_grad``, ``backward``, ``step``) with ``tools/train_net.py``'s
-  optimiser (``build_detr_optimizer``: AdamW over the trainable parameters, full-model gradient clipping
-  0.1). The criterion matches first and runs the mask head on the matched queries only.
-* official: ``DETRsegm`` of the test oracle with the detector's parameters frozen (``freeze_detr``; nothing
-  in the detector requires grad, so autograd records nothing there, as under ``torch.no_grad``), auxiliary
-  decoding outputs on (the official default), the official ``SetCriterion`` (``tests/utils/official_detr/
-  criterion.py``: Hungarian matching on class/L1/GIoU costs, cross-entropy with no-object weight 0.1,
-  L1 + GIoU, sigmoid focal + dice on the matched queries' masks taken from the masks of *all* queries) and
-  ``engine.train_one_epoch``'s step: ``AdamW`` (``main.py``'s parameter groups, lr 1e-4, weight decay 1e-4),
-  ``clip_grad_norm_(0.1)``.
+  ``DEEP_SUPERVISION False``; a step is Detectron2's ``SimpleTrainer.run_step`` without the data
+  loader (``loss_dict = model(batch)``, sum, ``zero_grad``, ``backward``, ``step``) with
+  ``tools/train_net.py``'s optimiser (``build_detr_optimizer``: AdamW over the trainable parameters,
+  full-model gradient clipping 0.1). The criterion matches first and runs the mask head on the
+  matched queries only.
+* official: ``DETRsegm`` of the test oracle with the detector's parameters frozen (``freeze_detr``;
+  nothing in the detector requires grad, so autograd records nothing there, as under
+  ``torch.no_grad``), auxiliary decoding outputs on (the official default), the official
+  ``SetCriterion`` (``tests/utils/official_detr/ criterion.py``: Hungarian matching on class/L1/GIoU
+  costs, cross-entropy with no-object weight 0.1, L1 + GIoU, sigmoid focal + dice on the matched
+  queries' masks taken from the masks of *all* queries) and ``engine.train_one_epoch``'s step:
+  ``AdamW`` (``main.py``'s parameter groups, lr 1e-4, weight decay 1e-4), ``clip_grad_norm_(0.1)``.
 
-Both get the same random weights (the oracle's, converted with ``detr_d2.checkpoint.convert_official_detr``
-and loaded strictly), 251 class logits (``CLASS_SLOTS dataset_id``), dropout 0 (the official stage 2 keeps
-the frozen transformer's dropout 0.1 active; without it both sides compute the same thing, at the same
-cost), and the same batch: ``--batch-size`` random RGB images of ``--image-size`` (default 2 x 512x640)
-with random panoptic targets (two stuff bands + ``--segments`` thing rectangles/ellipses painted over them:
-about 8 segments per image, COCO classes). The first step's mask losses of the two must agree (same
-weights, same matching); printed with their relative difference.
+Both get the same random weights (the oracle's, converted with
+``detr_d2.checkpoint.convert_official_detr`` and loaded strictly), 251 class logits (``CLASS_SLOTS
+dataset_id``), dropout 0 (the official stage 2 keeps the frozen transformer's dropout 0.1 active;
+without it both sides compute the same thing, at the same cost), and the same batch:
+``--batch-size`` random RGB images of ``--image-size`` (default 2 x 512x640) with random panoptic
+targets (two stuff bands + ``--segments`` thing rectangles/ellipses painted over them: about 8
+segments per image, COCO classes). The first step's mask losses of the two must agree (same weights,
+same matching); printed with their relative difference.
 
-Part ``quickstart``: ``configs/quickstart/detr_r18_quickstart.yaml`` (ResNet-18, joint box + mask training),
-one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quickstart generator (``generate_quickstart_
-dataset`` in a temporary folder, mapped by the training mapper), before = ``MODEL.DETR.ALL_QUERY_MASKS True``
-(every query's mask, as official DETR), after = the default (matched queries only), both from the same seed.
+Part ``quickstart``: ``configs/quickstart/detr_r18_quickstart.yaml`` (ResNet-18, joint box + mask
+training), one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quickstart generator
+(``generate_quickstart_ dataset`` in a temporary folder, mapped by the training mapper), before =
+``MODEL.DETR.ALL_QUERY_MASKS True`` (every query's mask, as official DETR), after = the default
+(matched queries only), both from the same seed.
 
-Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask head
-(its forward: ``bbox_attention`` + ``mask_head``; ours ``DetrPanoptic.query_masks``), loss (targets,
-matching, losses), backward, optimizer (``zero_grad`` + clipping + ``step``) and other (means over the timed
-steps), the total's mean and median (robust to load spikes on a shared machine; the speed-ups use it),
-iterations/s; the
+Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask
+head (its forward: ``bbox_attention`` + ``mask_head``; ours ``DetrPanoptic.query_masks``), loss
+(targets, matching, losses), backward, optimizer (``zero_grad`` + clipping + ``step``) and other
+(means over the timed steps), the total's mean and median (robust to load spikes on a shared
+machine; the speed-ups use it), iterations/s; the
 peak memory of one whole step (one extra untimed step after the warm-up: on CUDA
-``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, on CPU the peak of tensor memory from
-the profiler's allocation events, both above what is allocated before the step: weights, optimiser state
-and the batch are not counted); the ratios; and the targets (stage 2: >= 3x faster, >= 4x less step
-memory). Timed steps of the two sides alternate (ABBA...) so both see the same machine load.
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, on CPU the peak of tensor
+memory from the profiler's allocation events, both above what is allocated before the step: weights,
+optimiser state and the batch are not counted); the ratios; and the targets (stage 2: >= 3x faster,
+>= 4x less step memory). Timed steps of the two sides alternate (ABBA...) so both see the same
+machine load.
 
-``--amp``: both sides under ``torch.autocast("cuda", torch.float16)`` with a ``GradScaler`` (CUDA only).
+``--amp``: both sides under ``torch.autocast("cuda", torch.float16)`` with a ``GradScaler`` (CUDA
+only).
 
 Example (the figures in the README)::
 
     python tools/benchmark_training.py --device cpu --threads 2
     python tools/benchmark_training.py --device cuda --warmup 3 --iters 10
 """
+
 import argparse
 import contextlib
 import os
@@ -57,7 +65,10 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import hw_size, print_done  # also puts the checkout on sys.path for the test oracle
+from benchmark_utils import (
+    hw_size,
+    print_done,
+)  # also puts the checkout on sys.path for the test oracle
 
 STAGES = ("forward", "mask head", "loss", "backward", "optimizer", "other")
 MASK_LOSSES = ("loss_mask", "loss_dice")
@@ -70,27 +81,68 @@ QUICKSTART_CONFIG = os.path.join("configs", "quickstart", "detr_r18_quickstart.y
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from benchmark_utils import add_architecture_arguments
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: leave torch's default)")
-    p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler on both sides (CUDA only)")
-    p.add_argument("--parts", nargs="+", choices=("stage2", "quickstart"), default=["stage2", "quickstart"])
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed steps per side before the memory step and the timed ones (default 1; >= 1: the "
-                        "first step's losses are compared and the optimiser state exists before memory is measured)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: leave torch's default)"
+    )
+    p.add_argument(
+        "--amp", action="store_true", help="float16 autocast + GradScaler on both sides (CUDA only)"
+    )
+    p.add_argument(
+        "--parts", nargs="+", choices=("stage2", "quickstart"), default=["stage2", "quickstart"]
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed steps per side before the memory step and the timed ones (default 1; >= 1: "
+        "the "
+        "first step's losses are compared and the optimiser state exists before memory is "
+        "measured)",
+    )
     p.add_argument("--iters", type=int, default=3, help="timed stage-2 steps per side (default 3)")
     p.add_argument("--batch-size", type=int, default=2, help="stage-2 images per step (default 2)")
-    p.add_argument("--image-size", type=hw_size(32), default=(512, 640), help="stage-2 image HxW (default 512x640)")
-    p.add_argument("--segments", type=int, default=6,
-                   help="stage-2 thing segments per image, plus 2 stuff bands (default 6)")
+    p.add_argument(
+        "--image-size",
+        type=hw_size(32),
+        default=(512, 640),
+        help="stage-2 image HxW (default 512x640)",
+    )
+    p.add_argument(
+        "--segments",
+        type=int,
+        default=6,
+        help="stage-2 thing segments per image, plus 2 stuff bands (default 6)",
+    )
     add_architecture_arguments(p)
-    p.add_argument("--quickstart-iters", type=int, default=5, help="timed quickstart steps per setting (default 5)")
-    p.add_argument("--quickstart-opts", nargs="*", default=[],
-                   help="KEY VALUE pairs applied to the quickstart config (Detectron2 opts, e.g. SOLVER.IMS_PER_BATCH 4)")
+    p.add_argument(
+        "--quickstart-iters",
+        type=int,
+        default=5,
+        help="timed quickstart steps per setting (default 5)",
+    )
+    p.add_argument(
+        "--quickstart-opts",
+        nargs="*",
+        default=[],
+        help="KEY VALUE pairs applied to the quickstart config (Detectron2 opts, e.g. "
+        "SOLVER.IMS_PER_BATCH 4)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.iters < 1 or args.quickstart_iters < 1 or args.warmup < 1 or args.batch_size < 1 or args.segments < 0:
-        p.error("--iters, --quickstart-iters, --warmup and --batch-size must be >= 1, --segments >= 0")
+    if (
+        args.iters < 1
+        or args.quickstart_iters < 1
+        or args.warmup < 1
+        or args.batch_size < 1
+        or args.segments < 0
+    ):
+        p.error(
+            "--iters, --quickstart-iters, --warmup and --batch-size must be >= 1, --segments >= 0"
+        )
     if len(args.quickstart_opts) % 2:
         p.error(f"--quickstart-opts takes KEY VALUE pairs, got {len(args.quickstart_opts)} values")
     if args.amp and not args.device.startswith("cuda"):
@@ -98,11 +150,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------------------------
+# data
 def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> List[Dict]:
-    """Random images and panoptic targets: per image two stuff bands (top/bottom, random stuff classes)
-    and ``--segments`` thing rectangles/ellipses painted in order (later ones occlude earlier ones);
-    segments left with no pixel are dropped. Instances: ``gt_classes`` (contiguous), ``gt_masks``
+    """Random images and panoptic targets: per image two stuff bands (top/bottom, random stuff
+    classes) and ``--segments`` thing rectangles/ellipses painted in order (later ones occlude
+    earlier ones); segments left with no pixel are dropped. Instances: ``gt_classes`` (contiguous),
+    ``gt_masks``
     (BitMasks), ``gt_boxes`` (XYXY pixels from the masks), ``gt_is_crowd`` (all False)."""
     import torch
     from detectron2.structures import BitMasks, Instances
@@ -121,7 +175,9 @@ def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> Li
         classes += [stuff[int(i)] for i in torch.randint(len(stuff), (2,), generator=g)]
         for k in range(args.segments):
             cy, cx = (float(v) for v in torch.rand(2, generator=g) * torch.tensor([h, w]))
-            ry, rx = (float(v) for v in (0.05 + 0.2 * torch.rand(2, generator=g)) * torch.tensor([h, w]))
+            ry, rx = (
+                float(v) for v in (0.05 + 0.2 * torch.rand(2, generator=g)) * torch.tensor([h, w])
+            )
             if k % 2:
                 shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
             else:
@@ -136,12 +192,15 @@ def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> Li
         inst.gt_classes = torch.tensor([classes[i] for i in present], dtype=torch.int64)
         inst.gt_is_crowd = torch.zeros(len(present), dtype=torch.bool)
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
-        batch.append({"image": image.to(device), "instances": inst.to(device), "height": h, "width": w})
+        batch.append(
+            {"image": image.to(device), "instances": inst.to(device), "height": h, "width": w}
+        )
     return batch
 
 
 def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
-    """The official targets of the same segments: ``labels`` = class slots (COCO dataset ids), ``boxes``
+    """The official targets of the same segments: ``labels`` = class slots (COCO dataset ids),
+    ``boxes``
     normalised cxcywh of the image, ``masks`` (N, H, W) bool."""
     import torch
     from torchvision.ops import box_convert
@@ -151,16 +210,19 @@ def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
         inst = x["instances"]
         h, w = inst.image_size
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=inst.gt_boxes.tensor.device)
-        targets.append({
-            "labels": contiguous_to_slot.to(inst.gt_classes.device)[inst.gt_classes],
-            "boxes": box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh"),
-            "masks": inst.gt_masks.tensor,
-        })
+        targets.append(
+            {
+                "labels": contiguous_to_slot.to(inst.gt_classes.device)[inst.gt_classes],
+                "boxes": box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh"),
+                "masks": inst.gt_masks.tensor,
+            }
+        )
     return targets
 
 
 def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
-    """``SOLVER.IMS_PER_BATCH`` images of the quickstart generator (written under ``root``), mapped by the
+    """``SOLVER.IMS_PER_BATCH`` images of the quickstart generator (written under ``root``), mapped
+    by the
     training mapper of ``cfg`` (random flip seeded by ``seed``)."""
     import numpy as np
     import torch
@@ -171,24 +233,32 @@ def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
     from detr_d2.data.datasets.register_panoptic import load_panoptic_json
 
     n = cfg.SOLVER.IMS_PER_BATCH
-    json_file = generate_quickstart_dataset(root, "train", num_images=n, image_size=max(32, cfg.INPUT.MAX_SIZE_TRAIN), seed=seed)
-    dicts = load_panoptic_json(json_file, os.path.join(root, "train"), os.path.join(root, "panoptic_train"),
-                               MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict())
+    json_file = generate_quickstart_dataset(
+        root, "train", num_images=n, image_size=max(32, cfg.INPUT.MAX_SIZE_TRAIN), seed=seed
+    )
+    dicts = load_panoptic_json(
+        json_file,
+        os.path.join(root, "train"),
+        os.path.join(root, "panoptic_train"),
+        MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict(),
+    )
     mapper = DetrPanopticDatasetMapper(cfg, True)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return [mapper(d) for d in dicts]
 
 
-# ---------------------------------------------------------------------------------------------- steps
+# ----------------------------------------------------------------------------------------------
+# steps
 class Side:
-    """One side of a comparison: a model, its optimiser and batch, a step function and a stage timer.
-    ``step(record)`` runs one training step (``record``: keep its stage times); ``losses`` holds the first
-    step's unweighted losses (floats); ``matched`` the number of queries whose mask the first step computed."""
+    """One side of a comparison: a model, its optimiser and batch, a step function and a stage
+    timer. ``step(record)`` runs one training step (``record``: keep its stage times); ``losses``
+    holds the first
+    step's unweighted losses (floats); ``matched`` the number of queries whose mask the first step
+    computed."""
 
     def __init__(self, name: str, device, amp: bool):
         import torch
-
         from benchmark_utils import StageTimer
 
         self.name, self.device, self.amp = name, device, amp
@@ -204,12 +274,17 @@ class Side:
 
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
 
-    def backward_and_step(self, losses, optimizer, clip: Optional[Callable[[], None]] = None) -> None:
-        """``zero_grad``, backward (scaled under AMP), optional clipping, ``step``: the stage split of both."""
+    def backward_and_step(
+        self, losses, optimizer, clip: Optional[Callable[[], None]] = None
+    ) -> None:
+        """``zero_grad``, backward (scaled under AMP), optional clipping, ``step``: the stage split
+        of both."""
         import torch
 
         if not torch.isfinite(losses):
-            raise FloatingPointError(f"{self.name}: loss became {losses.item()} at iteration {self.iteration}")
+            raise FloatingPointError(
+                f"{self.name}: loss became {losses.item()} at iteration {self.iteration}"
+            )
         with self.timer.stage("optimizer"):
             optimizer.zero_grad()
         with self.timer.stage("backward"):
@@ -246,7 +321,10 @@ class Side:
         """Mean seconds per stage over the recorded steps, and ``median`` (of the steps' totals)."""
         from benchmark_utils import summarize_iterations
 
-        return dict(summarize_iterations(self.timer.history), median=summarize_iterations(self.timer.history, "median")["total"])
+        return dict(
+            summarize_iterations(self.timer.history),
+            median=summarize_iterations(self.timer.history, "median")["total"],
+        )
 
     def close(self) -> None:
         for p in reversed(self._patches):
@@ -255,7 +333,8 @@ class Side:
 
 
 class OursSide(Side):
-    """``DetrPanoptic`` trained as Detectron2's ``SimpleTrainer.run_step`` / ``AMPTrainer.run_step`` do."""
+    """``DetrPanoptic`` trained as Detectron2's ``SimpleTrainer.run_step`` / ``AMPTrainer.run_step``
+    do."""
 
     def __init__(self, name: str, model, optimizer, batch: List[Dict], device, amp: bool):
         from benchmark_utils import patch_method
@@ -267,7 +346,9 @@ class OursSide(Side):
         t.wrap_method(model, "forward_detector", "forward")
         t.wrap_method(model, "prepare_targets", "loss")
         t.hook_modules({"loss": [model.criterion]})
-        t.wrap_method(model, "query_masks", "mask head")  # inside the criterion (matched) or all_masks
+        t.wrap_method(
+            model, "query_masks", "mask head"
+        )  # inside the criterion (matched) or all_masks
         self.matched: Optional[int] = None
         self._patches.append(patch_method(model, "query_masks", on_return=self._count))
 
@@ -296,11 +377,15 @@ class OfficialSide(Side):
         self.model, self.criterion, self.targets = model, criterion, targets
         mean = torch.tensor((0.485, 0.456, 0.406), device=device).view(3, 1, 1)
         std = torch.tensor((0.229, 0.224, 0.225), device=device).view(3, 1, 1)
-        self.normalize = lambda: nested_tensor_from_tensor_list([(x["image"].float() / 255.0 - mean) / std for x in batch])
+        self.normalize = lambda: nested_tensor_from_tensor_list(
+            [(x["image"].float() / 255.0 - mean) / std for x in batch]
+        )
         # main.py: trainable non-backbone parameters at lr, backbone ones at lr_backbone (none here)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in named if "backbone" not in n]},
-                  {"params": [p for n, p in named if "backbone" in n], "lr": 1e-5}]
+        groups = [
+            {"params": [p for n, p in named if "backbone" not in n]},
+            {"params": [p for n, p in named if "backbone" in n], "lr": 1e-5},
+        ]
         self.optimizer = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4)
         self.timer.hook_modules({"mask head": [model.bbox_attention, model.mask_head]})
         self.matched = model.detr.num_queries * len(batch)
@@ -316,30 +401,46 @@ class OfficialSide(Side):
                 loss_dict = self.criterion(outputs, self.targets)
                 weights = self.criterion.weight_dict
                 losses = sum(loss_dict[k] * weights[k] for k in loss_dict.keys() if k in weights)
-        self.backward_and_step(losses, self.optimizer, clip=lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1))
+        self.backward_and_step(
+            losses,
+            self.optimizer,
+            clip=lambda: torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1),
+        )
         return {k: float(v) for k, v in loss_dict.items() if k in weights}
 
 
 def run_interleaved(sides: Sequence[Side], warmup: int, iters: int, desc: str) -> None:
-    """``warmup`` untimed steps of each side, one untimed step measuring peak memory, then ``iters`` rounds of
+    """``warmup`` untimed steps of each side, one untimed step measuring peak memory, then ``iters``
+    rounds of
     one timed step per side, alternating the order (ABBA...)."""
     from tqdm import tqdm
 
-    plan = [(s, False, False) for _ in range(warmup) for s in sides] + [(s, False, True) for s in sides]
+    plan = [(s, False, False) for _ in range(warmup) for s in sides] + [
+        (s, False, True) for s in sides
+    ]
     for i in range(iters):
         plan += [(s, True, False) for s in (sides if i % 2 == 0 else sides[::-1])]
     for side, record, measure in tqdm(plan, desc=desc, unit="step", leave=False, file=sys.stderr):
         side.step(record=record, measure=measure)
 
 
-# ---------------------------------------------------------------------------------------------- parts
-def build_stage2(args: argparse.Namespace, device, folder: str) -> Tuple[OursSide, OfficialSide, int]:
-    """Both sides of the stage-2 comparison, with the same weights and batch; also the number of segments."""
+# ----------------------------------------------------------------------------------------------
+# parts
+def build_stage2(
+    args: argparse.Namespace, device, folder: str
+) -> Tuple[OursSide, OfficialSide, int]:
+    """Both sides of the stage-2 comparison, with the same weights and batch; also the number of
+    segments."""
     import torch
+    from benchmark_utils import (
+        architecture,
+        build_reference_model,
+        converted_reference_weights,
+        detr_config,
+        load_reference_weights,
+    )
     from detectron2.modeling import build_model
 
-    from benchmark_utils import architecture, build_reference_model, converted_reference_weights, detr_config
-    from benchmark_utils import load_reference_weights
     from detr_d2.engine.optimizer import build_detr_optimizer
     from tests.utils.official_detr.criterion import build_official_criterion
 
@@ -361,19 +462,24 @@ def build_stage2(args: argparse.Namespace, device, folder: str) -> Tuple[OursSid
     model.train()
     batch = make_batch(args, model.is_thing.tolist(), device)
     ours = OursSide("ours", model, build_detr_optimizer(cfg, model), batch, device, args.amp)
-    official = OfficialSide(ref, criterion, batch, official_targets(batch, model.contiguous_to_slot), device, args.amp)
+    official = OfficialSide(
+        ref, criterion, batch, official_targets(batch, model.contiguous_to_slot), device, args.amp
+    )
     return ours, official, sum(len(x["instances"]) for x in batch)
 
 
-def build_quickstart(args: argparse.Namespace, device, folder: str) -> Tuple[OursSide, OursSide, object]:
-    """``before`` (ALL_QUERY_MASKS True) and ``after`` (default) quickstart models from the same seed, with
+def build_quickstart(
+    args: argparse.Namespace, device, folder: str
+) -> Tuple[OursSide, OursSide, object]:
+    """``before`` (ALL_QUERY_MASKS True) and ``after`` (default) quickstart models from the same
+    seed, with
     the same optimiser settings and batch; also the config."""
     import torch
+    from benchmark_utils import REPO_ROOT
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import detr_d2
-    from benchmark_utils import REPO_ROOT
     from detr_d2.engine.optimizer import build_detr_optimizer
 
     cfg = get_cfg()
@@ -393,7 +499,8 @@ def build_quickstart(args: argparse.Namespace, device, folder: str) -> Tuple[Our
     return sides[0], sides[1], cfg
 
 
-# ---------------------------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------------------------
+# report
 def _mib(v: Optional[int]) -> str:
     return "-" if v is None else f"{v / 2**20:.0f}"
 
@@ -408,11 +515,42 @@ def print_step_table(title: str, a: Side, b: Side) -> Tuple[float, Optional[floa
     from benchmark_utils import format_table
 
     ta, tb = a.times(), b.times()
-    rows = [[s, f"{tb.get(s, 0.0):.3f}", f"{ta.get(s, 0.0):.3f}", _ratio(ta.get(s, 0.0), tb.get(s, 0.0))] for s in STAGES]
-    rows.append(["total", f"{tb['total']:.3f}", f"{ta['total']:.3f}", _ratio(ta["total"], tb["total"])])
-    rows.append(["total (median)", f"{tb['median']:.3f}", f"{ta['median']:.3f}", _ratio(ta["median"], tb["median"])])
-    rows.append(["iterations/s (median)", f"{1 / tb['median']:.3f}", f"{1 / ta['median']:.3f}", _ratio(ta["median"], tb["median"])])
-    rows.append(["peak step MiB", _mib(b.peak_bytes), _mib(a.peak_bytes), _ratio(a.peak_bytes, b.peak_bytes)])
+    rows = [
+        [
+            s,
+            f"{tb.get(s, 0.0):.3f}",
+            f"{ta.get(s, 0.0):.3f}",
+            _ratio(ta.get(s, 0.0), tb.get(s, 0.0)),
+        ]
+        for s in STAGES
+    ]
+    rows.append(
+        ["total", f"{tb['total']:.3f}", f"{ta['total']:.3f}", _ratio(ta["total"], tb["total"])]
+    )
+    rows.append(
+        [
+            "total (median)",
+            f"{tb['median']:.3f}",
+            f"{ta['median']:.3f}",
+            _ratio(ta["median"], tb["median"]),
+        ]
+    )
+    rows.append(
+        [
+            "iterations/s (median)",
+            f"{1 / tb['median']:.3f}",
+            f"{1 / ta['median']:.3f}",
+            _ratio(ta["median"], tb["median"]),
+        ]
+    )
+    rows.append(
+        [
+            "peak step MiB",
+            _mib(b.peak_bytes),
+            _mib(a.peak_bytes),
+            _ratio(a.peak_bytes, b.peak_bytes),
+        ]
+    )
     print(f"\n== {title} ==")
     print(format_table(["stage (s/iter)", b.name, a.name, f"{a.name}/{b.name}"], rows))
     memory = a.peak_bytes / b.peak_bytes if a.peak_bytes and b.peak_bytes else None
@@ -420,7 +558,8 @@ def print_step_table(title: str, a: Side, b: Side) -> Tuple[float, Optional[floa
 
 
 def print_losses(a: Side, b: Side, keys: Sequence[str], rtol: float) -> bool:
-    """First-step losses of both sides; True when the mask losses agree within ``rtol`` (relative)."""
+    """First-step losses of both sides; True when the mask losses agree within ``rtol``
+    (relative)."""
     ok = True
     parts = []
     for k in keys:
@@ -439,9 +578,8 @@ def print_losses(a: Side, b: Side, keys: Sequence[str], rtol: float) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
-    from detectron2.utils.events import EventStorage
-
     from benchmark_utils import print_contention_note, setup_benchmark_device
+    from detectron2.utils.events import EventStorage
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:
@@ -455,48 +593,93 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "stage2" in args.parts:
             ours, official, num_segments = build_stage2(args, device, folder)
             h, w = args.image_size
-            print(f"stage 2: ResNet-{args.depth} detector frozen (hidden {args.hidden_dim}, {args.enc_layers}+"
-                  f"{args.dec_layers} layers, {args.num_queries} queries, 251 class logits), mask head trained; batch "
-                  f"{args.batch_size} x {h}x{w} random images, {num_segments} segments in all; dropout 0; {precision}; "
-                  f"{args.warmup} warm-up + 1 memory + {args.iters} timed step(s) per side, interleaved", flush=True)
+            print(
+                f"stage 2: ResNet-{args.depth} detector frozen (hidden {args.hidden_dim}, "
+                f"{args.enc_layers}+"
+                f"{args.dec_layers} layers, {args.num_queries} queries, 251 class logits), "
+                "mask head trained; batch "
+                f"{args.batch_size} x {h}x{w} random images, {num_segments} segments in all; "
+                f"dropout 0; {precision}; "
+                f"{args.warmup} warm-up + 1 memory + {args.iters} timed step(s) per side, "
+                "interleaved",
+                flush=True,
+            )
             try:
                 run_interleaved([official, ours], args.warmup, args.iters, "stage 2")
             finally:
                 ours.close()
                 official.close()
             speedup, memory = print_step_table(
-                f"Stage-2 training step: seconds per iteration, mean of {args.iters} after {args.warmup} warm-up; "
-                f"speed-up = official/ours", official, ours)
-            print(f"mask head computed for {ours.matched} queries (the matched ones) by ours, {official.matched} "
-                  f"(all) by the official code")
+                f"Stage-2 training step: seconds per iteration, mean of {args.iters} after "
+                f"{args.warmup} warm-up; "
+                f"speed-up = official/ours",
+                official,
+                ours,
+            )
+            print(
+                f"mask head computed for {ours.matched} queries (the matched ones) by ours, "
+                f"{official.matched} "
+                f"(all) by the official code"
+            )
             print_losses(official, ours, MASK_LOSSES + ("loss_ce", "loss_bbox", "loss_giou"), rtol)
-            verdicts.append(_verdict(f"stage 2: >= {TARGET_SPEEDUP:g}x faster than the official step", speedup, TARGET_SPEEDUP))
-            verdicts.append(_verdict(f"stage 2: >= {TARGET_MEMORY:g}x less peak step memory", memory, TARGET_MEMORY))
+            verdicts.append(
+                _verdict(
+                    f"stage 2: >= {TARGET_SPEEDUP:g}x faster than the official step",
+                    speedup,
+                    TARGET_SPEEDUP,
+                )
+            )
+            verdicts.append(
+                _verdict(
+                    f"stage 2: >= {TARGET_MEMORY:g}x less peak step memory", memory, TARGET_MEMORY
+                )
+            )
             del ours, official
         if "quickstart" in args.parts:
             print(f"\n[{time.perf_counter() - t_start:6.0f} s] quickstart joint step", flush=True)
             before, after, cfg = build_quickstart(args, device, folder)
             size = cfg.INPUT.MAX_SIZE_TRAIN
-            print(f"quickstart: {QUICKSTART_CONFIG} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
-                  f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries x {cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS} Group DETR "
-                  f"group(s), duplicate suppression {'on' if cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED else 'off'}, "
-                  f"joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "
-                  f"{size}x{size} from the quickstart generator, {sum(len(x['instances']) for x in before.batch)} "
-                  f"segments in all; {precision}; {args.warmup} warm-up + 1 memory + {args.quickstart_iters} timed "
-                  f"step(s) per setting, interleaved", flush=True)
+            print(
+                f"quickstart: {QUICKSTART_CONFIG} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
+                f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries x "
+                f"{cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS} Group DETR "
+                "group(s), duplicate suppression "
+                f"{'on' if cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED else 'off'}, "
+                f"joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "
+                f"{size}x{size} from the quickstart generator, "
+                f"{sum(len(x['instances']) for x in before.batch)} "
+                f"segments in all; {precision}; {args.warmup} warm-up + 1 memory + "
+                f"{args.quickstart_iters} timed "
+                f"step(s) per setting, interleaved",
+                flush=True,
+            )
             try:
                 run_interleaved([before, after], args.warmup, args.quickstart_iters, "quickstart")
             finally:
                 before.close()
                 after.close()
             speedup, memory = print_step_table(
-                f"Quickstart joint training step: seconds per iteration, mean of {args.quickstart_iters} after "
-                f"{args.warmup} warm-up; before = MODEL.DETR.ALL_QUERY_MASKS True, after = default", before, after)
-            print(f"mask head computed for {after.matched} queries (the matched ones) after, {before.matched} (all) before")
+                "Quickstart joint training step: seconds per iteration, mean of "
+                f"{args.quickstart_iters} after "
+                f"{args.warmup} warm-up; before = MODEL.DETR.ALL_QUERY_MASKS True, after = default",
+                before,
+                after,
+            )
+            print(
+                f"mask head computed for {after.matched} queries (the matched ones) after, "
+                f"{before.matched} (all) before"
+            )
             print_losses(before, after, MASK_LOSSES + ("loss_ce", "loss_bbox", "loss_giou"), rtol)
-            verdicts.append(f"quickstart: {speedup:.2f}x faster, {memory:.2f}x less peak step memory" if memory
-                            else f"quickstart: {speedup:.2f}x faster")
-    where = f"{device.type}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "") + f", {precision}"
+            verdicts.append(
+                f"quickstart: {speedup:.2f}x faster, {memory:.2f}x less peak step memory"
+                if memory
+                else f"quickstart: {speedup:.2f}x faster"
+            )
+    where = (
+        f"{device.type}"
+        + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+        + f", {precision}"
+    )
     print(f"\n== Summary ({where}) ==")
     for line in verdicts:
         print(line)

@@ -1,23 +1,26 @@
 """Measurement helpers for the benchmark tools (``tools/benchmark_*.py``).
 
-* :class:`StageTimer` attributes wall time (or any other running counter, e.g. FLOPs) to named stages
-  without changing the code it measures: forward pre/post hooks on submodules, temporary wrappers
-  around bound methods (:func:`patch_method`), or explicit ``with timer.stage(name):`` blocks. A stage
-  entered while another runs counts in the outermost one (default) or, with ``nesting="inner"``, in
-  itself. On CUDA every stage boundary synchronises the device, so times are wall-clock GPU times.
+* :class:`StageTimer` attributes wall time (or any other running counter, e.g. FLOPs) to named
+  stages without changing the code it measures: forward pre/post hooks on submodules, temporary
+  wrappers around bound methods (:func:`patch_method`), or explicit ``with timer.stage(name):``
+  blocks. A stage entered while another runs counts in the outermost one (default) or, with
+  ``nesting="inner"``, in itself. On CUDA every stage boundary synchronises the device, so times are
+  wall-clock GPU times.
 * :class:`PeakMemory`: peak tensor memory allocated inside a block (CUDA allocator stats, or the
   profiler's allocation events on CPU).
 * :func:`summarize_iterations`, :func:`format_table`: per-stage means and plain-text tables.
 * :func:`hw_size`: the ``HxW`` argument type of the benchmarks.
-* Same-weight model pairs: :func:`build_reference_model` (the official ``DETRsegm`` of the test oracle,
-  random weights), :func:`detr_config` (our config of the same architecture, 251 dataset-id class slots)
-  and :func:`load_reference_weights` (the reference's weights converted and loaded strictly into ours);
-  :func:`add_architecture_arguments` / :func:`architecture` for their command-line sizes.
+* Same-weight model pairs: :func:`build_reference_model` (the official ``DETRsegm`` of the test
+  oracle, random weights), :func:`detr_config` (our config of the same architecture, 251 dataset-id
+  class slots) and :func:`load_reference_weights` (the reference's weights converted and loaded
+  strictly into ours); :func:`add_architecture_arguments` / :func:`architecture` for their
+  command-line sizes.
 
-Benchmarks run from a checkout (``python tools/benchmark_*.py``): this module puts the repository root
-on ``sys.path`` so they can import the test oracle (``tests/utils/official_detr``: the official DETR
-re-implementation) and the synthetic data makers, which are not part of the installed package.
+Benchmarks run from a checkout (``python tools/benchmark_*.py``): this module puts the repository
+root on ``sys.path`` so they can import the test oracle (``tests/utils/official_detr``: the official
+DETR re-implementation) and the synthetic data makers, which are not part of the installed package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +31,36 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import nn
 
 __all__ = [
-    "MethodPatch", "PeakMemory", "StageTimer", "add_architecture_arguments", "architecture", "build_reference_model",
-    "converted_reference_weights", "detr_config", "format_table", "hw_size", "load_reference_weights", "patch_method",
+    "MethodPatch",
+    "PeakMemory",
+    "StageTimer",
+    "add_architecture_arguments",
+    "architecture",
+    "build_reference_model",
+    "converted_reference_weights",
+    "detr_config",
+    "format_table",
+    "hw_size",
+    "load_reference_weights",
+    "patch_method",
     "summarize_iterations",
     "synchronize",
 ]
@@ -54,9 +79,13 @@ def hw_size(min_side: int = 1) -> Callable[[str], Tuple[int, int]]:
         try:
             h, w = (int(v) for v in text.lower().split("x"))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected HxW (e.g. 800x1199), got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected HxW (e.g. 800x1199), got {text!r}"
+            ) from None
         if h < min_side or w < min_side:
-            raise argparse.ArgumentTypeError(f"both sides must be at least {min_side}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"both sides must be at least {min_side}, got {text!r}"
+            )
         return h, w
 
     return parse
@@ -74,11 +103,17 @@ class StageTimer:
     finished iteration (``end_iteration``), including ``"total"`` (wall time of the whole iteration)
     and ``"other"`` (total minus the named stages: glue code between them)."""
 
-    def __init__(self, device: DeviceLike = "cpu", clock: Optional[Callable[[], float]] = None, nesting: str = "outer"):
+    def __init__(
+        self,
+        device: DeviceLike = "cpu",
+        clock: Optional[Callable[[], float]] = None,
+        nesting: str = "outer",
+    ):
         """``clock``: a monotone counter read at stage boundaries (default ``time.perf_counter``;
         e.g. a FLOP counter's running total to attribute FLOPs to stages instead of seconds).
-        ``nesting``: which stage a nested stage's time goes to: ``"outer"`` (the outermost active stage;
-        the nested one is ignored) or ``"inner"`` (the innermost: the enclosing stage pauses meanwhile,
+        ``nesting``: which stage a nested stage's time goes to: ``"outer"`` (the outermost active
+        stage; the nested one is ignored) or ``"inner"`` (the innermost: the enclosing stage pauses
+        meanwhile,
         e.g. the mask head run from inside the loss)."""
         if nesting not in ("outer", "inner"):
             raise ValueError(f"StageTimer nesting must be 'outer' or 'inner', got {nesting!r}")
@@ -129,7 +164,8 @@ class StageTimer:
         self._iter_start = self.clock()
 
     def end_iteration(self, record: bool = True) -> Dict[str, float]:
-        """Close the iteration; returns its stage times (and appends them to ``history`` if ``record``)."""
+        """Close the iteration; returns its stage times (and appends them to ``history`` if
+        ``record``)."""
         if self._iter_start is None:
             raise RuntimeError("StageTimer.end_iteration() without start_iteration()")
         synchronize(self.device)
@@ -144,10 +180,13 @@ class StageTimer:
 
     # -- instrumentation ------------------------------------------------------------------------
     def hook_modules(self, stages: Mapping[str, Sequence[nn.Module]]) -> None:
-        """Time every call of each module as its stage (forward pre/post hooks; removed by ``remove``)."""
+        """Time every call of each module as its stage (forward pre/post hooks; removed by
+        ``remove``)."""
         for name, modules in stages.items():
             for module in modules:
-                self._handles.append(module.register_forward_pre_hook(functools.partial(self._pre_hook, name)))
+                self._handles.append(
+                    module.register_forward_pre_hook(functools.partial(self._pre_hook, name))
+                )
                 self._handles.append(module.register_forward_hook(self._post_hook))
 
     def _pre_hook(self, name: str, *_args) -> None:
@@ -157,7 +196,8 @@ class StageTimer:
         self._exit()
 
     def wrap_method(self, obj: object, attr: str, name: str) -> None:
-        """Replace ``obj.attr`` (a bound method) by a timed wrapper stored on the instance; ``remove``
+        """Replace ``obj.attr`` (a bound method) by a timed wrapper stored on the instance;
+        ``remove``
         deletes the instance attribute again, restoring the class method."""
         self._handles.append(patch_method(obj, attr, lambda: self.stage(name)))
 
@@ -175,8 +215,10 @@ class StageTimer:
 
 
 class MethodPatch:
-    """Handle of :func:`patch_method`; ``remove()`` puts back what ``obj.attr`` was on the instance before
-    (nothing, i.e. the class method, or an earlier patch). Remove nested patches in reverse order."""
+    """Handle of :func:`patch_method`; ``remove()`` puts back what ``obj.attr`` was on the instance
+    before
+    (nothing, i.e. the class method, or an earlier patch). Remove nested patches in reverse
+    order."""
 
     _MISSING = object()
 
@@ -186,7 +228,9 @@ class MethodPatch:
     def remove(self) -> None:
         current = vars(self.obj).get(self.attr, self._MISSING)
         if current is not self.wrapper:
-            raise RuntimeError(f"{type(self.obj).__name__}.{self.attr}: patches must be removed in reverse order")
+            raise RuntimeError(
+                f"{type(self.obj).__name__}.{self.attr}: patches must be removed in reverse order"
+            )
         if self.previous is self._MISSING:
             delattr(self.obj, self.attr)
         else:
@@ -200,8 +244,9 @@ def patch_method(
     *,
     on_return: Optional[Callable[[Any], None]] = None,
 ) -> MethodPatch:
-    """Wrap the bound method ``obj.attr`` of this instance only (the class is untouched): every call runs
-    inside a fresh ``around()`` context (if given) and its return value is passed to ``on_return`` (if
+    """Wrap the bound method ``obj.attr`` of this instance only (the class is untouched): every call
+    runs inside a fresh ``around()`` context (if given) and its return value is passed to
+    ``on_return`` (if
     given). Patches nest (the newest is outermost). Returns a :class:`MethodPatch` to undo it."""
     previous = vars(obj).get(attr, MethodPatch._MISSING)
     original: Callable = getattr(obj, attr)
@@ -218,8 +263,11 @@ def patch_method(
     return MethodPatch(obj, attr, previous, wrapped)
 
 
-def summarize_iterations(history: Sequence[Mapping[str, float]], reduce: str = "mean") -> Dict[str, float]:
-    """Per-stage ``mean`` or ``median`` over iterations (a stage missing in an iteration counts as 0)."""
+def summarize_iterations(
+    history: Sequence[Mapping[str, float]], reduce: str = "mean"
+) -> Dict[str, float]:
+    """Per-stage ``mean`` or ``median`` over iterations (a stage missing in an iteration counts as
+    0)."""
     if not history:
         raise ValueError("no timed iterations to summarise")
     keys = sorted({k for h in history for k in h})
@@ -233,15 +281,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        return "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+        )
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as pm: ...`` -> ``pm.peak_bytes``: the peak of tensor memory allocated
-    inside the block above what was allocated at entry (inputs that already exist are not counted).
+    """``with PeakMemory(device) as pm: ...`` -> ``pm.peak_bytes``: the peak of tensor memory
+    allocated inside the block above what was allocated at entry (inputs that already exist are not
+    counted).
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the allocation/free events of ``torch.profiler``
     (``profile_memory=True``), accumulated in time order; this slows the block down, so use it on an
@@ -262,7 +313,9 @@ class PeakMemory:
         else:
             from torch.profiler import ProfilerActivity, profile
 
-            os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence Kineto's "Completed Stage" lines
+            os.environ.setdefault(
+                "KINETO_LOG_LEVEL", "5"
+            )  # silence Kineto's "Completed Stage" lines
             self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self._prof.__enter__()
         return self
@@ -274,7 +327,8 @@ class PeakMemory:
             return
         self._prof.__exit__(*exc)
         events = [
-            e for e in self._prof.profiler.kineto_results.events()
+            e
+            for e in self._prof.profiler.kineto_results.events()
             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
         ]
         events.sort(key=lambda e: e.start_us())
@@ -286,8 +340,9 @@ class PeakMemory:
 
 
 def cpu_contention_note(threads: int) -> Optional[str]:
-    """A warning when other processes already keep the CPU busy (1-minute load average + ``threads`` >
-    cores): multi-threaded ops then wait for descheduled worker threads, which inflates the time of
+    """A warning when other processes already keep the CPU busy (1-minute load average + ``threads``
+    > cores): multi-threaded ops then wait for descheduled worker threads, which inflates the time
+    of
     every small op (optimizer steps, post-processing) far more than that of large convolutions."""
     if not hasattr(os, "getloadavg"):
         return None
@@ -295,20 +350,28 @@ def cpu_contention_note(threads: int) -> Optional[str]:
     if load + threads <= cores:
         return None
     hint = "; compare with --threads 1" if threads > 1 else ""
-    return (f"note: load average {load:.2f} on {cores} cores before this run: other processes compete for the CPU, "
-            f"so timings with {threads} thread(s) are inflated (small ops most){hint}")
+    return (
+        f"note: load average {load:.2f} on {cores} cores before this run: other processes "
+        "compete for the CPU, "
+        f"so timings with {threads} thread(s) are inflated (small ops most){hint}"
+    )
 
 
 def print_done(t_start: float) -> None:
-    """The scripts' last line: seconds since ``t_start`` (``time.perf_counter()``) and the load average now."""
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s"
-          + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else ""))
+    """The scripts' last line: seconds since ``t_start`` (``time.perf_counter()``) and the load
+    average now."""
+    print(
+        f"\ndone in {time.perf_counter() - t_start:.0f} s"
+        + (f" (load average now {os.getloadavg()[0]:.2f})" if hasattr(os, "getloadavg") else "")
+    )
 
 
 def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.device]:
-    """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the device,
-    print the torch/device/threads/cores/processor/load header and, on CPU, the contention note.
-    Returns the device, or None (after printing an error) when CUDA is asked for but not available."""
+    """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the
+    device, print the torch/device/threads/cores/processor/load header and, on CPU, the contention
+    note.
+    Returns the device, or None (after printing an error) when CUDA is asked for but not
+    available."""
     import platform
 
     if threads > 0:
@@ -319,9 +382,12 @@ def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.dev
         return None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} CPU threads, "
-          f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-          + (f", load average {load[0]:.2f}" if load else ""), flush=True)
+    print(
+        f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} CPU threads, "
+        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        + (f", load average {load[0]:.2f}" if load else ""),
+        flush=True,
+    )
     return device
 
 
@@ -332,23 +398,43 @@ def print_contention_note(device: torch.device) -> None:
         print(note, flush=True)
 
 
-
-# ---------------------------------------------------------------------------------------------- model pairs
+# ----------------------------------------------------------------------------------------------
+# model pairs
 NUM_OFFICIAL_SLOTS = 250  # official panoptic classifier: 250 dataset-id slots + no-object
 ARCHITECTURE_DEFAULTS = {  # the official R50 panoptic model
-    "depth": 50, "hidden_dim": 256, "nheads": 8, "enc_layers": 6, "dec_layers": 6, "dim_feedforward": 2048,
+    "depth": 50,
+    "hidden_dim": 256,
+    "nheads": 8,
+    "enc_layers": 6,
+    "dec_layers": 6,
+    "dim_feedforward": 2048,
     "num_queries": 100,
 }
 
 
 def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--depth --hidden-dim --nheads --enc-layers --dec-layers --dim-feedforward --num-queries`` (defaults:
+    """``--depth --hidden-dim --nheads --enc-layers --dec-layers --dim-feedforward --num-queries``
+    (defaults:
     the official R50 panoptic model)."""
     d = ARCHITECTURE_DEFAULTS
-    parser.add_argument("--depth", type=int, default=d["depth"], choices=(18, 34, 50, 101),
-                        help=f"ResNet depth (default {d['depth']})")
-    for key in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "num_queries"):
-        parser.add_argument("--" + key.replace("_", "-"), type=int, default=d[key], help=f"default {d[key]}")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=d["depth"],
+        choices=(18, 34, 50, 101),
+        help=f"ResNet depth (default {d['depth']})",
+    )
+    for key in (
+        "hidden_dim",
+        "nheads",
+        "enc_layers",
+        "dec_layers",
+        "dim_feedforward",
+        "num_queries",
+    ):
+        parser.add_argument(
+            "--" + key.replace("_", "-"), type=int, default=d[key], help=f"default {d[key]}"
+        )
 
 
 def architecture(args: argparse.Namespace) -> Dict[str, int]:
@@ -357,7 +443,8 @@ def architecture(args: argparse.Namespace) -> Dict[str, int]:
 
 
 def build_reference_model(arch: Mapping[str, int], seed: int, dropout: float = 0.1) -> nn.Module:
-    """The official ``DETRsegm`` (test oracle) with ``arch``, 250 class slots, random weights from ``seed``
+    """The official ``DETRsegm`` (test oracle) with ``arch``, 250 class slots, random weights from
+    ``seed``
     and non-trivial frozen-BN statistics (identity BNs would hide conversion errors), on the CPU."""
     from tests.utils.official_detr import build_official_detr, randomize_frozen_batchnorm_
 
@@ -368,9 +455,10 @@ def build_reference_model(arch: Mapping[str, int], seed: int, dropout: float = 0
 
 
 def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[float] = None):
-    """``configs/Base-DETR.yaml`` (the official recipe) with ``arch``; the classifier keeps the official 251
-    logits (``CLASS_SLOTS dataset_id``: logit index = COCO category id, so the reference's weights load
-    as they are) with the COCO panoptic metadata (``coco_2017_val_panoptic``: thing/stuff and ids; no
+    """``configs/Base-DETR.yaml`` (the official recipe) with ``arch``; the classifier keeps the
+    official 251 logits (``CLASS_SLOTS dataset_id``: logit index = COCO category id, so the
+    reference's weights load as they are) with the COCO panoptic metadata
+    (``coco_2017_val_panoptic``: thing/stuff and ids; no
     file is read)."""
     from detectron2.config import get_cfg
 
@@ -384,8 +472,16 @@ def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[f
     if arch["depth"] in (18, 34):
         cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     d = cfg.MODEL.DETR
-    d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD = arch["hidden_dim"], arch["nheads"], arch["dim_feedforward"]
-    d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES = arch["enc_layers"], arch["dec_layers"], arch["num_queries"]
+    d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD = (
+        arch["hidden_dim"],
+        arch["nheads"],
+        arch["dim_feedforward"],
+    )
+    d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES = (
+        arch["enc_layers"],
+        arch["dec_layers"],
+        arch["num_queries"],
+    )
     d.CLASS_SLOTS, d.NUM_CLASSES = "dataset_id", NUM_OFFICIAL_SLOTS
     if dropout is not None:
         d.DROPOUT = dropout
@@ -395,14 +491,19 @@ def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[f
 
 
 def converted_reference_weights(ref: nn.Module) -> Dict[str, torch.Tensor]:
-    """The reference model's weights under our names (``detr_d2.checkpoint.convert_official_detr``)."""
+    """The reference model's weights under our names
+    (``detr_d2.checkpoint.convert_official_detr``)."""
     from detr_d2.checkpoint import convert_official_detr
 
-    return convert_official_detr({k: v.detach().cpu() for k, v in ref.state_dict().items()}, source="reference model")
+    return convert_official_detr(
+        {k: v.detach().cpu() for k, v in ref.state_dict().items()}, source="reference model"
+    )
 
 
 def load_reference_weights(ours: nn.Module, ref: nn.Module) -> None:
     """Load the reference's weights into ours, strictly (every tensor, none left over)."""
     incompatible = ours.load_state_dict(converted_reference_weights(ref), strict=True)
-    if incompatible.missing_keys or incompatible.unexpected_keys:  # strict=True raises first; belt and braces
+    if (
+        incompatible.missing_keys or incompatible.unexpected_keys
+    ):  # strict=True raises first; belt and braces
         raise RuntimeError(f"converted reference weights do not fit: {incompatible}")

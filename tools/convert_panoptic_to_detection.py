@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-json", required=True, help="instances JSON to write")
     p.add_argument("--include-stuff", action="store_true", help="export stuff segments too")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output JSON (refused without it)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output JSON (refused without it)",
     )
     p.add_argument("--workers", type=int, default=1, help="processes reading PNGs (default 1)")
     return p

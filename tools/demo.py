@@ -1,19 +1,22 @@
 #!/usr/bin/env python
-"""Run DETR panoptic on images and write Visualizer overlays (+ optional per-query mask grids and COCO
-panoptic PNG + JSON of the predictions).
+"""Run DETR panoptic on images and write Visualizer overlays (+ optional per-query mask grids and
+COCO panoptic PNG + JSON of the predictions).
 
     python tools/demo.py --config-file configs/quickstart/detr_r18_quickstart.yaml \\
-        --input tests/data/coco_panoptic_sample/input_images/ 'datasets/detr_d2_quickstart/val/00000*.jpg' \\
-        --output output/demo/ --save-query-masks --save-panoptic --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+        --input tests/data/coco_panoptic_sample/input_images/ \\
+        'datasets/detr_d2_quickstart/val/00000*.jpg' \\
+        --output output/demo/ --save-query-masks --save-panoptic --opts MODEL.WEIGHTS \\
+        output/quickstart/model_final.pth
 
-Outputs per input image ``<name>_panoptic.jpg`` (+ ``<name>_queries.jpg``, ``panoptic/<name>.png``), each
-written atomically as soon as it is ready; ``predictions.json`` is written last and lists the images
-whose results are complete. ``<name>`` is the file stem, or, for inputs sharing a stem
-(``a/img.jpg``, ``b/img.jpg``), their path below their common folder (``a_img``, ``b_img``). An image
-that cannot be read is skipped and reported; the others are still written and the exit code is 1.
-The output folder must be new or empty unless ``--overwrite`` (then files of the same name are
+Outputs per input image ``<name>_panoptic.jpg`` (+ ``<name>_queries.jpg``, ``panoptic/<name>.png``),
+each written atomically as soon as it is ready; ``predictions.json`` is written last and lists the
+images whose results are complete. ``<name>`` is the file stem, or, for inputs sharing a stem
+(``a/img.jpg``, ``b/img.jpg``), their path below their common folder (``a_img``, ``b_img``). An
+image that cannot be read is skipped and reported; the others are still written and the exit code is
+1. The output folder must be new or empty unless ``--overwrite`` (then files of the same name are
 replaced, others are left); inputs may not lie inside it, so they are never overwritten.
 """
+
 import argparse
 import collections
 import glob
@@ -39,25 +42,52 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser(__doc__)
     p.add_argument("--config-file", required=True, metavar="FILE")
-    p.add_argument("--input", nargs="+", required=True, help="image files, directories or quoted globs")
-    p.add_argument("--output", required=True, help="output directory (created; new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --output (same names are replaced)")
-    p.add_argument("--save-query-masks", action="store_true", help="also write the per-query mask grid with scores")
-    p.add_argument("--save-panoptic", action="store_true", help="also write COCO panoptic PNGs + predictions.json")
-    p.add_argument("--num-query-masks", type=int, default=16, help="queries shown in the grid (highest scores)")
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    p.add_argument(
+        "--input", nargs="+", required=True, help="image files, directories or quoted globs"
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output directory (created; new or empty unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --output (same names are replaced)",
+    )
+    p.add_argument(
+        "--save-query-masks",
+        action="store_true",
+        help="also write the per-query mask grid with scores",
+    )
+    p.add_argument(
+        "--save-panoptic",
+        action="store_true",
+        help="also write COCO panoptic PNGs + predictions.json",
+    )
+    p.add_argument(
+        "--num-query-masks", type=int, default=16, help="queries shown in the grid (highest scores)"
+    )
+    p.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
     return p
 
 
 def expand_inputs(inputs: List[str]) -> List[str]:
-    """Image files of ``--input`` (files, folders, globs) in the given order, each once; an item that
+    """Image files of ``--input`` (files, folders, globs) in the given order, each once; an item
+    that
     gives no file is an error naming it."""
     files = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
+            found = sorted(
+                os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS)
+            )
             if not found:
-                raise FileNotFoundError(f"--input {item!r}: the folder holds no image ({', '.join(IMAGE_EXTS)})")
+                raise FileNotFoundError(
+                    f"--input {item!r}: the folder holds no image ({', '.join(IMAGE_EXTS)})"
+                )
         elif os.path.isfile(item):
             found = [item]
         elif any(c in item for c in "*?["):
@@ -76,8 +106,10 @@ def expand_inputs(inputs: List[str]) -> List[str]:
 
 
 def output_names(files: List[str]) -> List[str]:
-    """A distinct output name per input: its file stem; for inputs sharing a stem, their path below their
-    common folder with ``/`` (and, if still shared, the extension's ``.``) as ``_``; then ``_2``, ``_3``..."""
+    """A distinct output name per input: its file stem; for inputs sharing a stem, their path below
+    their
+    common folder with ``/`` (and, if still shared, the extension's ``.``) as ``_``; then ``_2``,
+    ``_3``..."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
     by_stem = collections.defaultdict(list)
     for f, stem in zip(files, stems):
@@ -105,7 +137,8 @@ def output_names(files: List[str]) -> List[str]:
 
 
 def write_image(path: str, bgr: np.ndarray) -> None:
-    """Encode ``bgr`` (format from the extension) and write it atomically; a failure raises naming ``path``."""
+    """Encode ``bgr`` (format from the extension) and write it atomically; a failure raises naming
+    ``path``."""
     ok, buf = cv2.imencode(os.path.splitext(path)[1], bgr)
     if not ok:
         raise OSError(f"cannot encode {path}")
@@ -113,7 +146,8 @@ def write_image(path: str, bgr: np.ndarray) -> None:
 
 
 def query_mask_grid(raw, num: int, cell: int = 160) -> np.ndarray:
-    """Grid image (BGR uint8) of the sigmoid masks of the ``num`` highest-scoring queries, with class/score."""
+    """Grid image (BGR uint8) of the sigmoid masks of the ``num`` highest-scoring queries, with
+    class/score."""
     probs = raw["pred_logits"].softmax(-1)
     scores, labels = probs[:, :-1].max(-1)
     order = scores.argsort(descending=True)[:num].tolist()
@@ -124,7 +158,15 @@ def query_mask_grid(raw, num: int, cell: int = 160) -> np.ndarray:
         m = raw["pred_masks"][q].sigmoid().numpy()
         m = cv2.resize((m * 255).astype(np.uint8), (cell, cell), interpolation=cv2.INTER_LINEAR)
         tile = cv2.applyColorMap(m, cv2.COLORMAP_VIRIDIS)
-        cv2.putText(tile, f"q{q} c{int(labels[q])} {float(scores[q]):.2f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        cv2.putText(
+            tile,
+            f"q{q} c{int(labels[q])} {float(scores[q]):.2f}",
+            (4, 14),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (255, 255, 255),
+            1,
+        )
         r, c = divmod(k, cols)
         grid[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = tile
     return grid
@@ -138,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     real_out = os.path.realpath(out_dir)
     for f in files:
         if os.path.realpath(f).startswith(real_out + os.sep):
-            raise ValueError(f"--input {f} is inside --output {args.output}: choose another output folder")
+            raise ValueError(
+                f"--input {f} is inside --output {args.output}: choose another output folder"
+            )
     require_new_or_empty_folder(out_dir, args.overwrite)  # before the model is built
     predictor = DetrPanopticPredictor(cfg)
     meta = predictor.metadata
@@ -160,17 +204,27 @@ def run(args: argparse.Namespace) -> int:
             drawn = vis.draw_instance_predictions(pred["instances"].to("cpu"))
         write_image(os.path.join(out_dir, f"{name}_panoptic.jpg"), drawn.get_image()[:, :, ::-1])
         if args.save_query_masks and "pred_masks" in raw:
-            write_image(os.path.join(out_dir, f"{name}_queries.jpg"), query_mask_grid(raw, args.num_query_masks))
+            write_image(
+                os.path.join(out_dir, f"{name}_queries.jpg"),
+                query_mask_grid(raw, args.num_query_masks),
+            )
         if args.save_panoptic and "panoptic_seg" in pred:
             id_map, coco_segs = panoptic_to_coco(pred["panoptic_seg"], meta)
             save_panoptic_png(os.path.join(png_dir, f"{name}.png"), id_map)
-            annotations.append({"image_id": name, "file_name": f"{name}.png", "segments_info": coco_segs})
+            annotations.append(
+                {"image_id": name, "file_name": f"{name}.png", "segments_info": coco_segs}
+            )
     if args.save_panoptic and annotations:
-        write_panoptic_png_json(annotations, png_dir, os.path.join(out_dir, "predictions.json"), meta, {})
+        write_panoptic_png_json(
+            annotations, png_dir, os.path.join(out_dir, "predictions.json"), meta, {}
+        )
     print(f"wrote {len(files) - len(skipped)} overlay(s) to {out_dir}")
     if skipped:
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        print(f"error: skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}{more}", file=sys.stderr)
+        print(
+            f"error: skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:10])}{more}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

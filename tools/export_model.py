@@ -1,31 +1,37 @@
 #!/usr/bin/env python
-"""Export a DetrPanoptic model for deployment (in the style of Detectron2's tools/deploy/export_model.py).
+"""Export a DetrPanoptic model for deployment (in the style of Detectron2's
+tools/deploy/export_model.py).
 
-  --format torchscript   the whole model: one preprocessed image (3, H, W) -> panoptic id map + segments
-                         (fusion included), written as <output>/model.ts; runs with torch.jit.load alone
-                         (no detr_d2 / Detectron2 import), on the device it was exported on (MODEL.DEVICE).
+  --format torchscript   the whole model: one preprocessed image (3, H, W) -> panoptic id map +
+                         segments (fusion included), written as <output>/model.ts; runs with
+                         torch.jit.load alone (no detr_d2 / Detectron2 import), on the device it was
+                         exported on (MODEL.DEVICE).
   --format onnx          the network: image (3, H, W), H and W dynamic -> pred_logits, pred_boxes,
-                         mask_queries (the K kept queries) and pred_masks (their mask logits), written as
-                         <output>/model.onnx (opset 17); the panoptic fusion of these outputs is
-                         detr_d2.export.PanopticPostprocessor (numpy). Needs pip install 'detr_d2[export]'.
-  --export-method        tracing (the network is traced; the TorchScript fusion is scripted). Scripting
-                         the network is not possible (the Detectron2 backbone carries the model's
-                         batch-invariance hooks; the transformer and the mask head are not scriptable).
-  --sample-image FILE    the image to trace with and to verify the export on (resized by the test resize);
-                         default a random image of 480x640 resized likewise. The trace holds for every
-                         image size and number of kept queries.
-Both files store the settings the caller needs (input format, test resize, fusion settings, class tables)
-as metadata. TEST.OBJECT_MASK_THRESHOLD is baked into the graph. After writing, the tool runs the artifact
-on the sample image and compares it with the eager model (TorchScript: identical panoptic map; ONNX, when
-onnxruntime is installed: pixel agreement). Outputs are written atomically and never replace an existing
-file without --overwrite.
+                         mask_queries (the K kept queries) and pred_masks (their mask logits),
+                         written as <output>/model.onnx (opset 17); the panoptic fusion of these
+                         outputs is detr_d2.export.PanopticPostprocessor (numpy). Needs pip install
+                         'detr_d2[export]'.
+  --export-method        tracing (the network is traced; the TorchScript fusion is scripted).
+                         Scripting the network is not possible (the Detectron2 backbone carries the
+                         model's batch-invariance hooks; the transformer and the mask head are not
+                         scriptable).
+  --sample-image FILE    the image to trace with and to verify the export on (resized by the test
+                         resize); default a random image of 480x640 resized likewise. The trace
+                         holds for every image size and number of kept queries.
+Both files store the settings the caller needs (input format, test resize, fusion settings, class
+tables) as metadata. TEST.OBJECT_MASK_THRESHOLD is baked into the graph. After writing, the tool
+runs the artifact on the sample image and compares it with the eager model (TorchScript: identical
+panoptic map; ONNX, when onnxruntime is installed: pixel agreement). Outputs are written atomically
+and never replace an existing file without --overwrite.
 
     python tools/export_model.py --config-file configs/quickstart/detr_r18_quickstart.yaml \\
         --format torchscript --output export/ --opts MODEL.WEIGHTS output/quickstart/model_final.pth
     python tools/export_model.py --config-file configs/quickstart/detr_r18_quickstart.yaml \\
-        --format onnx --sample-image tests/data/coco_panoptic_sample/input_images/000000142238.jpg \\
+        --format onnx \\
+        --sample-image tests/data/coco_panoptic_sample/input_images/000000142238.jpg \\
         --output export/ --opts MODEL.WEIGHTS ""
 """
+
 import argparse
 import logging
 import os
@@ -39,8 +45,8 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from detr_d2.config import get_detr_cfg
 from detr_d2.checkpoint.checkpoint_io import check_output_path
+from detr_d2.config import get_detr_cfg
 from detr_d2.data.datasets.register_from_file import register_datasets_from_config
 from detr_d2.data.transforms import build_detr_test_augmentation
 from detr_d2.engine import AtomicDetectionCheckpointer
@@ -60,13 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = tool_parser(__doc__)
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--format", required=True, choices=tuple(FILE_NAMES), help="torchscript | onnx")
-    p.add_argument("--export-method", default="tracing", choices=("tracing", "scripting"),
-                   help="tracing (default; the only method that works for this model, see above)")
-    p.add_argument("--sample-image", metavar="FILE", help="image to trace with and verify on (default: random)")
+    p.add_argument(
+        "--export-method",
+        default="tracing",
+        choices=("tracing", "scripting"),
+        help="tracing (default; the only method that works for this model, see above)",
+    )
+    p.add_argument(
+        "--sample-image", metavar="FILE", help="image to trace with and verify on (default: random)"
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model.ts / model.onnx")
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model.ts / model.onnx"
+    )
+    p.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
     return p
 
 
@@ -76,7 +94,9 @@ def setup_cfg(args: argparse.Namespace):
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS: {weights} does not exist")
     cfg.freeze()
-    register_datasets_from_config(cfg)  # DATASETS.REGISTER_FILES: class names and ids of your own datasets
+    register_datasets_from_config(
+        cfg
+    )  # DATASETS.REGISTER_FILES: class names and ids of your own datasets
     return cfg
 
 
@@ -90,12 +110,16 @@ def sample_input(cfg, path: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
         except Exception as e:  # PIL's UnidentifiedImageError and friends
             raise ValueError(f"--sample-image: cannot read {path} as an image ({e})") from e
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"--sample-image: {path} must be a 3-channel image, got shape {image.shape}")
+            raise ValueError(
+                f"--sample-image: {path} must be a 3-channel image, got shape {image.shape}"
+            )
     else:
         image = np.random.default_rng(0).integers(0, 256, (*DEFAULT_SAMPLE_SIZE, 3), dtype=np.uint8)
     aug_input = T.AugInput(np.ascontiguousarray(image))
     T.AugmentationList(build_detr_test_augmentation(cfg))(aug_input)
-    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))), image.shape[:2]
+    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))), image.shape[
+        :2
+    ]
 
 
 def segments_key(segments: List[Dict]) -> List[Tuple]:
@@ -104,7 +128,9 @@ def segments_key(segments: List[Dict]) -> List[Tuple]:
 
 def verify_torchscript(module, model, image: torch.Tensor, out_hw: Tuple[int, int]) -> str:
     with torch.no_grad():
-        ref_ids, ref_segments = model([{"image": image, "height": out_hw[0], "width": out_hw[1]}])[0]["panoptic_seg"]
+        ref_ids, ref_segments = model([{"image": image, "height": out_hw[0], "width": out_hw[1]}])[
+            0
+        ]["panoptic_seg"]
         got = module(image.to(model.device), list(out_hw))
     segments = [
         {"id": int(i), "category_id": int(c), "isthing": bool(t), "area": int(a)}
@@ -113,8 +139,14 @@ def verify_torchscript(module, model, image: torch.Tensor, out_hw: Tuple[int, in
     same = torch.equal(got["panoptic_seg"].cpu(), ref_ids.cpu())
     same = same and segments_key(segments) == segments_key(ref_segments)
     if not same:
-        logger.warning("the TorchScript model's panoptic output differs from the eager model's on the sample image")
-    return f"{len(segments)} segments, {'identical to' if same else 'DIFFERENT from'} the eager model's panoptic output"
+        logger.warning(
+            "the TorchScript model's panoptic output differs from the eager model's on the "
+            "sample image"
+        )
+    return (
+        f"{len(segments)} segments, {'identical to' if same else 'DIFFERENT from'} the eager "
+        "model's panoptic output"
+    )
 
 
 def verify_onnx(data: bytes, model, image: torch.Tensor, out_hw: Tuple[int, int]) -> str:
@@ -126,56 +158,85 @@ def verify_onnx(data: bytes, model, image: torch.Tensor, out_hw: Tuple[int, int]
 
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"image": image.float().numpy()})
-    ids, segments = PanopticPostprocessor.from_onnx_session(session)(outputs, image.shape[1:], out_hw)
+    ids, segments = PanopticPostprocessor.from_onnx_session(session)(
+        outputs, image.shape[1:], out_hw
+    )
     with torch.no_grad():
-        ref_ids, ref_segments = model([{"image": image, "height": out_hw[0], "width": out_hw[1]}])[0]["panoptic_seg"]
+        ref_ids, ref_segments = model([{"image": image, "height": out_hw[0], "width": out_hw[1]}])[
+            0
+        ]["panoptic_seg"]
     agreement = float((ids == ref_ids.cpu().numpy()).mean())
     same = [s[:3] for s in segments_key(segments)] == [s[:3] for s in segments_key(ref_segments)]
     if agreement < 0.999 or not same:
-        logger.warning("the ONNX model + post-processor differ from the eager model on the sample image")
-    return (f"onnxruntime + PanopticPostprocessor: {len(segments)} segments ({'same' if same else 'DIFFERENT'} ids and "
-            f"classes as the eager model), {100 * agreement:.3f}% of the pixels equal")
+        logger.warning(
+            "the ONNX model + post-processor differ from the eager model on the sample image"
+        )
+    return (
+        f"onnxruntime + PanopticPostprocessor: {len(segments)} segments "
+        f"({'same' if same else 'DIFFERENT'} ids and "
+        f"classes as the eager model), {100 * agreement:.3f}% of the pixels equal"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.export_method == "scripting":
         raise ValueError(
-            "--export-method scripting is not supported for DetrPanoptic: the network cannot be scripted (the "
-            "Detectron2 backbone carries the model's batch-invariance forward hooks; the transformer and the mask "
-            "head use Python constructs TorchScript lacks). Use --export-method tracing: the network is traced "
-            "(valid for any image size and number of kept queries) and the TorchScript fusion is scripted"
+            "--export-method scripting is not supported for DetrPanoptic: the network cannot "
+            "be scripted (the "
+            "Detectron2 backbone carries the model's batch-invariance forward hooks; the "
+            "transformer and the mask "
+            "head use Python constructs TorchScript lacks). Use --export-method tracing: the "
+            "network is traced "
+            "(valid for any image size and number of kept queries) and the TorchScript "
+            "fusion is scripted"
         )
     if args.format == "onnx":
         check_opset(args.opset)
     cfg = setup_cfg(args)
     out_path = os.path.join(args.output, FILE_NAMES[args.format])
     os.makedirs(args.output, exist_ok=True)
-    check_output_path(out_path, sources=[p for p in (cfg.MODEL.WEIGHTS, args.sample_image, args.config_file) if p],
-                      overwrite=args.overwrite)
+    check_output_path(
+        out_path,
+        sources=[p for p in (cfg.MODEL.WEIGHTS, args.sample_image, args.config_file) if p],
+        overwrite=args.overwrite,
+    )
     image, orig_hw = sample_input(cfg, args.sample_image)
 
     model = build_model(cfg)
     check_exportable(model)
     if cfg.MODEL.WEIGHTS:
-        AtomicDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # a damaged file: error naming it
+        AtomicDetectionCheckpointer(model).load(
+            cfg.MODEL.WEIGHTS
+        )  # a damaged file: error naming it
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
     model.eval()
     dataset_meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     metadata = export_metadata(model, cfg, dataset_meta)
-    logger.info("exporting (%s, %s) on %s with a %dx%d sample image", args.format, args.export_method,
-                cfg.MODEL.DEVICE, image.shape[1], image.shape[2])
+    logger.info(
+        "exporting (%s, %s) on %s with a %dx%d sample image",
+        args.format,
+        args.export_method,
+        cfg.MODEL.DEVICE,
+        image.shape[1],
+        image.shape[2],
+    )
 
     if args.format == "torchscript":
         module = export_torchscript(model, image, metadata)
         save_torchscript(module, out_path, metadata)
-        check = verify_torchscript(torch.jit.load(out_path, map_location=model.device), model, image, orig_hw)
+        check = verify_torchscript(
+            torch.jit.load(out_path, map_location=model.device), model, image, orig_hw
+        )
     else:
         data = export_onnx(model.to("cpu"), image, metadata, opset=args.opset)
         atomic_write_bytes(out_path, data)
         check = verify_onnx(data, model, image, orig_hw)
     print(f"wrote {out_path} ({os.path.getsize(out_path) / 2**20:.1f} MiB)")
-    print(f"check on the sample image ({orig_hw[0]}x{orig_hw[1]} -> input {image.shape[1]}x{image.shape[2]}): {check}")
+    print(
+        f"check on the sample image ({orig_hw[0]}x{orig_hw[1]} -> input "
+        f"{image.shape[1]}x{image.shape[2]}): {check}"
+    )
     return 0
 
 

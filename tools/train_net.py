@@ -3,18 +3,21 @@
 
     python tools/train_net.py --config-file configs/quickstart/detr_r18_quickstart.yaml
     python tools/train_net.py --config-file <yaml> --eval-only MODEL.WEIGHTS <checkpoint>
-    python tools/train_net.py --config-file <yaml> --num-gpus 8            # multi-GPU via launch
-    python tools/train_net.py --config-file <yaml> --resume                # continue from last_checkpoint
-    python tools/train_net.py --config-file <yaml> --register-dataset my_train my/images my/panoptic \\
-        my/panoptic.json DATASETS.TRAIN "('my_train',)"                     # a dataset from the command line
+    python tools/train_net.py --config-file <yaml> --num-gpus 8     # multi-GPU via launch
+    python tools/train_net.py --config-file <yaml> --resume         # continue from last_checkpoint
+    # a dataset from the command line:
+    python tools/train_net.py --config-file <yaml> --register-dataset my_train my/images \\
+        my/panoptic my/panoptic.json DATASETS.TRAIN "('my_train',)"
 """
+
 from detectron2.engine import default_argument_parser, launch
 
 from detr_d2.engine import main
 
 
 def build_parser():
-    """Detectron2's ``default_argument_parser`` + ``--register-dataset`` (before the ``KEY VALUE`` overrides)."""
+    """Detectron2's ``default_argument_parser`` + ``--register-dataset`` (before the ``KEY VALUE``
+    overrides)."""
     parser = default_argument_parser()
     parser.add_argument(
         "--register-dataset",
@@ -22,9 +25,12 @@ def build_parser():
         action="append",
         default=[],
         metavar=("NAME", "IMAGE_ROOT", "PANOPTIC_ROOT", "PANOPTIC_JSON"),
-        help="register a COCO-panoptic dataset (repeatable), checked as register_panoptic_dataset does; written "
-        "to OUTPUT_DIR/registered_datasets.yaml and added to DATASETS.REGISTER_FILES (so the saved config.yaml "
-        "registers it again). A YAML file of datasets: DATASETS.REGISTER_FILES \"('my_datasets.yaml',)\"",
+        help="register a COCO-panoptic dataset (repeatable), checked as register_panoptic_dataset "
+        "does; written "
+        "to OUTPUT_DIR/registered_datasets.yaml and added to DATASETS.REGISTER_FILES (so the "
+        "saved config.yaml "
+        "registers it again). A YAML file of datasets: DATASETS.REGISTER_FILES "
+        "\"('my_datasets.yaml',)\"",
     )
     return parser
 

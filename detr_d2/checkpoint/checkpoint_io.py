@@ -1,11 +1,12 @@
 """Reading source checkpoints safely and writing converted ones atomically.
 
-Loading policy: ``torch.load(..., weights_only=True)`` first. Published DETR/torchvision weight files
-are plain dicts of tensors and load that way without executing pickled code. Checkpoints written by
-DETR's *training script* also carry ``args`` (a pickled ``argparse.Namespace``) plus optimizer state,
-which ``weights_only=True`` refuses (torch < 2.4 has no allow-list for it). Only then do we fall back
-to ``weights_only=False`` -- which can execute arbitrary code from the file, so it is logged as a
-warning and should only be used for files from a trusted source -- and keep just the weights.
+Loading policy: ``torch.load(..., weights_only=True)`` first. Published DETR/torchvision weight
+files are plain dicts of tensors and load that way without executing pickled code. Checkpoints
+written by DETR's *training script* also carry ``args`` (a pickled ``argparse.Namespace``) plus
+optimizer state, which ``weights_only=True`` refuses (torch < 2.4 has no allow-list for it). Only
+then do we fall back to ``weights_only=False`` -- which can execute arbitrary code from the file, so
+it is logged as a warning and should only be used for files from a trusted source -- and keep just
+the weights.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def _reason(e: Exception) -> str:
-    """The informative tail of a torch.load error (torch prefixes weights_only errors with advice)."""
+    """The informative tail of a torch.load error (torch prefixes weights_only errors with
+    advice)."""
     return str(e).split("WeightsUnpickler error:")[-1].strip()[:300]
 
 
@@ -43,11 +45,17 @@ def load_torch_file(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported class" not in str(e) and "Unsupported global" not in str(e):  # corrupt, not refused
-            raise ValueError(f"{path}: cannot be read by torch.load ({type(e).__name__}: {_reason(e)})") from e
+        if "Unsupported class" not in str(e) and "Unsupported global" not in str(
+            e
+        ):  # corrupt, not refused
+            raise ValueError(
+                f"{path}: cannot be read by torch.load ({type(e).__name__}: {_reason(e)})"
+            ) from e
         logger.warning(
-            "%s: weights_only=True refused it (%s). Retrying with weights_only=False, which runs the "
-            "file's pickled code: only do this for checkpoints from a trusted source (DETR's training "
+            "%s: weights_only=True refused it (%s). Retrying with weights_only=False, which "
+            "runs the "
+            "file's pickled code: only do this for checkpoints from a trusted source (DETR's "
+            "training "
             "checkpoints contain a pickled argparse.Namespace under 'args').",
             path,
             _reason(e),
@@ -62,14 +70,19 @@ def load_torch_file(path: str) -> Any:
 
 def extract_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     """The weights of a loaded checkpoint: ``obj["model"]`` (DETR's format; other top-level keys
-    such as ``optimizer``/``args`` are ignored), or ``obj`` itself when it is a flat name -> tensor dict
+    such as ``optimizer``/``args`` are ignored), or ``obj`` itself when it is a flat name -> tensor
+    dict
     (torchvision's format)."""
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         ignored = sorted(str(k) for k in obj if k != "model")
         if ignored:
-            logger.info("%s: using checkpoint['model']; ignoring top-level keys %s", source, ignored)
+            logger.info(
+                "%s: using checkpoint['model']; ignoring top-level keys %s", source, ignored
+            )
         state_dict = dict(obj["model"])
-    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    elif (
+        isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         state_dict = dict(obj)  # a bare state dict (torchvision weight files)
     else:
         found = sorted(str(k) for k in obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
@@ -84,8 +97,9 @@ def extract_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
-    """The weights of a checkpoint file as ``{name: tensor}``: a Detectron2 model-zoo ``.pkl`` (pickle of
-    ``{"model": numpy arrays}``) or a ``.pth`` read by :func:`load_torch_file` (``checkpoint["model"]`` or a
+    """The weights of a checkpoint file as ``{name: tensor}``: a Detectron2 model-zoo ``.pkl``
+    (pickle of ``{"model": numpy arrays}``) or a ``.pth`` read by :func:`load_torch_file`
+    (``checkpoint["model"]`` or a
     flat state dict). Errors name ``path``."""
     if path.endswith(".pkl"):
         if not os.path.isfile(path):
@@ -94,15 +108,20 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
             with open(path, "rb") as f:
                 obj = pickle.load(f, encoding="latin1")
         except Exception as e:
-            raise ValueError(f"{path}: cannot be read as a Detectron2 .pkl checkpoint ({type(e).__name__}: {e})") from e
+            raise ValueError(
+                f"{path}: cannot be read as a Detectron2 .pkl checkpoint ({type(e).__name__}: {e})"
+            ) from e
         if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
             obj = {"model": {k: torch.as_tensor(v) for k, v in obj["model"].items()}}
         return extract_state_dict(obj, path)
     return extract_state_dict(load_torch_file(path), path)
 
 
-def d2_checkpoint(model: Dict[str, Any], *, author: str, matching_heuristics: bool) -> Dict[str, Any]:
-    """The dict ``DetectionCheckpointer`` expects: ``{"model", "__author__", "matching_heuristics"}``.
+def d2_checkpoint(
+    model: Dict[str, Any], *, author: str, matching_heuristics: bool
+) -> Dict[str, Any]:
+    """The dict ``DetectionCheckpointer`` expects: ``{"model", "__author__",
+    "matching_heuristics"}``.
 
     ``matching_heuristics=False``: keys are loaded as they are (exact names). ``True``: Detectron2
     renames them by suffix matching (model-zoo ImageNet ``.pkl`` files with prefix-free names).
@@ -111,30 +130,42 @@ def d2_checkpoint(model: Dict[str, Any], *, author: str, matching_heuristics: bo
 
 
 def check_output_path(output: str, *, sources: Sequence[str] = (), overwrite: bool = False) -> None:
-    """Refuse (``ValueError`` / ``FileExistsError`` / ``FileNotFoundError``) to write ``output`` when it is
-    one of the input files ``sources`` (also through links), exists and ``overwrite`` is False, or its
+    """Refuse (``ValueError`` / ``FileExistsError`` / ``FileNotFoundError``) to write ``output``
+    when it is one of the input files ``sources`` (also through links), exists and ``overwrite`` is
+    False, or its
     folder does not exist. Tools call it before converting, so a refused run does no work."""
     output_abs = os.path.abspath(output)
     for source in sources:
         if os.path.realpath(source) == os.path.realpath(output_abs) or (
-            os.path.exists(source) and os.path.exists(output_abs) and os.path.samefile(source, output_abs)
+            os.path.exists(source)
+            and os.path.exists(output_abs)
+            and os.path.samefile(source, output_abs)
         ):
-            raise ValueError(f"refusing to overwrite the source checkpoint {source}; choose another --output")
+            raise ValueError(
+                f"refusing to overwrite the source checkpoint {source}; choose another --output"
+            )
     if os.path.exists(output_abs) and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{output} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
     out_dir = os.path.dirname(output_abs)
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"output folder does not exist: {out_dir}")
 
 
 def write_atomically(
-    obj: Any, output: str, *, source: Optional[str] = None, overwrite: bool = False, use_pickle: bool = False
+    obj: Any,
+    output: str,
+    *,
+    source: Optional[str] = None,
+    overwrite: bool = False,
+    use_pickle: bool = False,
 ) -> None:
     """Write ``obj`` to ``output`` atomically (:func:`detr_d2.utils.atomic_io.atomic_write`).
 
     ``use_pickle`` writes a plain pickle (Detectron2 ``.pkl`` model-zoo files) instead of
-    ``torch.save``. Refuses to write over ``source`` and, unless ``overwrite``, over an existing file
-    (:func:`check_output_path`).
+    ``torch.save``. Refuses to write over ``source`` and, unless ``overwrite``, over an existing
+    file (:func:`check_output_path`).
     """
     check_output_path(output, sources=[source] if source else [], overwrite=overwrite)
     output_abs = os.path.abspath(output)

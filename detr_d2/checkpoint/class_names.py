@@ -1,4 +1,5 @@
-"""Names of a checkpoint's class rows and of a registered dataset's classes, and how names are matched.
+"""Names of a checkpoint's class rows and of a registered dataset's classes, and how names are
+matched.
 
 Class rows of a checkpoint (``class_embed``, last row = no-object) are described by a list with one
 entry per row before no-object: the class name, or ``None`` for a row that is no class (a hole in
@@ -19,7 +20,7 @@ the COCO panoptic suffixes ``merged``/``other``/``stuff`` are dropped from the e
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 __all__ = [
     "class_match_key",
@@ -43,7 +44,8 @@ def normalize_class_name(name: str) -> str:
 
 
 def class_match_key(name: str) -> str:
-    """:func:`normalize_class_name` without trailing ``merged``/``other``/``stuff`` words (the last word
+    """:func:`normalize_class_name` without trailing ``merged``/``other``/``stuff`` words (the last
+    word
     is always kept): ``"sky-other-merged"`` -> ``"sky"``, ``"water-other"`` -> ``"water"``."""
     words = normalize_class_name(name).split(" ")
     while len(words) > 1 and words[-1] in _PANOPTIC_SUFFIXES:
@@ -58,7 +60,8 @@ def _coco_categories() -> List[Dict[str, Any]]:
 
 
 def coco_panoptic_class_names() -> ClassNames:
-    """250 rows: name of COCO panoptic category id ``c`` (things and stuff), ``None`` for unused ids."""
+    """250 rows: name of COCO panoptic category id ``c`` (things and stuff), ``None`` for unused
+    ids."""
     names: ClassNames = [None] * 250
     for cat in _coco_categories():
         names[cat["id"]] = cat["name"]
@@ -66,7 +69,8 @@ def coco_panoptic_class_names() -> ClassNames:
 
 
 def coco_detection_class_names() -> ClassNames:
-    """91 rows: name of COCO detection (instances) category id ``c`` (1..90 with holes), ``None`` otherwise."""
+    """91 rows: name of COCO detection (instances) category id ``c`` (1..90 with holes), ``None``
+    otherwise."""
     names: ClassNames = [None] * 91
     for cat in _coco_categories():
         if cat["isthing"]:
@@ -87,7 +91,8 @@ def official_class_names(num_logits: int) -> Optional[ClassNames]:
 def hf_id2label_class_names(
     id2label: Optional[Mapping[Any, str]], num_logits: int, source: str
 ) -> Optional[ClassNames]:
-    """Row names from a Hugging Face ``config.json`` ``id2label`` (keys are label ids, as strings or ints).
+    """Row names from a Hugging Face ``config.json`` ``id2label`` (keys are label ids, as strings or
+    ints).
 
     Returns ``None`` when it names no row (missing, or only ``LABEL_<n>``/``N/A`` placeholders).
     Raises ``ValueError`` (naming ``source``) for ids outside ``0..num_logits - 2``.
@@ -102,7 +107,8 @@ def hf_id2label_class_names(
             raise ValueError(f"{source}: id2label key {key!r} is not an integer") from None
         if not 0 <= index < num_logits - 1:
             raise ValueError(
-                f"{source}: id2label names id {index} ({name!r}) but the classifier has {num_logits - 1} class rows "
+                f"{source}: id2label names id {index} ({name!r}) but the classifier has "
+                f"{num_logits - 1} class rows "
                 f"(ids 0..{num_logits - 2}) + no-object"
             )
         if not _PLACEHOLDER.match(str(name).strip()):
@@ -111,7 +117,8 @@ def hf_id2label_class_names(
 
 
 def dataset_class_names(dataset: Union[str, Any]) -> List[str]:
-    """Class names of a registered Detectron2 dataset (its name or its ``Metadata``), by contiguous id.
+    """Class names of a registered Detectron2 dataset (its name or its ``Metadata``), by contiguous
+    id.
 
     Standard panoptic metadata (``stuff_classes`` lists all K classes, as detr_d2 and Detectron2's
     ``coco_2017_*_panoptic`` register them) and detection metadata (``thing_classes`` only) are
@@ -141,7 +148,8 @@ def dataset_class_names(dataset: Union[str, Any]) -> List[str]:
         if k and len(names) == k:
             return [str(n) for n in names]
     raise ValueError(
-        f"dataset '{name}': cannot list its {k} classes by contiguous id (thing_classes has {len(thing_classes)} "
+        f"dataset '{name}': cannot list its {k} classes by contiguous id (thing_classes has "
+        f"{len(thing_classes)} "
         f"names, stuff_classes {len(stuff_classes)}); register it with standard panoptic metadata "
         "(detr_d2.data.register_panoptic_dataset) or detection metadata"
     )

@@ -10,18 +10,19 @@ Source layouts (``checkpoint["model"]``):
 Target layout: ``backbone.<Detectron2 ResNet names>`` (see :mod:`.resnet_keys`) and, for everything
 else, the official names with ``detr.`` stripped. The source layout is checked strictly against
 :func:`.official_layout.official_state_dict_spec` for the configuration inferred from the checkpoint
-(:func:`.official_layout.infer_official_layout`, majority over several tensors per size): any missing,
-unexpected or mis-shaped tensor raises ``ValueError`` naming the file and listing exactly those tensors
-(mis-shaped ones with the shape found and the shape expected).
+(:func:`.official_layout.infer_official_layout`, majority over several tensors per size): any
+missing, unexpected or mis-shaped tensor raises ``ValueError`` naming the file and listing exactly
+those tensors (mis-shaped ones with the shape found and the shape expected).
 
 Class slots: the official classifier has 251 outputs whose index *is* the COCO panoptic category id
 (0..249) plus no-object (250). ``class_slots="keep"`` keeps them (``MODEL.DETR.CLASS_SLOTS
-dataset_id``, ``NUM_CLASSES 250``: exact official scores, since the softmax runs over all 251 logits);
-a mapping ``{dataset id: contiguous id}`` keeps rows ``[dataset id of contiguous 0..K-1] + [250]``
-(``CLASS_SLOTS contiguous``, ``NUM_CLASSES K``; probabilities change slightly because the softmax
-loses the 117 never-trained rows). That mapping is by *category id* and only right for datasets that
-use COCO's ids; for any other dataset re-target the head by class *name* with
-:func:`.class_transfer.transfer_class_head` (what ``tools/convert_detr_checkpoint.py --dataset`` does).
+dataset_id``, ``NUM_CLASSES 250``: exact official scores, since the softmax runs over all 251
+logits); a mapping ``{dataset id: contiguous id}`` keeps rows ``[dataset id of contiguous 0..K-1] +
+[250]`` (``CLASS_SLOTS contiguous``, ``NUM_CLASSES K``; probabilities change slightly because the
+softmax loses the 117 never-trained rows). That mapping is by *category id* and only right for
+datasets that use COCO's ids; for any other dataset re-target the head by class *name* with
+:func:`.class_transfer.transfer_class_head` (what ``tools/convert_detr_checkpoint.py --dataset``
+does).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def dataset_class_mapping(dataset_name: str) -> Dict[int, int]:
     ``coco_2017_val_panoptic`` (registered by Detectron2 itself) gives the standard 133 classes:
     things 1..90 -> 0..79, stuff 92..200 -> 80..132.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     import detectron2.data.datasets  # noqa: F401  (registers Detectron2's builtin datasets)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if dataset_name not in DatasetCatalog.list():
         raise ValueError(
@@ -68,7 +69,8 @@ def dataset_class_mapping(dataset_name: str) -> Dict[int, int]:
     clash = {k for k in thing.keys() & stuff.keys() if thing[k] != stuff[k]}
     if clash:
         raise ValueError(
-            f"dataset '{dataset_name}': ids {sorted(clash)} map to different contiguous ids as thing and stuff"
+            f"dataset '{dataset_name}': ids {sorted(clash)} map to different contiguous ids "
+            "as thing and stuff"
         )
     return {int(k): int(v) for k, v in {**stuff, **thing}.items()}
 
@@ -77,24 +79,29 @@ def class_rows_from_mapping(mapping: Mapping[int, int], num_slots: int) -> List[
     """Rows of a ``num_slots``-way official classifier to keep for a dataset: ``[dataset id of
     contiguous 0..K-1] + [num_slots - 1]`` (the last row is no-object).
 
-    ``mapping`` is ``{dataset id: contiguous id}`` with contiguous ids exactly 0..K-1, each once, and
-    dataset ids in ``[0, num_slots - 2]``; otherwise ``ValueError``.
+    ``mapping`` is ``{dataset id: contiguous id}`` with contiguous ids exactly 0..K-1, each once,
+    and dataset ids in ``[0, num_slots - 2]``; otherwise ``ValueError``.
     """
     inverse: Dict[int, int] = {}
     for dataset_id, contiguous_id in mapping.items():
         if contiguous_id in inverse:
             raise ValueError(
-                f"class mapping: contiguous id {contiguous_id} is used by dataset ids {inverse[contiguous_id]} "
+                f"class mapping: contiguous id {contiguous_id} is used by dataset ids "
+                f"{inverse[contiguous_id]} "
                 f"and {dataset_id}"
             )
         inverse[int(contiguous_id)] = int(dataset_id)
     k = len(inverse)
     if k == 0 or sorted(inverse) != list(range(k)):
-        raise ValueError(f"class mapping: contiguous ids must be exactly 0..{k - 1}; got {sorted(inverse)[:10]}...")
+        raise ValueError(
+            f"class mapping: contiguous ids must be exactly 0..{k - 1}; got "
+            f"{sorted(inverse)[:10]}..."
+        )
     out_of_range = sorted(d for d in inverse.values() if not 0 <= d < num_slots - 1)
     if out_of_range:
         raise ValueError(
-            f"class mapping: dataset ids {out_of_range} have no row in a {num_slots}-way classifier "
+            f"class mapping: dataset ids {out_of_range} have no row in a {num_slots}-way "
+            "classifier "
             f"(valid ids 0..{num_slots - 2}; row {num_slots - 1} is no-object)"
         )
     return [inverse[c] for c in range(k)] + [num_slots - 1]
@@ -111,8 +118,9 @@ def convert_official_detr(
 
     Args:
         state_dict: the official weights (panoptic ``detr.*`` layout or detection layout).
-        class_slots: ``"keep"`` (all 251 rows, logit index = dataset id) or ``{dataset id: contiguous
-            id}`` (rows re-ordered to contiguous ids + no-object), see the module docstring.
+        class_slots: ``"keep"`` (all 251 rows, logit index = dataset id) or ``{dataset id:
+            contiguous id}`` (rows re-ordered to contiguous ids + no-object), see the module
+            docstring.
         backbone_prefix: where the Detectron2 ResNet lives in the target model.
         source: name used in error messages (the file path).
 
@@ -127,8 +135,8 @@ def convert_official_detr(
     errors = layout_errors(state_dict, template)
     if errors:
         raise ValueError(
-            f"{source}: does not match the official DETR layout inferred from it ({layout.describe()}): "
-            + "; ".join(errors)
+            f"{source}: does not match the official DETR layout inferred from it "
+            f"({layout.describe()}): " + "; ".join(errors)
         )
 
     p = layout.prefix
@@ -136,9 +144,12 @@ def convert_official_detr(
     if not (isinstance(class_slots, str) and class_slots == "keep"):
         if isinstance(class_slots, str):
             raise ValueError(
-                f"class_slots must be 'keep' or a {{dataset id: contiguous id}} mapping, got {class_slots!r}"
+                "class_slots must be 'keep' or a {dataset id: contiguous id} mapping, got "
+                f"{class_slots!r}"
             )
-        rows = torch.as_tensor(class_rows_from_mapping(class_slots, layout.num_classes + 1), dtype=torch.long)
+        rows = torch.as_tensor(
+            class_rows_from_mapping(class_slots, layout.num_classes + 1), dtype=torch.long
+        )
 
     converted: Dict[str, torch.Tensor] = {}
     for key in template:  # official order; every key is present (checked above)

@@ -15,7 +15,9 @@ def format_list(items: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def layout_errors(state_dict: Mapping[str, torch.Tensor], template: Mapping[str, torch.Size]) -> List[str]:
+def layout_errors(
+    state_dict: Mapping[str, torch.Tensor], template: Mapping[str, torch.Size]
+) -> List[str]:
     """Differences between ``state_dict`` and ``template`` (key -> expected shape), one string per
     kind: missing keys, unexpected keys, mis-shaped tensors. Empty when the layout matches."""
     missing = [k for k in template if k not in state_dict]

@@ -11,14 +11,15 @@
 
 with ``p`` in weight / bias / running_mean / running_var. Hugging Face's native ``ResNetBackbone``
 (``transformers``, ``use_timm_backbone=False``) names the same tensors differently
-(:func:`hf_resnet_key_to_torchvision`): ``embedder.embedder.{convolution,normalization}`` is the stem,
-``encoder.stages.{L-1}.layers.{j}.layer.{k-1}.{convolution,normalization}`` is ``layer{L}.{j}.conv{k}``/``bn{k}``
-and ``...layers.{j}.shortcut.{convolution,normalization}`` is ``downsample.{0,1}``.
+(:func:`hf_resnet_key_to_torchvision`): ``embedder.embedder.{convolution,normalization}`` is the
+stem, ``encoder.stages.{L-1}.layers.{j}.layer.{k-1}.{convolution,normalization}`` is
+``layer{L}.{j}.conv{k}``/``bn{k}`` and ``...layers.{j}.shortcut.{convolution,normalization}`` is
+``downsample.{0,1}``.
 
 Every BN must keep all four buffers:
 Detectron2's ``FrozenBatchNorm2d`` silently fills a *missing* running_mean / running_var with 0 / 1
-when the state dict has no version metadata (any converted dict), so ``strict=True`` would not notice.
-The weights assume torchvision's ResNet ("v1.5": stride on the 3x3 conv), i.e.
+when the state dict has no version metadata (any converted dict), so ``strict=True`` would not
+notice. The weights assume torchvision's ResNet ("v1.5": stride on the 3x3 conv), i.e.
 ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and RGB input normalised with the ImageNet mean/std.
 """
 
@@ -44,9 +45,9 @@ __all__ = [
 ]
 
 BN_BUFFERS: Tuple[str, ...] = ("weight", "bias", "running_mean", "running_var")
-# One row per kind of tensor: (torchvision, Detectron2, Hugging Face native ResNet) names. Placeholders:
-# {L} = torchvision stage 1..4, {R} = L + 1 (res2..res5), {S} = L - 1 (HF stage index), {j} = block,
-# {k} = conv 1..3, {K} = k - 1, {p} = a BN tensor (BN_BUFFERS).
+# One row per kind of tensor: (torchvision, Detectron2, Hugging Face native ResNet) names.
+# Placeholders: {L} = torchvision stage 1..4, {R} = L + 1 (res2..res5), {S} = L - 1 (HF stage
+# index), {j} = block, {k} = conv 1..3, {K} = k - 1, {p} = a BN tensor (BN_BUFFERS).
 _NAME_TABLE: Tuple[Tuple[str, str, str], ...] = (
     ("conv1.weight", "stem.conv1.weight", "embedder.embedder.convolution.weight"),
     ("bn1.{p}", "stem.conv1.norm.{p}", "embedder.embedder.normalization.{p}"),
@@ -73,8 +74,22 @@ _NAME_TABLE: Tuple[Tuple[str, str, str], ...] = (
 )
 _TORCHVISION, _DETECTRON2, _HF = 0, 1, 2
 _STYLE_NAMES = ("torchvision ResNet", "Detectron2 ResNet", "Hugging Face ResNet")
-_GROUPS = {"L": "[1-4]", "R": "[2-5]", "S": "[0-3]", "k": "[1-3]", "K": "[0-2]", "j": r"\d+", "p": "|".join(BN_BUFFERS)}
-_OFFSETS = {"L": ("L", 0), "R": ("L", 1), "S": ("L", -1), "k": ("k", 0), "K": ("k", -1)}  # name = base + offset
+_GROUPS = {
+    "L": "[1-4]",
+    "R": "[2-5]",
+    "S": "[0-3]",
+    "k": "[1-3]",
+    "K": "[0-2]",
+    "j": r"\d+",
+    "p": "|".join(BN_BUFFERS),
+}
+_OFFSETS = {
+    "L": ("L", 0),
+    "R": ("L", 1),
+    "S": ("L", -1),
+    "k": ("k", 0),
+    "K": ("k", -1),
+}  # name = base + offset
 
 
 def _pattern(template: str) -> "re.Pattern[str]":
@@ -88,7 +103,8 @@ _PATTERNS = [tuple(_pattern(t) for t in row) for row in _NAME_TABLE]
 
 
 def _translate(key: str, src: int, dst: int) -> str:
-    """Rename one ResNet key from naming style ``src`` to ``dst`` (indices into ``_NAME_TABLE`` rows)."""
+    """Rename one ResNet key from naming style ``src`` to ``dst`` (indices into ``_NAME_TABLE``
+    rows)."""
     for row, patterns in zip(_NAME_TABLE, _PATTERNS):
         m = patterns[src].match(key)
         if m is None:
@@ -98,13 +114,21 @@ def _translate(key: str, src: int, dst: int) -> str:
             if name in _OFFSETS:  # derive the stage / conv numbers of the other naming styles
                 base, offset = _OFFSETS[name]
                 base_value = int(value) - offset
-                values.update({n: str(base_value + o) for n, (b, o) in _OFFSETS.items() if b == base})
+                values.update(
+                    {n: str(base_value + o) for n, (b, o) in _OFFSETS.items() if b == base}
+                )
         return row[dst].format(**values)
     raise KeyError(f"not a {_STYLE_NAMES[src]} parameter name: {key!r}")
 
 
-# Blocks per stage (layer1..layer4) -> depth; 18/34 use BasicBlock (no conv3), the others Bottleneck.
-_BLOCKS_TO_DEPTHS = {(2, 2, 2, 2): (18,), (3, 4, 6, 3): (34, 50), (3, 4, 23, 3): (101,), (3, 8, 36, 3): (152,)}
+# Blocks per stage (layer1..layer4) -> depth; 18/34 use BasicBlock (no conv3), the others
+# Bottleneck.
+_BLOCKS_TO_DEPTHS = {
+    (2, 2, 2, 2): (18,),
+    (3, 4, 6, 3): (34, 50),
+    (3, 4, 23, 3): (101,),
+    (3, 8, 36, 3): (152,),
+}
 _TORCHVISION_BUILDERS = {
     18: torchvision.models.resnet18,
     34: torchvision.models.resnet34,
@@ -122,7 +146,8 @@ def torchvision_resnet_key_to_d2(key: str) -> str:
 
 def hf_resnet_key_to_torchvision(key: str) -> str:
     """Map one key of Hugging Face's native ``ResNetBackbone`` (no prefix, e.g.
-    ``encoder.stages.0.layers.1.layer.2.normalization.bias``) to torchvision's (``layer1.1.bn3.bias``).
+    ``encoder.stages.0.layers.1.layer.2.normalization.bias``) to torchvision's
+    (``layer1.1.bn3.bias``).
     Raises ``KeyError`` for other keys."""
     return _translate(key, _HF, _TORCHVISION)
 
@@ -158,9 +183,12 @@ def infer_resnet_depth(keys: List[str]) -> int:
 
 
 def torchvision_resnet_template(depth: int) -> Dict[str, torch.Size]:
-    """Key -> shape of a torchvision ResNet body (no ``fc``, no ``num_batches_tracked``), built on meta."""
+    """Key -> shape of a torchvision ResNet body (no ``fc``, no ``num_batches_tracked``), built on
+    meta."""
     if depth not in _TORCHVISION_BUILDERS:
-        raise ValueError(f"ResNet depth must be one of {sorted(_TORCHVISION_BUILDERS)}, got {depth}")
+        raise ValueError(
+            f"ResNet depth must be one of {sorted(_TORCHVISION_BUILDERS)}, got {depth}"
+        )
     return dict(_cached_template(depth))
 
 
@@ -180,21 +208,30 @@ def convert_torchvision_resnet(
 ) -> Dict[str, torch.Tensor]:
     """Convert an ImageNet torchvision ResNet-18/34/50/101/152 state dict to Detectron2 names.
 
-    ``fc.*`` (the classifier) and ``num_batches_tracked`` are dropped; every other key must belong to
-    the ResNet whose depth is inferred from the block counts, with the right shape, and every BN must
-    carry its four buffers, else ``ValueError`` (naming ``source``). ``prefix`` is prepended to every
-    output key (``""`` for Detectron2 model-zoo ``.pkl`` files matched by suffix, ``"backbone."``
-    for a model whose ResNet lives at ``model.backbone``). Values are returned as float tensors.
+    ``fc.*`` (the classifier) and ``num_batches_tracked`` are dropped; every other key must belong
+    to the ResNet whose depth is inferred from the block counts, with the right shape, and every BN
+    must carry its four buffers, else ``ValueError`` (naming ``source``). ``prefix`` is prepended to
+    every output key (``""`` for Detectron2 model-zoo ``.pkl`` files matched by suffix,
+    ``"backbone."`` for a model whose ResNet lives at ``model.backbone``). Values are returned as
+    float tensors.
     """
-    body = {k: v for k, v in state_dict.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    body = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
     non_tensor = [k for k, v in body.items() if not isinstance(v, torch.Tensor)]
     if non_tensor:
-        raise ValueError(f"{source}: values must be tensors; not a tensor: {format_list(non_tensor)}")
+        raise ValueError(
+            f"{source}: values must be tensors; not a tensor: {format_list(non_tensor)}"
+        )
     try:
         depth = infer_resnet_depth(list(body))
     except ValueError as e:
         raise ValueError(f"{source}: not a torchvision ResNet state dict: {e}") from None
     errors = layout_errors(body, torchvision_resnet_template(depth))
     if errors:
-        raise ValueError(f"{source}: does not match torchvision ResNet-{depth}: " + "; ".join(errors))
+        raise ValueError(
+            f"{source}: does not match torchvision ResNet-{depth}: " + "; ".join(errors)
+        )
     return {prefix + torchvision_resnet_key_to_d2(k): v.float() for k, v in body.items()}

@@ -1,15 +1,15 @@
 """Any DETR checkpoint file -> detr_d2 weights plus the config options they need.
 
-:func:`convert_detr_file` reads an official DETR checkpoint (``.pth``, weights under ``"model"``) or a
-Hugging Face transformers checkpoint (a ``save_pretrained`` folder, ``model.safetensors`` or
-``pytorch_model.bin``; recognised by its key names), converts it to ``DetrPanoptic``'s names and says
-how its class rows are named. :func:`retarget_classes` then optionally rebuilds the class head for a
-registered dataset by class name (:mod:`.class_transfer`). ``tools/convert_detr_checkpoint.py`` is
-these two calls plus writing the file.
+:func:`convert_detr_file` reads an official DETR checkpoint (``.pth``, weights under ``"model"``) or
+a Hugging Face transformers checkpoint (a ``save_pretrained`` folder, ``model.safetensors`` or
+``pytorch_model.bin``; recognised by its key names), converts it to ``DetrPanoptic``'s names and
+says how its class rows are named. :func:`retarget_classes` then optionally rebuilds the class head
+for a registered dataset by class name (:mod:`.class_transfer`).
+``tools/convert_detr_checkpoint.py`` is these two calls plus writing the file.
 
 Class slots of a conversion without re-targeting: the classifier is kept as it is. Official
-checkpoints index logits by dataset category id (``MODEL.DETR.CLASS_SLOTS dataset_id``, NUM_CLASSES =
-logits - 1: 250 for COCO panoptic, 91 for COCO detection); so do Hugging Face checkpoints with the
+checkpoints index logits by dataset category id (``MODEL.DETR.CLASS_SLOTS dataset_id``, NUM_CLASSES
+= logits - 1: 250 for COCO panoptic, 91 for COCO detection); so do Hugging Face checkpoints with the
 official 251 / 92 logits. Other Hugging Face checkpoints index logits by their label id 0..K-1
 (``CLASS_SLOTS contiguous``).
 """
@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ConvertedDETR:
-    """A converted checkpoint: ``model`` (detr_d2 names), the source's configuration (``layout``), how
-    its class rows are named (``source_classes``: one name or ``None`` per row before no-object; ``None``
+    """A converted checkpoint: ``model`` (detr_d2 names), the source's configuration (``layout``),
+    how its class rows are named (``source_classes``: one name or ``None`` per row before no-object;
+    ``None``
     when unknown), the class-slot convention of ``model``'s classifier and backbone facts."""
 
     model: Dict[str, torch.Tensor]
@@ -55,8 +56,9 @@ class ConvertedDETR:
         return int(self.model["class_embed.weight"].shape[0]) - 1
 
     def config_options(self) -> List[str]:
-        """Config overrides ``[KEY, VALUE, KEY, VALUE, ...]`` (for ``cfg.merge_from_list`` or a command line)
-        of a model that loads ``model`` with exact names, on top of ``configs/Base-DETR.yaml`` (which
+        """Config overrides ``[KEY, VALUE, KEY, VALUE, ...]`` (for ``cfg.merge_from_list`` or a
+        command line) of a model that loads ``model`` with exact names, on top of
+        ``configs/Base-DETR.yaml`` (which
         already sets RGB input, the ImageNet mean/std, FrozenBN and res2..res5 outputs)."""
         lay = self.layout
         options = {
@@ -81,7 +83,8 @@ class ConvertedDETR:
 
 
 def convert_detr_file(path: str) -> ConvertedDETR:
-    """Read and convert an official DETR or a Hugging Face DETR checkpoint (see the module docstring).
+    """Read and convert an official DETR or a Hugging Face DETR checkpoint (see the module
+    docstring).
 
     Raises ``ValueError`` / ``OSError`` naming ``path`` when it is neither, or does not match the
     layout its tensors imply (the offending tensors are listed).
@@ -95,8 +98,10 @@ def convert_detr_file(path: str) -> ConvertedDETR:
         config = read_hf_config(os.path.dirname(os.path.abspath(path))) if hf else None
     if any(k.startswith(("backbone.stem.", "backbone.res2.")) for k in state_dict):
         raise ValueError(
-            f"{weights}: already has Detectron2 / detr_d2 names (backbone.stem.*): load it with MODEL.WEIGHTS as it "
-            "is; to re-target its classes use detr_d2.checkpoint.transfer_class_head on its 'model' dict"
+            f"{weights}: already has Detectron2 / detr_d2 names (backbone.stem.*): load it "
+            "with MODEL.WEIGHTS as it "
+            "is; to re-target its classes use detr_d2.checkpoint.transfer_class_head on its "
+            "'model' dict"
         )
     if not hf:
         official = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
@@ -108,13 +113,24 @@ def convert_detr_file(path: str) -> ConvertedDETR:
     model = convert_official_detr(official, source=weights)
     num_logits = layout.num_classes + 1
     id2label = (config or {}).get("id2label")
-    names = hf_id2label_class_names(id2label, num_logits, weights) or official_class_names(num_logits)
+    names = hf_id2label_class_names(id2label, num_logits, weights) or official_class_names(
+        num_logits
+    )
     slots = "dataset_id" if num_logits in (251, 92) else "contiguous"
     messages = []
     if "dc5" in notes:
-        messages.append("dilated res5 (DC5): Detectron2's RES5_DILATION 2 also dilates the first res5 block; not exact")
+        messages.append(
+            "dilated res5 (DC5): Detectron2's RES5_DILATION 2 also dilates the first res5 "
+            "block; not exact"
+        )
     return ConvertedDETR(
-        model, layout, f"Hugging Face ({style.describe()})", names, slots, "stride_in_1x1" in notes, messages
+        model,
+        layout,
+        f"Hugging Face ({style.describe()})",
+        names,
+        slots,
+        "stride_in_1x1" in notes,
+        messages,
     )
 
 
@@ -129,11 +145,14 @@ def retarget_classes(
 ) -> ConvertedDETR:
     """``converted`` with its class head rebuilt for ``target`` (class names by contiguous id, or a
     registered dataset's name / ``Metadata``) by :func:`.class_transfer.transfer_class_head`;
-    ``CLASS_SLOTS`` becomes ``contiguous``. Raises ``ValueError`` when the source rows have no names."""
+    ``CLASS_SLOTS`` becomes ``contiguous``. Raises ``ValueError`` when the source rows have no
+    names."""
     if converted.source_classes is None:
         raise ValueError(
-            f"{source}: cannot name its {converted.num_classes} class rows: only the official layouts (251 logits: "
-            "COCO panoptic ids, 92: COCO detection ids) or a Hugging Face config.json with id2label name them"
+            f"{source}: cannot name its {converted.num_classes} class rows: only the "
+            "official layouts (251 logits: "
+            "COCO panoptic ids, 92: COCO detection ids) or a Hugging Face config.json with "
+            "id2label name them"
         )
     model, matches = transfer_class_head(
         converted.model,

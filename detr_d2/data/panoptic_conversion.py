@@ -23,8 +23,8 @@ PNG, ``iscrowd`` from ``segments_info``; annotation ids 1, 2, ... over the whole
 Both read every input with checks (errors name the file and field) and write their outputs all or
 nothing: the PNG folder is filled under a temporary name and renamed into place, then the JSON is
 renamed into place (a failure or Ctrl-C leaves the previous outputs as they were). Existing outputs
-are refused unless ``overwrite``, which replaces the whole PNG folder (refused if it holds anything but
-PNGs). PNGs are produced in parallel with ``workers`` processes.
+are refused unless ``overwrite``, which replaces the whole PNG folder (refused if it holds anything
+but PNGs). PNGs are produced in parallel with ``workers`` processes.
 """
 
 import json
@@ -39,9 +39,15 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
-from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
 from ..utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
-from .panoptic_io import check_png_ids_listed, read_json, read_panoptic_ids, require_keys, save_panoptic_png
+from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
+from .panoptic_io import (
+    check_png_ids_listed,
+    read_json,
+    read_panoptic_ids,
+    require_keys,
+    save_panoptic_png,
+)
 from .segment_ids import SegmentIdGenerator
 
 __all__ = [
@@ -266,8 +272,10 @@ def _detection_task(task):
 
 
 def _run_tasks(fn, tasks: List, state: Dict[str, Any], workers: int, desc: str) -> List:
-    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process). The progress
-    bar is closed before an error propagates, so the tool's ``error:`` line gets a line of its own."""
+    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process). The
+    progress
+    bar is closed before an error propagates, so the tool's ``error:`` line gets a line of its
+    own."""
     if workers <= 1 or len(tasks) < 2:
         _init_worker(state)
         with tqdm(tasks, desc=desc, unit="img") as bar:
@@ -364,7 +372,9 @@ def convert_detection_to_panoptic(
         with atomic_directory(output_root, replace_root, inputs) as root_tmp:
             tasks = []
             for index, (image_id, img) in enumerate(images.items()):
-                png = os.path.join(root_tmp, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png")
+                png = os.path.join(
+                    root_tmp, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png"
+                )
                 tasks.append((index, img, anns_by_image.get(image_id, []), png))
             results = _run_tasks(_detection_task, tasks, state, workers, "detection -> panoptic")
             annotations = []
@@ -466,7 +476,9 @@ def convert_panoptic_to_detection(
     categories with ``include_stuff``), so Detectron2's ``register_coco_instances`` can load it.
     An existing ``output_json`` is refused unless ``overwrite``; it is written atomically.
     """
-    with atomic_file(output_json, overwrite, [panoptic_json]) as json_tmp:  # fails now if unwritable
+    with atomic_file(
+        output_json, overwrite, [panoptic_json]
+    ) as json_tmp:  # fails now if unwritable
         data = read_json(panoptic_json, "panoptic JSON")
         require_keys(data, ["images", "annotations", "categories"], panoptic_json)
         categories = validate_categories(data["categories"], panoptic_json)

@@ -1,5 +1,5 @@
-"""The project's one panoptic I/O layer: COCO-panoptic JSON and id PNGs in and out, and model outputs
-converted to COCO panoptic predictions.
+"""The project's one panoptic I/O layer: COCO-panoptic JSON and id PNGs in and out, and model
+outputs converted to COCO panoptic predictions.
 
 Conventions: a panoptic PNG is an RGB image whose colour encodes a segment id as
 ``id = R + 256 * G + 256**2 * B`` (panopticapi's ``rgb2id``/``id2rgb``, imported on first use); id 0
@@ -58,8 +58,8 @@ def id2rgb(id_map: Any) -> Any:
     return _panopticapi_utils().id2rgb(id_map)
 
 
-# PIL modes that hold a panoptic id map: RGB, a palette of RGB colours, or RGBA whose alpha is ignored
-# (as panopticapi's ``rgb2id(np.array(Image.open(path)))`` does).
+# PIL modes that hold a panoptic id map: RGB, a palette of RGB colours, or RGBA whose alpha is
+# ignored (as panopticapi's ``rgb2id(np.array(Image.open(path)))`` does).
 _RGB_COMPATIBLE_MODES = ("RGB", "P", "RGBA")
 
 
@@ -132,7 +132,8 @@ def read_panoptic_ids(path: str, field: str = "pan_seg_file_name") -> np.ndarray
     :func:`read_panoptic_png`, decoded without the intermediate (H, W, 3) array."""
     with _open_panoptic_png(path, field) as img:
         width, height = img.size
-        # PIL stores RGB(A) as 4 bytes per pixel: packing is a copy, then the 4th byte is masked out.
+        # PIL stores RGB(A) as 4 bytes per pixel: packing is a copy, then the 4th byte is masked
+        # out.
         raw_mode = "RGBA" if img.mode == "RGBA" else "RGBX"
         packed = np.frombuffer(img.tobytes("raw", raw_mode), dtype="<u4").reshape(height, width)
         return packed & np.uint32(0x00FFFFFF)
@@ -161,7 +162,9 @@ def check_png_ids_listed(
 def encode_panoptic_png(id_map: np.ndarray) -> bytes:
     """PNG bytes of a (H, W) id map in COCO panoptic RGB encoding (``id2rgb``, ids modulo 2**24)."""
     with io.BytesIO() as out:
-        Image.fromarray(np.asarray(id2rgb(np.asarray(id_map)), dtype=np.uint8)).save(out, format="PNG")
+        Image.fromarray(np.asarray(id2rgb(np.asarray(id_map)), dtype=np.uint8)).save(
+            out, format="PNG"
+        )
         return out.getvalue()
 
 
@@ -186,7 +189,8 @@ def json_safe(value: Any) -> Any:
 
 
 class PanopticPredictionConverter:
-    """Convert ``output["panoptic_seg"]`` to ``(id_map, segments_info)`` with *dataset* category ids.
+    """Convert ``output["panoptic_seg"]`` to ``(id_map, segments_info)`` with *dataset* category
+    ids.
 
     Args:
         metadata: the dataset's Detectron2 metadata (``thing_dataset_id_to_contiguous_id``,
@@ -195,8 +199,12 @@ class PanopticPredictionConverter:
 
     def __init__(self, metadata: Any):
         self._metadata = metadata
-        self._thing_to_dataset = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
-        self._stuff_to_dataset = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
+        self._thing_to_dataset = {
+            v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()
+        }
+        self._stuff_to_dataset = {
+            v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()
+        }
         self._thing_contiguous_ids = set(metadata.thing_dataset_id_to_contiguous_id.values())
 
     def _dataset_category(self, segment: Dict[str, Any]) -> Dict[str, Any]:
@@ -205,14 +213,17 @@ class PanopticPredictionConverter:
         if isthing is None:  # the model produced dataset category ids directly
             return segment
         mapping, kind = (
-            (self._thing_to_dataset, "thing") if bool(isthing) else (self._stuff_to_dataset, "stuff")
+            (self._thing_to_dataset, "thing")
+            if bool(isthing)
+            else (self._stuff_to_dataset, "stuff")
         )
         contiguous = int(segment["category_id"])
         if contiguous not in mapping:
             raise KeyError(
                 f"predicted segment {segment.get('id')} has isthing={isthing} and contiguous "
                 f"category_id {contiguous}, which is not a {kind} class of this dataset "
-                f"(metadata {kind}_dataset_id_to_contiguous_id has values {sorted(mapping)[:10]}...)"
+                f"(metadata {kind}_dataset_id_to_contiguous_id has values "
+                f"{sorted(mapping)[:10]}...)"
             )
         segment["category_id"] = mapping[contiguous]
         return segment
@@ -229,11 +240,13 @@ class PanopticPredictionConverter:
             if panoptic_label == -1:  # VOID
                 continue
             pred_class = panoptic_label // label_divisor
-            segments_info.append({
-                "id": int(panoptic_label) + 1,
-                "category_id": int(pred_class),
-                "isthing": pred_class in self._thing_contiguous_ids,
-            })
+            segments_info.append(
+                {
+                    "id": int(panoptic_label) + 1,
+                    "category_id": int(pred_class),
+                    "isthing": pred_class in self._thing_contiguous_ids,
+                }
+            )
         # The official evaluation uses 0 for VOID.
         return id_map + 1, segments_info
 

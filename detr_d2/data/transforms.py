@@ -3,8 +3,8 @@
 Train (``cfg.INPUT``): horizontal flip (``RANDOM_FLIP``); then, when Detectron2's
 ``CROP.ENABLED``, with probability ``CROP.PROB``: resize the short side to one of
 ``CROP.RESIZE_SHORT_EDGE`` (no long-side cap) and take Detectron2's ``RandomCrop(CROP.TYPE,
-CROP.SIZE)`` (DETR: ``absolute_range`` 384..600, height and width each drawn in the range and clipped to
-the image); finally always the multi-scale resize (short side from ``MIN_SIZE_TRAIN`` per
+CROP.SIZE)`` (DETR: ``absolute_range`` 384..600, height and width each drawn in the range and
+clipped to the image); finally always the multi-scale resize (short side from ``MIN_SIZE_TRAIN`` per
 ``MIN_SIZE_TRAIN_SAMPLING``, long side <= ``MAX_SIZE_TRAIN``). Test: resize to ``MIN_SIZE_TEST`` /
 ``MAX_SIZE_TEST``.
 
@@ -111,7 +111,9 @@ def build_detr_train_augmentation(cfg: CfgNode) -> List[T.Augmentation]:
     crop = cfg.INPUT.CROP
     if crop.ENABLED and crop.PROB > 0:
         if crop.TYPE == "absolute_range" and not 0 < crop.SIZE[0] <= crop.SIZE[1]:
-            raise ValueError(f"INPUT.CROP.SIZE must be (min, max) with 0 < min <= max, got {tuple(crop.SIZE)}")
+            raise ValueError(
+                f"INPUT.CROP.SIZE must be (min, max) with 0 < min <= max, got {tuple(crop.SIZE)}"
+            )
         crop_branch = T.AugmentationList(
             [
                 build_resize(rounding, list(crop.RESIZE_SHORT_EDGE), sys.maxsize, "choice"),

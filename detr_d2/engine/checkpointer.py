@@ -1,21 +1,25 @@
-"""``AtomicDetectionCheckpointer``: Detectron2's ``DetectionCheckpointer`` with crash-safe saves and resume.
+"""``AtomicDetectionCheckpointer``: Detectron2's ``DetectionCheckpointer`` with crash-safe saves and
+resume.
 
-* ``save()`` writes ``<name>.pth`` to a temporary file in the same folder, fsyncs it and renames it over
-  the target (:func:`detr_d2.utils.atomic_io.atomic_write`); ``last_checkpoint`` is written the same
-  way, after the checkpoint. A kill at any moment leaves the previous checkpoint and ``last_checkpoint``
-  intact (at worst a hidden ``.<name>.pth.*.tmp`` file, removed by the first save of the next run;
-  not earlier, since an ``--eval-only`` process may read the folder while a training run writes it).
+* ``save()`` writes ``<name>.pth`` to a temporary file in the same folder, fsyncs it and renames it
+  over the target (:func:`detr_d2.utils.atomic_io.atomic_write`); ``last_checkpoint`` is written the
+  same way, after the checkpoint. A kill at any moment leaves the previous checkpoint and
+  ``last_checkpoint`` intact (at worst a hidden ``.<name>.pth.*.tmp`` file, removed by the first
+  save of the next run; not earlier, since an ``--eval-only`` process may read the folder while a
+  training run writes it).
 * ``resume_or_load(path, resume=True)`` resumes from the file ``last_checkpoint`` names when it is a
   complete checkpoint (``torch.load`` succeeds and gives a dict with a ``"model"`` dict). When
-  ``last_checkpoint`` is missing, empty, or names a missing / empty / truncated file, it falls back to
-  the newest complete ``model_*.pth`` of the folder (by modification time) and logs a warning naming
-  what it skipped; with none, it loads ``path`` (``MODEL.WEIGHTS``) as a fresh run, with a warning.
-  ``has_checkpoint()`` / ``get_checkpoint_file()`` give that same choice, so ``DefaultTrainer`` sets
-  its start iteration from the checkpoint actually loaded.
+  ``last_checkpoint`` is missing, empty, or names a missing / empty / truncated file, it falls back
+  to the newest complete ``model_*.pth`` of the folder (by modification time) and logs a warning
+  naming what it skipped; with none, it loads ``path`` (``MODEL.WEIGHTS``) as a fresh run, with a
+  warning. ``has_checkpoint()`` / ``get_checkpoint_file()`` give that same choice, so
+  ``DefaultTrainer`` sets its start iteration from the checkpoint actually loaded.
 * A checkpoint file that cannot be read raises an error naming it.
 
-Folders that are not local paths (``s3://``...) keep Detectron2's own writes through ``PathManager``.
+Folders that are not local paths (``s3://``...) keep Detectron2's own writes through
+``PathManager``.
 """
+
 import glob
 import logging
 import os
@@ -47,11 +51,15 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose saves are atomic and whose resume survives a damaged last
     checkpoint (see the module docstring). Same constructor and methods."""
 
-    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables):
+    def __init__(
+        self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None, **checkpointables
+    ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
-        # path -> (size, mtime_ns) of files known to be complete checkpoints (saved or verified here)
+        # path -> (size, mtime_ns) of files known to be complete checkpoints (saved or verified
+        # here)
         self._complete: Dict[str, Tuple[int, int]] = {}
-        # (path, stat key, loaded dict) of the file last verified, handed to load() to avoid a 2nd read
+        # (path, stat key, loaded dict) of the file last verified, handed to load() to avoid a 2nd
+        # read
         self._verified: Optional[Tuple[str, Tuple[int, int], Dict[str, Any]]] = None
         self._resume_file: Optional[Tuple[Tuple, str]] = None
         self._cleaned = False
@@ -61,12 +69,15 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return bool(self.save_dir) and "://" not in self.save_dir
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """Write ``<save_dir>/<name>.pth`` atomically, then point ``last_checkpoint`` at it (atomically)."""
+        """Write ``<save_dir>/<name>.pth`` atomically, then point ``last_checkpoint`` at it
+        (atomically)."""
         if not self.save_dir or not self.save_to_disk:
             return
         if not self._local():
             return super().save(name, **kwargs)
-        if not self._cleaned:  # this process writes checkpoints here: leftovers of a killed save can go
+        if (
+            not self._cleaned
+        ):  # this process writes checkpoints here: leftovers of a killed save can go
             self._remove_stale_temporaries()
             self._cleaned = True
         data = {"model": self.model.state_dict()}
@@ -86,7 +97,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """Atomically write ``last_checkpoint`` (the basename of the newest checkpoint)."""
         if not self._local():
             return super().tag_last_checkpoint(last_filename_basename)
-        atomic_write_bytes(os.path.join(self.save_dir, _LAST), last_filename_basename.encode("utf-8"))
+        atomic_write_bytes(
+            os.path.join(self.save_dir, _LAST), last_filename_basename.encode("utf-8")
+        )
 
     # ------------------------------------------------------------------ reading
     def _torch_load(self, f: str) -> Dict[str, Any]:
@@ -99,7 +112,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return super()._torch_load(f)
         except Exception as e:
             raise RuntimeError(
-                f"{f}: cannot be read as a checkpoint ({type(e).__name__}: {e}); the file is damaged "
+                f"{f}: cannot be read as a checkpoint ({type(e).__name__}: {e}); the file is "
+                "damaged "
                 "(e.g. truncated by an interrupted copy or save) or not a torch checkpoint"
             ) from e
 
@@ -125,11 +139,14 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return True, ""
 
     def _folder_key(self) -> Tuple:
-        files = [os.path.join(self.save_dir, _LAST)] + sorted(glob.glob(os.path.join(self.save_dir, _PATTERN)))
+        files = [os.path.join(self.save_dir, _LAST)] + sorted(
+            glob.glob(os.path.join(self.save_dir, _PATTERN))
+        )
         return tuple((f, _stat_key(f)) for f in files)
 
     def _find_resume_file(self) -> str:
-        """The checkpoint ``--resume`` loads ('' for none), warning about each damaged file skipped."""
+        """The checkpoint ``--resume`` loads ('' for none), warning about each damaged file
+        skipped."""
         if not self._local():
             return super().get_checkpoint_file() if super().has_checkpoint() else ""
         folder_key = self._folder_key()
@@ -160,18 +177,23 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         candidates = glob.glob(os.path.join(self.save_dir, _PATTERN))
         candidates.sort(key=lambda p: ((_stat_key(p) or (0, 0))[1], p), reverse=True)
         for path in candidates:
-            if named and os.path.abspath(path) == os.path.abspath(os.path.join(self.save_dir, named)):
+            if named and os.path.abspath(path) == os.path.abspath(
+                os.path.join(self.save_dir, named)
+            ):
                 continue
             ok, why = self._complete_checkpoint(path)
             if ok:
                 if problems or not os.path.isfile(last_path):
                     reason = "; ".join(problems) if problems else f"{last_path} is missing"
-                    logger.warning(f"{reason}: resuming from the newest complete checkpoint {path} instead")
+                    logger.warning(
+                        f"{reason}: resuming from the newest complete checkpoint {path} instead"
+                    )
                 return path
             problems.append(f"{path} is {why}")
         if problems:
             logger.warning(
-                f"--resume found no complete checkpoint in {self.save_dir} ({'; '.join(problems)}); "
+                f"--resume found no complete checkpoint in {self.save_dir} "
+                f"({'; '.join(problems)}); "
                 "starting a new run from MODEL.WEIGHTS"
             )
         return ""
@@ -199,7 +221,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             logger.info(f"Removed {path}, left by an interrupted checkpoint save")
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
-        """With ``resume``: load the checkpoint of :meth:`get_checkpoint_file` with all checkpointables,
+        """With ``resume``: load the checkpoint of :meth:`get_checkpoint_file` with all
+        checkpointables,
         or ``path`` (model only) when there is none. Without: load ``path`` (model only)."""
         if resume:
             found = self._find_resume_file()

@@ -1,5 +1,8 @@
-"""DETR's optimiser as a Detectron2 builder: AdamW (or SGD), a backbone LR multiplier, no weight decay on
-norms and embeddings, optional full-model gradient clipping (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE full_model``)."""
+"""DETR's optimiser as a Detectron2 builder: AdamW (or SGD), a backbone LR multiplier, no weight
+decay on
+norms and embeddings, optional full-model gradient clipping (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE
+full_model``)."""
+
 import itertools
 from typing import Any, Dict, List, Set
 
@@ -18,11 +21,18 @@ def _full_model_clipping(optim_cls, clip_norm: float):
 
 
 def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Param groups by (lr, weight decay), merged with Detectron2's ``reduce_param_groups`` (one group per
+    """Param groups by (lr, weight decay), merged with Detectron2's ``reduce_param_groups`` (one
+    group per
     parameter would make AdamW's foreach kernels useless)."""
     norm_types = (
-        torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
-        torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.LayerNorm,
+        torch.nn.BatchNorm1d,
+        torch.nn.BatchNorm2d,
+        torch.nn.BatchNorm3d,
+        torch.nn.SyncBatchNorm,
+        torch.nn.GroupNorm,
+        torch.nn.InstanceNorm1d,
+        torch.nn.InstanceNorm2d,
+        torch.nn.LayerNorm,
         torch.nn.LocalResponseNorm,
     )
     params: List[Dict[str, Any]] = []

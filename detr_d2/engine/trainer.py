@@ -1,5 +1,7 @@
-"""``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators) and the
+"""``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators) and
+the
 ``setup`` / ``main`` used by ``tools/train_net.py``."""
+
 import contextlib
 import logging
 import os
@@ -7,14 +9,26 @@ from typing import List
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
+from detectron2.evaluation import (
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    verify_results,
+)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_detr_config
-from ..data.datasets.register_from_file import add_command_line_datasets, register_datasets_from_config
+from ..data.datasets.register_from_file import (
+    add_command_line_datasets,
+    register_datasets_from_config,
+)
 from .checkpointer import AtomicDetectionCheckpointer
 from .optimizer import build_detr_optimizer
 
@@ -29,16 +43,20 @@ def _build_mapper(cfg: CfgNode, is_train: bool):
         return DetrPanopticDatasetMapper(cfg, is_train)
     if name == "default":
         return None  # Detectron2's DatasetMapper
-    raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be 'detr_panoptic' or 'default', got {name!r}")
+    raise ValueError(
+        f"INPUT.DATASET_MAPPER_NAME must be 'detr_panoptic' or 'default', got {name!r}"
+    )
 
 
 @contextlib.contextmanager
 def _cpu_aware_ddp():
     """Within the block, Detectron2's ``create_ddp_model`` gives a CPU model ``device_ids=None``.
 
-    ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model, broadcast_buffers=False)``,
-    which passes ``device_ids=[local rank]``: right for a GPU, refused by DistributedDataParallel for a CPU
-    model (``launch`` with several CPU processes and gloo). Nothing else of ``DefaultTrainer`` changes."""
+    ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model,
+    broadcast_buffers=False)``, which passes ``device_ids=[local rank]``: right for a GPU, refused
+    by DistributedDataParallel for a CPU
+    model (``launch`` with several CPU processes and gloo). Nothing else of ``DefaultTrainer``
+    changes."""
     from detectron2.engine import defaults
 
     original = defaults.create_ddp_model
@@ -59,17 +77,22 @@ class DetrTrainer(DefaultTrainer):
     """DefaultTrainer + DETR's mapper, AdamW with a backbone multiplier, and panoptic evaluators."""
 
     def __init__(self, cfg):
-        """``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU model, so
+        """``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU
+        model, so
         ``launch`` with several CPU processes (gloo) works."""
         if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            raise ValueError("SOLVER.AMP.ENABLED needs a CUDA model (Detectron2's AMPTrainer); MODEL.DEVICE is cpu")
+            raise ValueError(
+                "SOLVER.AMP.ENABLED needs a CUDA model (Detectron2's AMPTrainer); "
+                "MODEL.DEVICE is cpu"
+            )
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
     def build_hooks(self):
-        """Detectron2's hooks, with ``self.checkpointer`` (made by ``DefaultTrainer.__init__``, used by
-        ``PeriodicCheckpointer`` and ``resume_or_load``) replaced by an :class:`AtomicDetectionCheckpointer`
-        over the same model and checkpointables: atomic saves, and a resume that survives a damaged
+        """Detectron2's hooks, with ``self.checkpointer`` (made by ``DefaultTrainer.__init__``, used
+        by ``PeriodicCheckpointer`` and ``resume_or_load``) replaced by an
+        :class:`AtomicDetectionCheckpointer` over the same model and checkpointables: atomic saves,
+        and a resume that survives a damaged
         last checkpoint."""
         old = self.checkpointer
         if not isinstance(old, AtomicDetectionCheckpointer):
@@ -92,10 +115,12 @@ class DetrTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
-        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the in-process PQ evaluator
-        (``TEST.PANOPTIC_EVALUATOR in_process``) or Detectron2's ``COCOPanopticEvaluator`` with per-class
-        results (``panopticapi``); plus ``COCOEvaluator`` for things when instance outputs are on and the dataset has
-        an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has ``sem_seg_root``."""
+        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the in-process PQ
+        evaluator (``TEST.PANOPTIC_EVALUATOR in_process``) or Detectron2's ``COCOPanopticEvaluator``
+        with per-class results (``panopticapi``); plus ``COCOEvaluator`` for things when instance
+        outputs are on and the dataset has
+        an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has
+        ``sem_seg_root``."""
         from ..evaluation import build_panoptic_evaluator
         from ..evaluation.things_coco_evaluation import PanopticThingsCOCOEvaluator
 
@@ -104,7 +129,11 @@ class DetrTrainer(DefaultTrainer):
         ev_type = getattr(meta, "evaluator_type", None)
         evaluators: List[DatasetEvaluator] = []
         d = cfg.TEST
-        if ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard") and cfg.MODEL.MASK_ON and d.PANOPTIC_ON:
+        if (
+            ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard")
+            and cfg.MODEL.MASK_ON
+            and d.PANOPTIC_ON
+        ):
             evaluators.append(
                 build_panoptic_evaluator(
                     cfg.TEST.PANOPTIC_EVALUATOR,
@@ -119,31 +148,40 @@ class DetrTrainer(DefaultTrainer):
             # COCOEvaluator on the things' view of the (standard panoptic) metadata
             evaluators.append(PanopticThingsCOCOEvaluator(dataset_name, tasks, True, output_folder))
         if d.SEMANTIC_ON and cfg.MODEL.MASK_ON and getattr(meta, "sem_seg_root", None):
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(
+                SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+            )
         if not evaluators:
             raise NotImplementedError(
-                f"no evaluator for dataset '{dataset_name}' (evaluator_type={ev_type!r}, MODEL.MASK_ON="
+                f"no evaluator for dataset '{dataset_name}' (evaluator_type={ev_type!r}, "
+                "MODEL.MASK_ON="
                 f"{cfg.MODEL.MASK_ON}); panoptic datasets need evaluator_type 'coco_panoptic_seg'"
             )
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
 def setup(args) -> CfgNode:
-    """Config from ``args.config_file`` + ``args.opts`` with detr_d2's options; Detectron2's default setup."""
+    """Config from ``args.config_file`` + ``args.opts`` with detr_d2's options; Detectron2's default
+    setup."""
     cfg = get_cfg()
     add_detr_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    add_command_line_datasets(cfg, getattr(args, "register_dataset", None))  # -> DATASETS.REGISTER_FILES
+    add_command_line_datasets(
+        cfg, getattr(args, "register_dataset", None)
+    )  # -> DATASETS.REGISTER_FILES
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
-    register_datasets_from_config(cfg)  # before the model, which reads the classes from the metadata
+    register_datasets_from_config(
+        cfg
+    )  # before the model, which reads the classes from the metadata
     return cfg
 
 
 def main(args):
-    """Train (or ``--eval-only`` evaluate) one process; under ``launch`` the process group is torn down after
+    """Train (or ``--eval-only`` evaluate) one process; under ``launch`` the process group is torn
+    down after
     success (left to interpreter shutdown, gloo's threads can abort a worker)."""
     result = _main(args)
     if comm.get_world_size() > 1 and torch.distributed.is_initialized():
@@ -156,7 +194,9 @@ def _main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DetrTrainer.build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         res = DetrTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

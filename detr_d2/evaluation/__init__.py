@@ -1,5 +1,7 @@
-"""Panoptic evaluation: an in-process PQ evaluator (panopticapi's numbers, much faster) and Detectron2's
+"""Panoptic evaluation: an in-process PQ evaluator (panopticapi's numbers, much faster) and
+Detectron2's
 ``COCOPanopticEvaluator`` with per-class results."""
+
 from typing import Optional
 
 from detectron2.evaluation import DatasetEvaluator
@@ -33,9 +35,10 @@ def build_panoptic_evaluator(
     write_predictions: bool = False,
     num_workers: int = 2,
 ) -> DatasetEvaluator:
-    """The panoptic evaluator named by ``kind`` ("in_process": PQ computed in process, same numbers as
-    panopticapi; "panopticapi": Detectron2's ``COCOPanopticEvaluator`` (PNGs + ``pq_compute``) + per-class
-    results). ``write_predictions`` (PNG + JSON kept in ``output_dir``) and ``num_workers`` (background
+    """The panoptic evaluator named by ``kind`` ("in_process": PQ computed in process, same numbers
+    as panopticapi; "panopticapi": Detectron2's ``COCOPanopticEvaluator`` (PNGs + ``pq_compute``) +
+    per-class results). ``write_predictions`` (PNG + JSON kept in ``output_dir``) and
+    ``num_workers`` (background
     threads) are "in_process" options."""
     if kind not in PANOPTIC_EVALUATORS:
         raise ValueError(
@@ -49,6 +52,7 @@ def build_panoptic_evaluator(
     if write_predictions:
         raise ValueError(
             "TEST.PANOPTIC_WRITE_PREDICTIONS is an option of the 'in_process' panoptic evaluator; "
-            "Detectron2's evaluator ('panopticapi') writes predictions.json to output_dir but deletes the PNGs"
+            "Detectron2's evaluator ('panopticapi') writes predictions.json to output_dir "
+            "but deletes the PNGs"
         )
     return COCOPanopticEvaluatorWithPerClass(dataset_name, output_dir)

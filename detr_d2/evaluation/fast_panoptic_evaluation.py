@@ -7,6 +7,7 @@ small per-category sums are gathered across workers. ``process`` hands each imag
 background threads, so inside ``inference_on_dataset`` it runs while the model computes the next
 batch instead of adding to the evaluation's time.
 """
+
 import itertools
 import json
 import logging
@@ -16,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
-
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -76,7 +76,9 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             num_workers: background threads computing the per-image statistics (0: in ``process``).
         """
         if num_workers < 0:
-            raise ValueError(f"FastCOCOPanopticEvaluator: num_workers must be >= 0, got {num_workers}")
+            raise ValueError(
+                f"FastCOCOPanopticEvaluator: num_workers must be >= 0, got {num_workers}"
+            )
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         self._converter = PanopticPredictionConverter(self._metadata)
@@ -88,7 +90,9 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Future] = deque()
         if self._write_predictions and not output_dir:
-            raise ValueError("FastCOCOPanopticEvaluator: write_predictions=True needs an output_dir")
+            raise ValueError(
+                "FastCOCOPanopticEvaluator: write_predictions=True needs an output_dir"
+            )
         if self._output_dir is not None:
             PathManager.mkdirs(self._output_dir)
         self.reset()
@@ -112,18 +116,25 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         for input, output in zip(inputs, outputs):
             id_map, segments_info = self._converter(output["panoptic_seg"])
             if self._write_predictions and "file_name" not in input:
-                raise KeyError(f"image {input['image_id']}: write_predictions needs the input's 'file_name'")
+                raise KeyError(
+                    f"image {input['image_id']}: write_predictions needs the input's 'file_name'"
+                )
             image_id, file_name = input["image_id"], input.get("file_name")
             if self._executor is None:
                 self._collect(self._image_result(image_id, file_name, id_map, segments_info))
                 continue
             # The caller may reuse the output's memory once process returns: queue a copy.
             id_map = np.array(id_map, copy=True)
-            self._pending.append(self._executor.submit(self._image_result, image_id, file_name, id_map, segments_info))
+            self._pending.append(
+                self._executor.submit(
+                    self._image_result, image_id, file_name, id_map, segments_info
+                )
+            )
             self._collect_finished(max_pending=4 * self._num_workers)
 
     def _collect_finished(self, max_pending: int) -> None:
-        """Collect the finished head of the queue, in order, and wait while more than ``max_pending``
+        """Collect the finished head of the queue, in order, and wait while more than
+        ``max_pending``
         images are queued; re-raises an image's error."""
         while self._pending and (self._pending[0].done() or len(self._pending) > max_pending):
             self._collect(self._pending.popleft().result())
@@ -138,7 +149,11 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             self._image_stats.append((image_id, stats))
 
     def _image_result(
-        self, image_id: Any, file_name: Optional[str], id_map: np.ndarray, segments_info: List[Dict[str, Any]]
+        self,
+        image_id: Any,
+        file_name: Optional[str],
+        id_map: np.ndarray,
+        segments_info: List[Dict[str, Any]],
     ) -> Tuple[Any, Optional[PQStats], Optional[Dict[str, Any]]]:
         """``(image_id, PQStats or None if the image has no GT, prediction to write or None)``."""
         prediction = None
@@ -159,8 +174,15 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             raise ValueError(
                 f"image {image_id} ({file_name}): {e} (ground truth {self._gt.png_path(gt_ann)})"
             ) from e
-        stats = image_pq_stats(gt_ids, pred_ids, counts, gt_ann["segments_info"], segments_info,
-                               self._gt.categories, image_id)
+        stats = image_pq_stats(
+            gt_ids,
+            pred_ids,
+            counts,
+            gt_ann["segments_info"],
+            segments_info,
+            self._gt.categories,
+            image_id,
+        )
         return image_id, stats, prediction
 
     def _write_prediction_files(self, predictions: List[Dict[str, Any]]) -> None:
@@ -193,13 +215,17 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         if self._write_predictions:
             self._write_prediction_files(predictions)
         if unknown:
-            logger.warning(f"{unknown} predictions are for images without ground truth in "
-                           f"{self._gt.panoptic_json}; they are ignored (as pq_compute does).")
+            logger.warning(
+                f"{unknown} predictions are for images without ground truth in "
+                f"{self._gt.panoptic_json}; they are ignored (as pq_compute does)."
+            )
         if not image_stats:
             logger.warning("[FastCOCOPanopticEvaluator] Did not receive valid predictions.")
             return OrderedDict()
         per_image = dict(image_stats)  # the last prediction of an image wins, as in pq_compute
-        self._gt.unpredicted_images(per_image, self._dataset_name)  # raises unless their GT PNG is missing
+        self._gt.unpredicted_images(
+            per_image, self._dataset_name
+        )  # raises unless their GT PNG is missing
         total = PQStats()
         for ann in self._gt.annotations:
             if ann["image_id"] in per_image:

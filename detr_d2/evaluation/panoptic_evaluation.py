@@ -1,11 +1,12 @@
 """Detectron2's ``COCOPanopticEvaluator`` that keeps panopticapi's per-class results.
 
-Detectron2 writes the predictions as PNG + JSON, runs ``panopticapi.evaluation.pq_compute`` and keeps
-only the All/Things/Stuff averages; ``pq_compute`` also raises ``ZeroDivisionError`` when a group
-has no category (e.g. a dataset without stuff). This subclass runs the same panopticapi computation
-(``pq_compute_multi_core`` on the same files, the core of ``pq_compute``), keeps the per-category
-statistics and reports them like :class:`FastCOCOPanopticEvaluator`.
+Detectron2 writes the predictions as PNG + JSON, runs ``panopticapi.evaluation.pq_compute`` and
+keeps only the All/Things/Stuff averages; ``pq_compute`` also raises ``ZeroDivisionError`` when a
+group has no category (e.g. a dataset without stuff). This subclass runs the same panopticapi
+computation (``pq_compute_multi_core`` on the same files, the core of ``pq_compute``), keeps the
+per-category statistics and reports them like :class:`FastCOCOPanopticEvaluator`.
 """
+
 import contextlib
 import io
 import itertools
@@ -30,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def panopticapi_pq_stats(
-    gt_json_file: str, pred_json_file: str, gt_folder: str, pred_folder: str, skip_image_ids: Iterable[Any] = ()
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: str,
+    pred_folder: str,
+    skip_image_ids: Iterable[Any] = (),
 ) -> Tuple[PQStats, "OrderedDict[int, Dict]"]:
     """panopticapi's per-category statistics for a GT and a prediction JSON + PNG folder.
 
@@ -96,7 +101,9 @@ class COCOPanopticEvaluatorWithPerClass(COCOPanopticEvaluator):
                 f.write(json.dumps(json_data))
 
             gt = PanopticGroundTruth(gt_json, gt_folder)
-            skipped = gt.unpredicted_images({p["image_id"] for p in self._predictions}, self._metadata.name)
+            skipped = gt.unpredicted_images(
+                {p["image_id"] for p in self._predictions}, self._metadata.name
+            )
             stats, categories = panopticapi_pq_stats(
                 gt_json, PathManager.get_local_path(predictions_json), gt_folder, pred_dir, skipped
             )

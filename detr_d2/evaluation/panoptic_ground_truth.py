@@ -4,6 +4,7 @@ Each GT PNG is decoded once (``R + 256 G + 256^2 B``, like panopticapi's ``rgb2i
 process-wide LRU cache in run-length form (~40 kB for a COCO image), keyed by the file's path, size
 and modification time, so periodic evaluations during training do not decode it again.
 """
+
 import json
 import logging
 import os
@@ -116,9 +117,13 @@ class PanopticGroundTruth:
         panoptic_json = PathManager.get_local_path(metadata.panoptic_json)
         panoptic_root = PathManager.get_local_path(metadata.panoptic_root)
         if not os.path.isfile(panoptic_json):
-            raise FileNotFoundError(f"dataset {dataset_name!r}: panoptic_json not found: {panoptic_json}")
+            raise FileNotFoundError(
+                f"dataset {dataset_name!r}: panoptic_json not found: {panoptic_json}"
+            )
         if not os.path.isdir(panoptic_root):
-            raise FileNotFoundError(f"dataset {dataset_name!r}: panoptic_root not found: {panoptic_root}")
+            raise FileNotFoundError(
+                f"dataset {dataset_name!r}: panoptic_root not found: {panoptic_root}"
+            )
         key = _file_key(panoptic_json)
         gt = _JSON_CACHE.get(key)
         if gt is None or gt.panoptic_root != panoptic_root:
@@ -132,9 +137,10 @@ class PanopticGroundTruth:
         return os.path.join(self.panoptic_root, annotation["file_name"])
 
     def unpredicted_images(self, predicted: Iterable[Any], dataset_name: str) -> List[Any]:
-        """Image ids of the GT annotations that have no prediction and whose GT PNG is missing: images a
-        dataset registered with ``missing="skip"`` leaves out, so the model never saw them. They are left
-        out of the evaluation with a warning. A GT image with its PNG but no prediction is an error (as
+        """Image ids of the GT annotations that have no prediction and whose GT PNG is missing:
+        images a dataset registered with ``missing="skip"`` leaves out, so the model never saw them.
+        They are left out of the evaluation with a warning. A GT image with its PNG but no
+        prediction is an error (as
         in ``pq_compute``), raised here."""
         predicted = set(predicted)
         unpredicted = [a for a in self.annotations if a["image_id"] not in predicted]
@@ -148,13 +154,18 @@ class PanopticGroundTruth:
             )
         if skipped:
             logger.warning(
-                f"{len(skipped)} of the {len(self.annotations)} ground-truth images of {self.panoptic_json} have no "
-                f"panoptic PNG under {self.panoptic_root} (dataset {dataset_name!r} skips them, e.g. image ids "
-                f"{skipped[:5]}): PQ is computed on the other {len(self.annotations) - len(skipped)}"
+                f"{len(skipped)} of the {len(self.annotations)} ground-truth images of "
+                f"{self.panoptic_json} have no "
+                f"panoptic PNG under {self.panoptic_root} (dataset {dataset_name!r} skips "
+                "them, e.g. image ids "
+                f"{skipped[:5]}): PQ is computed on the other "
+                f"{len(self.annotations) - len(skipped)}"
             )
         return skipped
 
-    def id_map(self, annotation: Mapping[str, Any], cache: Optional[GroundTruthCache]) -> RunLengthIdMap:
+    def id_map(
+        self, annotation: Mapping[str, Any], cache: Optional[GroundTruthCache]
+    ) -> RunLengthIdMap:
         """Run-length GT id map of one annotation (through ``cache`` unless None)."""
         path = self.png_path(annotation)
         if not os.path.isfile(path):

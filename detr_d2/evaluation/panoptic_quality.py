@@ -1,23 +1,26 @@
 """Panoptic quality (PQ/SQ/RQ) statistics computed in process, exactly as panopticapi does.
 
 This module mirrors ``panopticapi.evaluation.pq_compute_single_core`` rule by rule, but counts the
-(ground-truth id, predicted id) pixel intersections on run-length encoded id maps instead of writing,
-re-reading and ``np.unique``-sorting PNGs:
+(ground-truth id, predicted id) pixel intersections on run-length encoded id maps instead of
+writing, re-reading and ``np.unique``-sorting PNGs:
 
 - GT id maps come from the COCO panoptic PNGs (``id = R + 256 G + 256^2 B``, read by
   :func:`detr_d2.data.panoptic_io.read_panoptic_ids` like ``rgb2id``);
   they are run-length encoded once (row-major) and can be cached between evaluations.
 - Predicted id maps are integer arrays with the *dataset-format* segment ids; like
-  ``panopticapi.utils.id2rgb`` (used by Detectron2 to write the PNG) they are taken modulo ``2**24``.
-- VOID is GT id 0. GT segments are those listed in the GT ``segments_info`` (JSON ``area`` is used in
-  the union, as panopticapi does); pixels of GT ids not listed there are neither VOID nor a segment.
+  ``panopticapi.utils.id2rgb`` (used by Detectron2 to write the PNG) they are taken modulo
+  ``2**24``.
+- VOID is GT id 0. GT segments are those listed in the GT ``segments_info`` (JSON ``area`` is used
+  in the union, as panopticapi does); pixels of GT ids not listed there are neither VOID nor a
+  segment.
 - A (gt, pred) pair with the same category, a non-crowd GT and ``IoU > 0.5`` is a true positive,
   with ``union = pred_area + gt_json_area - intersection - |pred ∩ VOID|``.
-- Unmatched non-crowd GT segments are false negatives; unmatched predictions are false positives unless
-  more than half of their area lies in VOID plus the crowd region of their category (the *last* crowd
-  segment of that category in ``segments_info``, exactly like panopticapi's dict).
+- Unmatched non-crowd GT segments are false negatives; unmatched predictions are false positives
+  unless more than half of their area lies in VOID plus the crowd region of their category (the
+  *last* crowd segment of that category in ``segments_info``, exactly like panopticapi's dict).
 - Category ids here are *dataset* ids (the ``id`` of the GT JSON ``categories``).
 """
+
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
@@ -37,13 +40,14 @@ __all__ = [
 
 VOID = 0
 # id2rgb keeps 3 bytes per pixel: an id written to a panoptic PNG is read back modulo 2**24.
-ID_MODULUS = 256 ** 3
+ID_MODULUS = 256**3
 # Largest (GT segments x max predicted id) table counted directly, without sorting the ids.
 _DIRECT_BINCOUNT_LIMIT = 1 << 20
 
 
 class PQStats:
-    """Per-category sums ``[iou, tp, fp, fn]`` keyed by dataset category id (panopticapi's PQStat)."""
+    """Per-category sums ``[iou, tp, fp, fn]`` keyed by dataset category id (panopticapi's
+    PQStat)."""
 
     def __init__(self) -> None:
         self.per_category: Dict[int, List[float]] = {}
@@ -54,7 +58,9 @@ class PQStats:
             entry = self.per_category[category_id] = [0.0, 0, 0, 0]
         return entry
 
-    def add(self, category_id: int, iou: float = 0.0, tp: int = 0, fp: int = 0, fn: int = 0) -> None:
+    def add(
+        self, category_id: int, iou: float = 0.0, tp: int = 0, fp: int = 0, fn: int = 0
+    ) -> None:
         entry = self._entry(int(category_id))
         entry[0] += iou
         entry[1] += tp
@@ -85,14 +91,17 @@ class PQStats:
         }
 
 
-def summarize_pq_stats(stats: PQStats, categories: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
-    """PQ/SQ/RQ averages like ``panopticapi.evaluation.pq_compute``'s return value (fractions, not %).
+def summarize_pq_stats(
+    stats: PQStats, categories: Mapping[int, Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """PQ/SQ/RQ averages like ``panopticapi.evaluation.pq_compute``'s return value (fractions, not
+    %).
 
-    Returns ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class": {cat_id: {"pq","sq","rq"}}}``.
-    Per category and per group the arithmetic is panopticapi's ``PQStat.pq_average``: categories with
-    ``tp + fp + fn == 0`` (never in GT nor prediction) get 0.0 and are not counted in ``n``. Where
-    panopticapi would divide by ``n == 0`` (e.g. no stuff category appears), the group gets NaN instead
-    of raising ``ZeroDivisionError``.
+    Returns ``{"All"|"Things"|"Stuff": {"pq","sq","rq","n"}, "per_class": {cat_id:
+    {"pq","sq","rq"}}}``. Per category and per group the arithmetic is panopticapi's
+    ``PQStat.pq_average``: categories with ``tp + fp + fn == 0`` (never in GT nor prediction) get
+    0.0 and are not counted in ``n``. Where panopticapi would divide by ``n == 0`` (e.g. no stuff
+    category appears), the group gets NaN instead of raising ``ZeroDivisionError``.
     """
     results: Dict[str, Any] = {}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
@@ -158,7 +167,9 @@ class RunLengthIdMap:
         starts = _starts_from_changes(flat[1:] != flat[:-1])
         ids, labels = np.unique(flat[starts], return_inverse=True)
         label_dtype = np.uint8 if ids.size <= 256 else np.int32
-        return cls(int(id_map.shape[0]), int(id_map.shape[1]), starts, labels.astype(label_dtype), ids)
+        return cls(
+            int(id_map.shape[0]), int(id_map.shape[1]), starts, labels.astype(label_dtype), ids
+        )
 
     @property
     def nbytes(self) -> int:
@@ -179,8 +190,8 @@ def pair_intersections(
         pred_id_map: (H, W) integer array of predicted segment ids (taken modulo ``2**24``, as the
             PNG round trip of Detectron2's evaluator does).
     Returns:
-        ``gt_ids`` (S,), ``pred_ids`` (P,) sorted unique ids (int64) and ``counts`` (S, P) int64 with
-        ``counts[i, j] = |{pixels: gt == gt_ids[i] and pred == pred_ids[j]}|``.
+        ``gt_ids`` (S,), ``pred_ids`` (P,) sorted unique ids (int64) and ``counts`` (S, P) int64
+        with ``counts[i, j] = |{pixels: gt == gt_ids[i] and pred == pred_ids[j]}|``.
     """
     if pred_id_map.shape != (gt.height, gt.width):
         raise ValueError(
@@ -209,14 +220,18 @@ def pair_intersections(
     max_pred = int(pred_values.max())
     if n_gt * (max_pred + 1) <= _DIRECT_BINCOUNT_LIMIT:
         # Small ids (a model's 1..N): count into a dense (S, max_pred + 1) table, keep used columns.
-        table = np.bincount(gt_labels * (max_pred + 1) + pred_values, weights=lengths,
-                            minlength=n_gt * (max_pred + 1)).reshape(n_gt, max_pred + 1)
+        table = np.bincount(
+            gt_labels * (max_pred + 1) + pred_values,
+            weights=lengths,
+            minlength=n_gt * (max_pred + 1),
+        ).reshape(n_gt, max_pred + 1)
         pred_ids = np.flatnonzero(table.any(axis=0))
         counts = table[:, pred_ids]
     else:
         pred_ids, pred_labels = np.unique(pred_values, return_inverse=True)
-        counts = np.bincount(gt_labels * pred_ids.size + pred_labels, weights=lengths,
-                             minlength=n_gt * pred_ids.size).reshape(n_gt, pred_ids.size)
+        counts = np.bincount(
+            gt_labels * pred_ids.size + pred_labels, weights=lengths, minlength=n_gt * pred_ids.size
+        ).reshape(n_gt, pred_ids.size)
     # Weights are pixel counts (< 2**53): the float64 sums are exact integers.
     counts = counts.astype(np.int64)
     return gt.ids.astype(np.int64), pred_ids, counts
@@ -234,9 +249,9 @@ def image_pq_stats(
     """PQ statistics of one image from its pair counts (see :func:`pair_intersections`).
 
     ``gt_segments_info`` / ``pred_segments_info``: COCO panoptic ``segments_info`` with *dataset*
-    category ids (GT entries need ``id``, ``category_id``, ``iscrowd``, ``area``; predictions ``id``,
-    ``category_id``). Raises ``KeyError`` on the same inconsistencies as panopticapi (a segment id in
-    the map but not in ``segments_info`` or vice versa, an unknown category id).
+    category ids (GT entries need ``id``, ``category_id``, ``iscrowd``, ``area``; predictions
+    ``id``, ``category_id``). Raises ``KeyError`` on the same inconsistencies as panopticapi (a
+    segment id in the map but not in ``segments_info`` or vice versa, an unknown category id).
     """
     stats = PQStats()
     gt_segms = {int(el["id"]): el for el in gt_segments_info}
@@ -322,4 +337,3 @@ def image_pq_stats(
 def categories_by_id(categories: Iterable[Mapping[str, Any]]) -> "OrderedDict[int, Dict[str, Any]]":
     """``{dataset category id: category dict}`` in JSON order, as panopticapi builds it."""
     return OrderedDict((el["id"], dict(el)) for el in categories)
-

@@ -5,6 +5,7 @@ Input is a panopticapi-style result (fractions): ``{"All"|"Things"|"Stuff": {"pq
 :class:`PQStats` (to tell categories that never appear, ``tp + fp + fn == 0``, from real zeros).
 Everything reported is in percent, like Detectron2's ``COCOPanopticEvaluator``.
 """
+
 import json
 import logging
 import math
@@ -42,8 +43,9 @@ def _pct(value: float) -> Optional[float]:
     return None if math.isnan(value) else 100.0 * value
 
 
-def d2_results(pq_res: Mapping[str, Any], categories: Mapping[int, Mapping[str, Any]],
-               stats: PQStats) -> "OrderedDict[str, Dict[str, float]]":
+def d2_results(
+    pq_res: Mapping[str, Any], categories: Mapping[int, Mapping[str, Any]], stats: PQStats
+) -> "OrderedDict[str, Dict[str, float]]":
     """Detectron2's result dict ``{"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", ..., "RQ_st"}}`` in
     percent, plus ``"PQ-<class name>"`` for every category that appears (GT or prediction).
 
@@ -61,58 +63,90 @@ def d2_results(pq_res: Mapping[str, Any], categories: Mapping[int, Mapping[str, 
     return OrderedDict({"panoptic_seg": res})
 
 
-def per_class_rows(pq_res: Mapping[str, Any], categories: Mapping[int, Mapping[str, Any]],
-                   stats: PQStats) -> List[Dict[str, Any]]:
-    """One dict per category (JSON order): id, name, isthing, present, PQ/SQ/RQ (%), tp/fp/fn/iou."""
+def per_class_rows(
+    pq_res: Mapping[str, Any], categories: Mapping[int, Mapping[str, Any]], stats: PQStats
+) -> List[Dict[str, Any]]:
+    """One dict per category (JSON order): id, name, isthing, present, PQ/SQ/RQ (%),
+    tp/fp/fn/iou."""
     rows = []
     for category_id, cat in categories.items():
         iou, tp, fp, fn = stats.get(category_id)
         res = pq_res["per_class"].get(category_id, {"pq": 0.0, "sq": 0.0, "rq": 0.0})
-        rows.append({
-            "category_id": category_id,
-            "name": str(cat.get("name", category_id)),
-            "isthing": cat["isthing"] == 1,
-            "present": tp + fp + fn > 0,
-            "PQ": 100 * float(res["pq"]),
-            "SQ": 100 * float(res["sq"]),
-            "RQ": 100 * float(res["rq"]),
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "iou_sum": iou,
-        })
+        rows.append(
+            {
+                "category_id": category_id,
+                "name": str(cat.get("name", category_id)),
+                "isthing": cat["isthing"] == 1,
+                "present": tp + fp + fn > 0,
+                "PQ": 100 * float(res["pq"]),
+                "SQ": 100 * float(res["sq"]),
+                "RQ": 100 * float(res["rq"]),
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "iou_sum": iou,
+            }
+        )
     return rows
 
 
 def format_summary_table(pq_res: Mapping[str, Any]) -> str:
     """The table Detectron2 prints: PQ / SQ / RQ / #categories for All, Things, Stuff."""
-    data = [[name] + [100 * float(pq_res[name][k]) for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
-            for name in _GROUPS]
-    return tabulate(data, headers=["", "PQ", "SQ", "RQ", "#categories"], tablefmt="pipe",
-                    floatfmt=".3f", stralign="center", numalign="center")
+    data = [
+        [name] + [100 * float(pq_res[name][k]) for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
+        for name in _GROUPS
+    ]
+    return tabulate(
+        data,
+        headers=["", "PQ", "SQ", "RQ", "#categories"],
+        tablefmt="pipe",
+        floatfmt=".3f",
+        stralign="center",
+        numalign="center",
+    )
 
 
 def format_per_class_table(rows: List[Dict[str, Any]]) -> str:
     """Per-class PQ / SQ / RQ (%) and TP / FP / FN of the categories that appear."""
     # Pre-formatted strings: tabulate's number detection is slow on hundreds of rows.
-    data = [[str(r["category_id"]), r["name"], "thing" if r["isthing"] else "stuff",
-             f"{r['PQ']:.3f}", f"{r['SQ']:.3f}", f"{r['RQ']:.3f}", str(r["tp"]), str(r["fp"]), str(r["fn"])]
-            for r in rows if r["present"]]
-    table = tabulate(data, headers=["id", "category", "type", "PQ", "SQ", "RQ", "TP", "FP", "FN"],
-                     tablefmt="pipe", disable_numparse=True,
-                     colalign=("right", "left", "left") + ("right",) * 6)
+    data = [
+        [
+            str(r["category_id"]),
+            r["name"],
+            "thing" if r["isthing"] else "stuff",
+            f"{r['PQ']:.3f}",
+            f"{r['SQ']:.3f}",
+            f"{r['RQ']:.3f}",
+            str(r["tp"]),
+            str(r["fp"]),
+            str(r["fn"]),
+        ]
+        for r in rows
+        if r["present"]
+    ]
+    table = tabulate(
+        data,
+        headers=["id", "category", "type", "PQ", "SQ", "RQ", "TP", "FP", "FN"],
+        tablefmt="pipe",
+        disable_numparse=True,
+        colalign=("right", "left", "left") + ("right",) * 6,
+    )
     absent = [r["name"] for r in rows if not r["present"]]
     if absent:
         names = ", ".join(absent[:20]) + (", ..." if len(absent) > 20 else "")
-        table += (f"\n{len(absent)} categories appear neither in the ground truth nor in the "
-                  f"predictions (not averaged): {names}")
+        table += (
+            f"\n{len(absent)} categories appear neither in the ground truth nor in the "
+            f"predictions (not averaged): {names}"
+        )
     return table
 
 
 def _atomic_target(path: str, suffix: str):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix
+    )
     os.close(fd)
     return tmp
 
@@ -123,8 +157,12 @@ def write_per_class_json(path: str, pq_res: Mapping[str, Any], rows: List[Dict[s
     payload = {
         "units": "percent",
         "summary": {
-            name: {"PQ": _pct(pq_res[name]["pq"]), "SQ": _pct(pq_res[name]["sq"]),
-                   "RQ": _pct(pq_res[name]["rq"]), "n": int(pq_res[name]["n"])}
+            name: {
+                "PQ": _pct(pq_res[name]["pq"]),
+                "SQ": _pct(pq_res[name]["sq"]),
+                "RQ": _pct(pq_res[name]["rq"]),
+                "n": int(pq_res[name]["n"]),
+            }
             for name in _GROUPS
         },
         "per_class": rows,
@@ -164,8 +202,11 @@ def plot_per_class_pq(path: str, pq_res: Mapping[str, Any], rows: List[Dict[str,
         ax.axhline(mean_pq, color="gray", linestyle="--", linewidth=1)
         title += f", mean PQ {mean_pq:.1f}"
     ax.set_title(title)
-    ax.legend(handles=[Patch(color="tab:blue", label="thing"), Patch(color="tab:orange", label="stuff")],
-              loc="upper right", fontsize=8)
+    ax.legend(
+        handles=[Patch(color="tab:blue", label="thing"), Patch(color="tab:orange", label="stuff")],
+        loc="upper right",
+        fontsize=8,
+    )
     fig.tight_layout()
     tmp = _atomic_target(path, ".png")
     try:

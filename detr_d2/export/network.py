@@ -1,18 +1,22 @@
-"""The traceable network of one image: ``PanopticNetwork(image) -> (logits, boxes, kept queries, masks)``.
+"""The traceable network of one image: ``PanopticNetwork(image) -> (logits, boxes, kept queries,
+masks)``.
 
 What both exports trace (TorchScript's network part and the ONNX graph). It calls the model's own
-parts (``forward_detector``, ``bbox_attention``, ``mask_head``), so the exported network is the model's
-computation; the mask head runs on the queries the panoptic fusion keeps only
-(:func:`~detr_d2.modeling.panoptic_inference.panoptic_queries`: argmax over the S+1 softmax is a class with
-score > ``TEST.OBJECT_MASK_THRESHOLD``), selected in the graph (NonZero/Gather in ONNX), so their number
-K varies from image to image. The threshold is the buffer ``object_mask_threshold``: a constant of the ONNX
-graph, an attribute of the traced TorchScript module (``module.network.object_mask_threshold``).
+parts (``forward_detector``, ``bbox_attention``, ``mask_head``), so the exported network is the
+model's computation; the mask head runs on the queries the panoptic fusion keeps only
+(:func:`~detr_d2.modeling.panoptic_inference.panoptic_queries`: argmax over the S+1 softmax is a
+class with score > ``TEST.OBJECT_MASK_THRESHOLD``), selected in the graph (NonZero/Gather in ONNX),
+so their number K varies from image to image. The threshold is the buffer ``object_mask_threshold``:
+a constant of the ONNX graph, an attribute of the traced TorchScript module
+(``module.network.object_mask_threshold``).
 
 Input: one image (C, H, W) float32 in ``INPUT.FORMAT`` channel order and 0-255 pixel values, already
-resized (the test resize); normalised here. There is no batch and no padding: the model's batch padding
-masks and crops are then no-ops (the tracer warnings about ``sizes``/``padded`` in ``forward_detector``
-are about those constants and are silenced by the exporters; the tests run traces on other sizes).
+resized (the test resize); normalised here. There is no batch and no padding: the model's batch
+padding masks and crops are then no-ops (the tracer warnings about ``sizes``/``padded`` in
+``forward_detector`` are about those constants and are silenced by the exporters; the tests run
+traces on other sizes).
 """
+
 from typing import Any, Tuple
 
 import torch
@@ -24,20 +28,33 @@ __all__ = ["PanopticNetwork", "check_exportable", "check_image"]
 
 
 def check_exportable(model: nn.Module) -> None:
-    """Raise ``ValueError`` unless ``model`` is a ``DetrPanoptic`` with masks and the panoptic output."""
+    """Raise ``ValueError`` unless ``model`` is a ``DetrPanoptic`` with masks and the panoptic
+    output."""
     if not hasattr(model, "forward_detector"):
-        raise ValueError(f"export needs a DetrPanoptic model (MODEL.META_ARCHITECTURE), got {type(model).__name__}")
+        raise ValueError(
+            "export needs a DetrPanoptic model (MODEL.META_ARCHITECTURE), got "
+            f"{type(model).__name__}"
+        )
     if not model.mask_on:
-        raise ValueError("export writes the panoptic output, which needs the mask head: set MODEL.MASK_ON True")
+        raise ValueError(
+            "export writes the panoptic output, which needs the mask head: set MODEL.MASK_ON True"
+        )
     if not model.panoptic_on:
         raise ValueError("export writes the panoptic output: set TEST.PANOPTIC_ON True")
 
 
 def check_image(image: Any, channels: int) -> Tensor:
     """``image`` if it is a (channels, H, W) tensor with H, W >= 1, else ``ValueError``."""
-    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != channels or min(image.shape[1:]) < 1:
+    if (
+        not isinstance(image, Tensor)
+        or image.dim() != 3
+        or image.shape[0] != channels
+        or min(image.shape[1:]) < 1
+    ):
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ValueError(f"the image must be a ({channels}, H, W) tensor with H, W >= 1, got {shape}")
+        raise ValueError(
+            f"the image must be a ({channels}, H, W) tensor with H, W >= 1, got {shape}"
+        )
     return image
 
 
@@ -59,8 +76,11 @@ class PanopticNetwork(nn.Module):
         super().__init__()
         check_exportable(model)
         self.model = model
-        # a buffer, not a Python float, so that the traced graph reads it (tests change it to keep none)
-        self.register_buffer("object_mask_threshold", torch.tensor(float(model.object_mask_threshold)), False)
+        # a buffer, not a Python float, so that the traced graph reads it (tests change it to keep
+        # none)
+        self.register_buffer(
+            "object_mask_threshold", torch.tensor(float(model.object_mask_threshold)), False
+        )
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         m = self.model
@@ -79,5 +99,7 @@ class PanopticNetwork(nn.Module):
         att = m.bbox_attention(state["hs"][:, run], state["memory"], mask=state["mask"])
         att = m._scale_attention(att, state["mask"])
         feat = state["features"]
-        seg = m.mask_head(feat, att, state["fpns"], projected=m.mask_head.project_features(feat))[:, 0]
+        seg = m.mask_head(feat, att, state["fpns"], projected=m.mask_head.project_features(feat))[
+            :, 0
+        ]
         return logits, boxes, keep, seg[kept[run]]

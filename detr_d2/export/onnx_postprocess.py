@@ -1,26 +1,34 @@
-"""Panoptic fusion of the exported ONNX network's outputs, in numpy only (no torch import; this file needs
-nothing but numpy and can be copied next to an ONNX Runtime deployment).
+"""Panoptic fusion of the exported ONNX network's outputs, in numpy only (no torch import; this file
+needs nothing but numpy and can be copied next to an ONNX Runtime deployment).
 
-The same algorithm as :func:`detr_d2.modeling.panoptic_inference.panoptic_fusion` (DETR's post-processor):
-masks of the kept queries cropped to the image's stride-4 cells, bilinear resize to the network input
-size evaluated only at the pixels PIL's NEAREST resize to the output size reads, per-pixel argmax of the
-softmax over the kept masks, first-pass merge of the stuff queries of a class into the first one,
-segments of area <= ``min_segment_area`` dropped and the argmax redone until none is, segments 1..N in
-query order. The bilinear taps and their fused multiply-adds reproduce PyTorch's CPU kernel bit for bit
-(float64 products rounded once to float32); PyTorch's float32 exp is not correctly rounded, so a pixel whose
-two best masks tie to float precision can still go the other way (measured: <= 0.01% of the pixels).
+The same algorithm as :func:`detr_d2.modeling.panoptic_inference.panoptic_fusion` (DETR's
+post-processor): masks of the kept queries cropped to the image's stride-4 cells, bilinear resize to
+the network input size evaluated only at the pixels PIL's NEAREST resize to the output size reads,
+per-pixel argmax of the softmax over the kept masks, first-pass merge of the stuff queries of a
+class into the first one, segments of area <= ``min_segment_area`` dropped and the argmax redone
+until none is, segments 1..N in query order. The bilinear taps and their fused multiply-adds
+reproduce PyTorch's CPU kernel bit for bit (float64 products rounded once to float32); PyTorch's
+float32 exp is not correctly rounded, so a pixel whose two best masks tie to float precision can
+still go the other way (measured: <= 0.01% of the pixels).
 
 Usage (``outputs`` = ``session.run(None, {"image": image})``)::
 
     post = PanopticPostprocessor.from_onnx_session(session)  # settings stored in the .onnx file
     panoptic_seg, segments_info = post(outputs, image.shape[1:], (orig_h, orig_w))
 """
+
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["METADATA_KEY", "OUTPUT_NAMES", "PanopticPostprocessor", "pil_nearest_indices", "bilinear_taps"]
+__all__ = [
+    "METADATA_KEY",
+    "OUTPUT_NAMES",
+    "PanopticPostprocessor",
+    "pil_nearest_indices",
+    "bilinear_taps",
+]
 
 METADATA_KEY = "detr_d2_export"
 OUTPUT_NAMES = ("pred_logits", "pred_boxes", "mask_queries", "pred_masks")
@@ -35,11 +43,16 @@ def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(np.add.accumulate(steps).astype(np.int64), n_in - 1)
 
 
-def bilinear_taps(n_in: int, n_out: int, sel: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples ``sel`` of
+def bilinear_taps(
+    n_in: int, n_out: int, sel: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples
+    ``sel`` of
     PyTorch's bilinear (align_corners=False) resize n_in -> n_out."""
     scale = float(np.float32(n_in) / np.float32(n_out))
-    src = np.maximum(((sel.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32), np.float32(0))
+    src = np.maximum(
+        ((sel.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32), np.float32(0)
+    )
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
     return i0, np.minimum(i0 + 1, n_in - 1), (np.float32(1) - w1).astype(np.float32), w1
@@ -50,8 +63,11 @@ def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
 
 
-def _sampled_bilinear(masks: np.ndarray, size: Tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(K, hm, wm) float32 -> (K, len(rows), len(cols)): the bilinear resize to ``size`` read at rows x cols."""
+def _sampled_bilinear(
+    masks: np.ndarray, size: Tuple[int, int], rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """(K, hm, wm) float32 -> (K, len(rows), len(cols)): the bilinear resize to ``size`` read at
+    rows x cols."""
     _, hm, wm = masks.shape
     r0, r1, wr0, wr1 = bilinear_taps(hm, size[0], rows)
     c0, c1, wc0, wc1 = bilinear_taps(wm, size[1], cols)
@@ -60,28 +76,31 @@ def _sampled_bilinear(masks: np.ndarray, size: Tuple[int, int], rows: np.ndarray
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """float32 softmax as PyTorch's CPU kernel: ``exp(x - max)`` (here in float64, rounded once: PyTorch's
-    float32 exp agrees with that on >99.9% of values, numpy's float32 exp on ~55%), summed in order, divided."""
+    """float32 softmax as PyTorch's CPU kernel: ``exp(x - max)`` (here in float64, rounded once:
+    PyTorch's
+    float32 exp agrees with that on >99.9% of values, numpy's float32 exp on ~55%), summed in order,
+    divided."""
     e = np.exp((x - x.max(axis, keepdims=True)).astype(np.float64)).astype(np.float32)
     return e / e.sum(axis, keepdims=True)
 
 
 def _argmax_softmax(masks: np.ndarray) -> np.ndarray:
-    """(K, h, w) -> (h, w) int64 index of the largest softmax over K (first one on ties, as DETR)."""
+    """(K, h, w) -> (h, w) int64 index of the largest softmax over K (first one on ties, as
+    DETR)."""
     return _softmax(masks, 0).argmax(0)
 
 
 class PanopticPostprocessor:
-    """ONNX outputs of one image -> ``(panoptic_seg (H_out, W_out) int32, segments_info)``; segments as the
-    model's (``id``, contiguous ``category_id``, ``isthing``, ``score``, ``area``).
+    """ONNX outputs of one image -> ``(panoptic_seg (H_out, W_out) int32, segments_info)``; segments
+    as the model's (``id``, contiguous ``category_id``, ``isthing``, ``score``, ``area``).
 
     Args:
         is_thing: per contiguous class id.
         label_map: class slot -> contiguous id (-1 unused); None when the slots are contiguous ids.
         min_segment_area, mask_stride, crop_mask_padding: ``TEST.MIN_SEGMENT_AREA``, the mask head's
             stride (4), ``TEST.CROP_MASK_PADDING``.
-        dataset_category_ids: contiguous id -> dataset category id; when given, each segment also has
-            ``dataset_category_id``.
+        dataset_category_ids: contiguous id -> dataset category id; when given, each segment also
+            has ``dataset_category_id``.
     """
 
     def __init__(
@@ -98,8 +117,12 @@ class PanopticPostprocessor:
         self.min_segment_area = int(min_segment_area)
         self.mask_stride = int(mask_stride)
         self.crop_mask_padding = bool(crop_mask_padding)
-        self.dataset_category_ids = None if dataset_category_ids is None else [int(v) for v in dataset_category_ids]
-        self.metadata: Optional[Dict[str, Any]] = None  # the whole export metadata, when built from it
+        self.dataset_category_ids = (
+            None if dataset_category_ids is None else [int(v) for v in dataset_category_ids]
+        )
+        self.metadata: Optional[Dict[str, Any]] = (
+            None  # the whole export metadata, when built from it
+        )
 
     @classmethod
     def from_metadata(cls, metadata: Union[str, Mapping[str, Any]]) -> "PanopticPostprocessor":
@@ -109,8 +132,12 @@ class PanopticPostprocessor:
         if missing:
             raise ValueError(f"export metadata lacks {missing}: not written by detr_d2's exporter")
         post = cls(
-            meta["is_thing"], meta.get("label_map"), meta["min_segment_area"], meta["mask_stride"],
-            meta.get("crop_mask_padding", True), meta.get("dataset_category_ids"),
+            meta["is_thing"],
+            meta.get("label_map"),
+            meta["min_segment_area"],
+            meta["mask_stride"],
+            meta.get("crop_mask_padding", True),
+            meta.get("dataset_category_ids"),
         )
         post.metadata = dict(meta)
         return post
@@ -120,7 +147,10 @@ class PanopticPostprocessor:
         """From the metadata stored in the model file of an ``onnxruntime.InferenceSession``."""
         props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
-            raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: export it with tools/export_model.py")
+            raise ValueError(
+                f"the ONNX model has no '{METADATA_KEY}' metadata: export it with "
+                "tools/export_model.py"
+            )
         return cls.from_metadata(props[METADATA_KEY])
 
     def __call__(
@@ -129,8 +159,9 @@ class PanopticPostprocessor:
         image_size: Sequence[int],
         output_size: Sequence[int],
     ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
-        """``outputs``: the network's (pred_logits (Q, S+1), pred_boxes, mask_queries (K,), pred_masks (K,
-        Hm, Wm)) as a list in that order or a dict; ``image_size``: (h, w) of the network input;
+        """``outputs``: the network's (pred_logits (Q, S+1), pred_boxes, mask_queries (K,),
+        pred_masks (K, Hm, Wm)) as a list in that order or a dict; ``image_size``: (h, w) of the
+        network input;
         ``output_size``: (H_out, W_out) of the returned map (usually the original image size)."""
         if isinstance(outputs, Mapping):
             outputs = [outputs[k] for k in OUTPUT_NAMES]
@@ -139,7 +170,8 @@ class PanopticPostprocessor:
         h_out, w_out = int(output_size[0]), int(output_size[1])
         if masks.ndim != 3 or len(queries) != masks.shape[0]:
             raise ValueError(
-                f"pred_masks must be (K, Hm, Wm) with K = len(mask_queries) = {len(queries)}, got {masks.shape}"
+                "pred_masks must be (K, Hm, Wm) with K = len(mask_queries) = "
+                f"{len(queries)}, got {masks.shape}"
             )
         empty = np.zeros((h_out, w_out), dtype=np.int32), []
         if len(queries) == 0:
@@ -148,7 +180,9 @@ class PanopticPostprocessor:
         scores, labels = probs.max(-1), probs.argmax(-1)
         num_slots = logits.shape[-1] - 1
         if self.label_map is not None:
-            labels = np.where(labels < num_slots, self.label_map[np.minimum(labels, num_slots - 1)], labels)
+            labels = np.where(
+                labels < num_slots, self.label_map[np.minimum(labels, num_slots - 1)], labels
+            )
 
         rows_u, rows_inv = np.unique(pil_nearest_indices(h, h_out), return_inverse=True)
         cols_u, cols_inv = np.unique(pil_nearest_indices(w, w_out), return_inverse=True)
@@ -178,8 +212,13 @@ class PanopticPostprocessor:
             ids = _argmax_softmax(cur)
         segments = []
         for i, q in enumerate(alive.tolist()):
-            s = {"id": i + 1, "category_id": int(classes[q]), "isthing": bool(thing[q]), "score": float(cur_scores[q]),
-                 "area": int(area[i])}
+            s = {
+                "id": i + 1,
+                "category_id": int(classes[q]),
+                "isthing": bool(thing[q]),
+                "score": float(cur_scores[q]),
+                "area": int(area[i]),
+            }
             if self.dataset_category_ids is not None:
                 s["dataset_category_id"] = self.dataset_category_ids[s["category_id"]]
             segments.append(s)

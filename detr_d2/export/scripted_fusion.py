@@ -1,34 +1,47 @@
 """DETR's panoptic fusion for one unpadded image, written for ``torch.jit.script``.
 
-The same computation, op for op, as :func:`detr_d2.modeling.panoptic_inference.panoptic_fusion` (kept
-queries, padding crop, bilinear masks sampled at the pixels PIL's NEAREST resize reads, softmax argmax,
-first-pass stuff merge, small-segment removal loop, segments 1..N in query order), re-expressed without
-numpy, Python containers of dicts or ``searchsorted``: the PIL index tables come from a float64 ``cumsum``
-computed on the CPU (sequential, as numpy's ``add.accumulate``) and the stuff merge is vectorised. The
-tests check both against the model's own functions.
+The same computation, op for op, as :func:`detr_d2.modeling.panoptic_inference.panoptic_fusion`
+(kept queries, padding crop, bilinear masks sampled at the pixels PIL's NEAREST resize reads,
+softmax argmax, first-pass stuff merge, small-segment removal loop, segments 1..N in query order),
+re-expressed without numpy, Python containers of dicts or ``searchsorted``: the PIL index tables
+come from a float64 ``cumsum`` computed on the CPU (sequential, as numpy's ``add.accumulate``) and
+the stuff merge is vectorised. The tests check both against the model's own functions.
 """
+
 import math
 from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["pil_nearest_indices", "bilinear_taps", "sampled_bilinear", "class_predictions", "fuse_panoptic"]
+__all__ = [
+    "pil_nearest_indices",
+    "bilinear_taps",
+    "sampled_bilinear",
+    "class_predictions",
+    "fuse_panoptic",
+]
 
 
 def pil_nearest_indices(n_in: int, n_out: int) -> Tensor:
-    """(n_out,) int64 source index of each output row/column of PIL's NEAREST resize n_in -> n_out (CPU)."""
+    """(n_out,) int64 source index of each output row/column of PIL's NEAREST resize n_in -> n_out
+    (CPU)."""
     scale = n_in / n_out
-    # (item assignment of a Python float goes through float32 in TorchScript: build the steps with full)
+    # (item assignment of a Python float goes through float32 in TorchScript: build the steps with
+    # full)
     first = torch.full([1], scale * 0.5, dtype=torch.float64)
     steps = torch.cat([first, torch.full([n_out - 1], scale, dtype=torch.float64)])
     return torch.cumsum(steps, 0).to(torch.int64).clamp(max=n_in - 1)
 
 
 def bilinear_taps(n_in: int, n_out: int, sel: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples ``sel`` of
-    PyTorch's bilinear (align_corners=False) resize n_in -> n_out (scale rounded to float32 once)."""
-    scale = float(torch.tensor(n_in, dtype=torch.float32) / torch.tensor(n_out, dtype=torch.float32))
+    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples
+    ``sel`` of
+    PyTorch's bilinear (align_corners=False) resize n_in -> n_out (scale rounded to float32
+    once)."""
+    scale = float(
+        torch.tensor(n_in, dtype=torch.float32) / torch.tensor(n_out, dtype=torch.float32)
+    )
     src = ((sel.double() + 0.5) * scale - 0.5).float().clamp(min=0)
     i0 = src.floor().long().clamp(max=n_in - 1)
     w1 = (src - i0.float()).clamp(0, 1)
@@ -36,7 +49,8 @@ def bilinear_taps(n_in: int, n_out: int, sel: Tensor) -> Tuple[Tensor, Tensor, T
 
 
 def sampled_bilinear(masks: Tensor, height: int, width: int, rows: Tensor, cols: Tensor) -> Tensor:
-    """(K, hm, wm) -> (K, len(rows), len(cols)): the bilinear resize to (height, width) read at ``rows`` x
+    """(K, hm, wm) -> (K, len(rows), len(cols)): the bilinear resize to (height, width) read at
+    ``rows`` x
     ``cols`` only (same arithmetic as ``F.interpolate`` on the CPU)."""
     hm, wm = masks.shape[1], masks.shape[2]
     r0, r1, wr0, wr1 = bilinear_taps(hm, height, rows)
@@ -52,7 +66,8 @@ def sampled_bilinear(masks: Tensor, height: int, width: int, rows: Tensor, cols:
 
 
 def class_predictions(logits: Tensor, label_map: Tensor) -> Tuple[Tensor, Tensor]:
-    """(scores, contiguous labels) of the argmax over all S+1 softmax outputs; ``label_map`` (S,) slot ->
+    """(scores, contiguous labels) of the argmax over all S+1 softmax outputs; ``label_map`` (S,)
+    slot ->
     contiguous id (-1 unused; the identity when slots are contiguous ids); S stays no-object."""
     num_slots = logits.shape[-1] - 1
     scores, labels = logits.float().softmax(-1).max(-1)
@@ -89,19 +104,25 @@ def fuse_panoptic(
     """Panoptic fusion of one unpadded image.
 
     Args:
-        logits: (Q, S+1) class logits; masks: (K, Hm, Wm) stride-4 mask logits of the sorted kept queries
-            ``mask_queries`` (K,) (the queries ``panoptic_queries`` keeps); image_height/width: the network
-            input size; output_height/width: the size of the returned map.
+        logits: (Q, S+1) class logits; masks: (K, Hm, Wm) stride-4 mask logits of the sorted kept
+            queries ``mask_queries`` (K,) (the queries ``panoptic_queries`` keeps);
+            image_height/width: the network input size; output_height/width: the size of the
+            returned map.
     Returns:
-        ``panoptic_seg`` (H_out, W_out) int32 (segments 1..N, 0 = void), and per segment ``segment_ids``
-        (1..N), ``category_ids`` (contiguous), ``isthing``, ``scores`` (float32), ``areas`` (pixels).
+        ``panoptic_seg`` (H_out, W_out) int32 (segments 1..N, 0 = void), and per segment
+        ``segment_ids`` (1..N), ``category_ids`` (contiguous), ``isthing``, ``scores`` (float32),
+        ``areas`` (pixels).
     """
     device = logits.device
     if mask_queries.numel() == 0:
         return _empty_result(output_height, output_width, device)
     scores, labels = class_predictions(logits, label_map)
-    rows_u, rows_inv = torch.unique(pil_nearest_indices(image_height, output_height), return_inverse=True)
-    cols_u, cols_inv = torch.unique(pil_nearest_indices(image_width, output_width), return_inverse=True)
+    rows_u, rows_inv = torch.unique(
+        pil_nearest_indices(image_height, output_height), return_inverse=True
+    )
+    cols_u, cols_inv = torch.unique(
+        pil_nearest_indices(image_width, output_width), return_inverse=True
+    )
     rows_inv, cols_inv = rows_inv.to(device), cols_inv.to(device)
     cur_masks = masks
     if crop_padding:

@@ -1,21 +1,24 @@
-"""DETR's set criterion: CE (with a no-object weight), L1 + GIoU on boxes, sigmoid focal + dice on masks.
+"""DETR's set criterion: CE (with a no-object weight), L1 + GIoU on boxes, sigmoid focal + dice on
+masks.
 
-Targets per image: ``labels`` (N,) int64 class slots, ``boxes`` (N, 4) cxcywh normalised by the image's
-own (unpadded) size, ``masks`` (N, H, W) bool at the image's input resolution (only for mask losses).
-Each loss is normalised by the number of target segments in the whole (distributed) batch.
+Targets per image: ``labels`` (N,) int64 class slots, ``boxes`` (N, 4) cxcywh normalised by the
+image's own (unpadded) size, ``masks`` (N, H, W) bool at the image's input resolution (only for mask
+losses). Each loss is normalised by the number of target segments in the whole (distributed) batch.
 
-Group DETR (``forward(..., num_groups=K)``, training only): the queries form K equal groups, each matched
-one-to-one to all targets on its own; every loss is the average over the groups of the single-group loss
-(box and mask losses: summed over the K matched sets and normalised by K x the number of targets; the
-classification loss: the weighted mean over all queries, which equals the average of the groups' means
-because every group has the same numbers of matched and unmatched queries). ``class_error`` is over the
-matched queries of all groups.
+Group DETR (``forward(..., num_groups=K)``, training only): the queries form K equal groups, each
+matched one-to-one to all targets on its own; every loss is the average over the groups of the
+single-group loss (box and mask losses: summed over the K matched sets and normalised by K x the
+number of targets; the classification loss: the weighted mean over all queries, which equals the
+average of the groups' means because every group has the same numbers of matched and unmatched
+queries). ``class_error`` is over the matched queries of all groups.
 
-Duplicate suppression (``duplicate_no_object_weight``, training only): an unmatched query whose predicted
-box overlaps a target box of its image with IoU >= ``duplicate_iou_threshold`` (a duplicate of that
-target, or a near miss) is pushed to "no object" with this weight instead of ``eos_coef``; the
-classification loss is then the weighted mean over each group's queries, averaged over the groups.
+Duplicate suppression (``duplicate_no_object_weight``, training only): an unmatched query whose
+predicted box overlaps a target box of its image with IoU >= ``duplicate_iou_threshold`` (a
+duplicate of that target, or a near miss) is pushed to "no object" with this weight instead of
+``eos_coef``; the classification loss is then the weighted mean over each group's queries, averaged
+over the groups.
 """
+
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,7 +34,8 @@ QueryMaskFn = Callable[[Sequence[Tensor]], List[Tensor]]
 
 
 def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
-    """inputs: (N, P) mask logits, targets: (N, P) in {0, 1}. Sum over masks of 1 - (2|X∩Y|+1)/(|X|+|Y|+1),
+    """inputs: (N, P) mask logits, targets: (N, P) in {0, 1}. Sum over masks of 1 -
+    (2|X∩Y|+1)/(|X|+|Y|+1),
     divided by ``num_boxes``."""
     inputs = inputs.sigmoid()
     numerator = 2 * (inputs * targets).sum(1)
@@ -39,14 +43,23 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_boxes
 
 
-def focal_loss(inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Sigmoid focal loss averaged over pixels of each mask, summed over masks, divided by ``num_boxes``."""
-    return sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction="none").mean(1).sum() / num_boxes
+def focal_loss(
+    inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Sigmoid focal loss averaged over pixels of each mask, summed over masks, divided by
+    ``num_boxes``."""
+    return (
+        sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction="none")
+        .mean(1)
+        .sum()
+        / num_boxes
+    )
 
 
 class SetCriterion(nn.Module):
-    """Hungarian-matched losses. ``forward`` returns *unweighted* losses named ``loss_ce``, ``loss_bbox``,
-    ``loss_giou``, ``loss_mask``, ``loss_dice`` (+ ``_{i}`` for auxiliary decoder layer i);
+    """Hungarian-matched losses. ``forward`` returns *unweighted* losses named ``loss_ce``,
+    ``loss_bbox``, ``loss_giou``, ``loss_mask``, ``loss_dice`` (+ ``_{i}`` for auxiliary decoder
+    layer i);
     ``weight_dict`` holds their weights."""
 
     def __init__(
@@ -81,21 +94,35 @@ class SetCriterion(nn.Module):
         src_idx = torch.cat([src for src, _ in indices])
         return batch_idx, src_idx
 
-    def loss_labels(self, outputs, targets, indices, num_boxes, num_groups: int = 1) -> Dict[str, Tensor]:
+    def loss_labels(
+        self, outputs, targets, indices, num_boxes, num_groups: int = 1
+    ) -> Dict[str, Tensor]:
         logits = outputs["pred_logits"]
         idx = self._src_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         target_classes[idx] = target_classes_o
         if self.duplicate_no_object_weight is None:
-            loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+            loss_ce = F.cross_entropy(
+                logits.transpose(1, 2).float(), target_classes, self.empty_weight
+            )
         else:
             weight = self.empty_weight[target_classes]
-            near = self._near_target(outputs["pred_boxes"], targets) & (target_classes == self.num_classes)
+            near = self._near_target(outputs["pred_boxes"], targets) & (
+                target_classes == self.num_classes
+            )
             weight = torch.where(near, weight.new_tensor(self.duplicate_no_object_weight), weight)
             ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, reduction="none")
-            grouped = (ce.shape[0], num_groups, -1)  # per group: weighted mean over its queries of all images
-            loss_ce = ((ce * weight).view(grouped).sum((0, 2)) / weight.view(grouped).sum((0, 2))).mean()
+            grouped = (
+                ce.shape[0],
+                num_groups,
+                -1,
+            )  # per group: weighted mean over its queries of all images
+            loss_ce = (
+                (ce * weight).view(grouped).sum((0, 2)) / weight.view(grouped).sum((0, 2))
+            ).mean()
         out = {"loss_ce": loss_ce}
         if target_classes_o.numel():
             acc = (logits[idx].argmax(-1) == target_classes_o).float().mean() * 100
@@ -103,13 +130,16 @@ class SetCriterion(nn.Module):
         return out
 
     def _near_target(self, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]) -> Tensor:
-        """(B, Q) bool: the query's box (cxcywh normalised, detached) has IoU >= ``duplicate_iou_threshold``
+        """(B, Q) bool: the query's box (cxcywh normalised, detached) has IoU >=
+        ``duplicate_iou_threshold``
         with some target box of its image."""
         near = torch.zeros(pred_boxes.shape[:2], dtype=torch.bool, device=pred_boxes.device)
         for i, t in enumerate(targets):
             if len(t["boxes"]):
-                iou = box_iou(box_convert(pred_boxes[i].detach().float(), "cxcywh", "xyxy"),
-                              box_convert(t["boxes"].float(), "cxcywh", "xyxy"))
+                iou = box_iou(
+                    box_convert(pred_boxes[i].detach().float(), "cxcywh", "xyxy"),
+                    box_convert(t["boxes"].float(), "cxcywh", "xyxy"),
+                )
                 near[i] = iou.max(1).values >= self.duplicate_iou_threshold
         return near
 
@@ -118,16 +148,22 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx].float()
         target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
-        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        giou = generalized_box_iou(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )
         loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def loss_masks(self, outputs, targets, indices, num_boxes, mask_fn: Optional[QueryMaskFn] = None) -> Dict[str, Tensor]:
-        """Predicted stride-4 logits of the padded batch are upsampled (bilinear) to the padded input size;
-        target masks are zero-padded to that size (as DETR's ``nested_tensor_from_tensor_list``).
+    def loss_masks(
+        self, outputs, targets, indices, num_boxes, mask_fn: Optional[QueryMaskFn] = None
+    ) -> Dict[str, Tensor]:
+        """Predicted stride-4 logits of the padded batch are upsampled (bilinear) to the padded
+        input size; target masks are zero-padded to that size (as DETR's
+        ``nested_tensor_from_tensor_list``).
 
-        The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when present,
-        else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm) logits), which
+        The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when
+        present, else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm)
+        logits), which
         computes those queries' masks only."""
         if "pred_masks" in outputs:
             pred_masks = outputs["pred_masks"]
@@ -136,25 +172,40 @@ class SetCriterion(nn.Module):
                 return {"loss_mask": pred_masks.sum() * 0.0, "loss_dice": pred_masks.sum() * 0.0}
         else:
             if sum(len(src) for src, _ in indices) == 0:
-                # No target in the batch: run the head on one query so its parameters stay in the graph
-                # (DistributedDataParallel expects a gradient for every parameter), with zero loss.
-                zero = mask_fn([indices[0][0].new_zeros(1)] + [src for src, _ in indices[1:]])[0].sum() * 0.0
+                # No target in the batch: run the head on one query so its parameters stay in the
+                # graph (DistributedDataParallel expects a gradient for every parameter), with zero
+                # loss.
+                zero = (
+                    mask_fn([indices[0][0].new_zeros(1)] + [src for src, _ in indices[1:]])[0].sum()
+                    * 0.0
+                )
                 return {"loss_mask": zero, "loss_dice": zero}
             src_masks = torch.cat(mask_fn([src for src, _ in indices]))
         pad_h = max(t["masks"].shape[-2] for t in targets)
         pad_w = max(t["masks"].shape[-1] for t in targets)
-        tgt = [F.pad(t["masks"][j].float(), (0, pad_w - t["masks"].shape[-1], 0, pad_h - t["masks"].shape[-2]))
-               for t, (_, j) in zip(targets, indices)]
+        tgt = [
+            F.pad(
+                t["masks"][j].float(),
+                (0, pad_w - t["masks"].shape[-1], 0, pad_h - t["masks"].shape[-2]),
+            )
+            for t, (_, j) in zip(targets, indices)
+        ]
         target_masks = torch.cat(tgt)
-        src_masks = F.interpolate(src_masks[:, None].float(), size=(pad_h, pad_w), mode="bilinear", align_corners=False)
+        src_masks = F.interpolate(
+            src_masks[:, None].float(), size=(pad_h, pad_w), mode="bilinear", align_corners=False
+        )
         src_masks = src_masks[:, 0].flatten(1)
         target_masks = target_masks.flatten(1).float()
         return {
-            "loss_mask": focal_loss(src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma),
+            "loss_mask": focal_loss(
+                src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma
+            ),
             "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
         }
 
-    def _compute(self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None, num_groups: int = 1) -> Dict[str, Tensor]:
+    def _compute(
+        self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None, num_groups: int = 1
+    ) -> Dict[str, Tensor]:
         if loss == "masks":
             return self.loss_masks(outputs, targets, indices, num_boxes, mask_fn)
         if loss == "labels":
@@ -170,10 +221,10 @@ class SetCriterion(nn.Module):
         mask_fn: Optional[QueryMaskFn] = None,
         num_groups: int = 1,
     ) -> Dict[str, Tensor]:
-        """``outputs``: ``pred_logits``, ``pred_boxes``, optional ``pred_masks`` and ``aux_outputs``;
-        ``mask_fn``: computes the masks of the matched queries when ``pred_masks`` is absent (the matching
-        uses class and box costs only, so it is known before any mask is computed: with groups, the
-        matched queries of all groups go to ``mask_fn`` in one call).
+        """``outputs``: ``pred_logits``, ``pred_boxes``, optional ``pred_masks`` and
+        ``aux_outputs``; ``mask_fn``: computes the masks of the matched queries when ``pred_masks``
+        is absent (the matching uses class and box costs only, so it is known before any mask is
+        computed: with groups, the matched queries of all groups go to ``mask_fn`` in one call).
         ``num_groups``: Group DETR's query groups (see the module docstring); 1 = DETR."""
         indices = self.matcher(outputs, targets, num_groups)
         num_boxes = torch.as_tensor(
@@ -181,17 +232,22 @@ class SetCriterion(nn.Module):
         )
         if comm.get_world_size() > 1:
             torch.distributed.all_reduce(num_boxes)
-        # each group matches every target once: normalising the K groups' sums by K x the targets averages them
+        # each group matches every target once: normalising the K groups' sums by K x the targets
+        # averages them
         num_boxes = torch.clamp(num_boxes / comm.get_world_size(), min=1).item() * num_groups
 
         losses: Dict[str, Tensor] = {}
         for loss in self.losses:
-            losses.update(self._compute(loss, outputs, targets, indices, num_boxes, mask_fn, num_groups))
+            losses.update(
+                self._compute(loss, outputs, targets, indices, num_boxes, mask_fn, num_groups)
+            )
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_indices = self.matcher(aux, targets, num_groups)
             for loss in self.losses:
                 if loss == "masks":  # intermediate layers have no masks
                     continue
-                l_dict = self._compute(loss, aux, targets, aux_indices, num_boxes, num_groups=num_groups)
+                l_dict = self._compute(
+                    loss, aux, targets, aux_indices, num_boxes, num_groups=num_groups
+                )
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items() if k != "class_error"})
         return losses

@@ -1,10 +1,11 @@
 """DETR's panoptic mask head: per-query attention maps over the encoder memory (``MHAttentionMap``)
 and the FPN-style convolutional head (``MaskHeadSmallConv``) that upsamples them to stride 4.
 
-Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys. Every query's mask is
-independent of the other queries' (the attention softmax is per query, GroupNorm per sample), so the
-head can run on any subset of the queries (see ``DetrPanoptic.query_masks``).
+Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys. Every query's mask
+is independent of the other queries' (the attention softmax is per query, GroupNorm per sample), so
+the head can run on any subset of the queries (see ``DetrPanoptic.query_masks``).
 """
+
 from typing import List, Optional, Sequence
 
 import torch
@@ -13,7 +14,8 @@ from torch import Tensor, nn
 
 
 class MHAttentionMap(nn.Module):
-    """Attention weights of each query over the memory, softmax taken jointly over heads and positions.
+    """Attention weights of each query over the memory, softmax taken jointly over heads and
+    positions.
 
     ``forward(q (B,Q,C), k (B,C,H,W), mask (B,H,W) True=pad) -> (B, Q, nheads, H, W)``.
     """
@@ -35,7 +37,9 @@ class MHAttentionMap(nn.Module):
         q = self.q_linear(q)
         k = F.conv2d(k, self.k_linear.weight.unsqueeze(-1).unsqueeze(-1), self.k_linear.bias)
         qh = q.view(q.shape[0], q.shape[1], self.num_heads, self.hidden_dim // self.num_heads)
-        kh = k.view(k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1])
+        kh = k.view(
+            k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1]
+        )
         weights = torch.einsum("bqnc,bnchw->bqnhw", qh * self.normalize_fact, kh)
         if mask is not None:
             weights = weights.masked_fill(mask.unsqueeze(1).unsqueeze(1), float("-inf"))
@@ -44,8 +48,8 @@ class MHAttentionMap(nn.Module):
 
 
 class MaskHeadSmallConv(nn.Module):
-    """FPN-style head: (projected features ++ attention maps) at stride 32, refined with the backbone's
-    stride-16/8/4 features, to one mask logit map per query at stride 4.
+    """FPN-style head: (projected features ++ attention maps) at stride 32, refined with the
+    backbone's stride-16/8/4 features, to one mask logit map per query at stride 4.
 
     Args:
         dim: input channels = hidden_dim + nheads (projected features first, attention maps last).
@@ -78,16 +82,18 @@ class MaskHeadSmallConv(nn.Module):
 
     @staticmethod
     def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
-        """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C, h, w)
+        """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C,
+        h, w)
         to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same values)."""
         up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
         up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
         return up.flatten(0, 1)
 
     def project_features(self, x: Tensor) -> Tensor:
-        """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)`` projected
-        res5 -> ``(B, dim, H5, W5)``. The first convolution sees the same features for every query,
-        concatenated with that query's attention maps; convolution being linear, this part is computed
+        """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)``
+        projected res5 -> ``(B, dim, H5, W5)``. The first convolution sees the same features for
+        every query, concatenated with that query's attention maps; convolution being linear, this
+        part is computed
         once per image instead of once per query (``forward(..., projected=...)``)."""
         return F.conv2d(x, self.lay1.weight[:, : self.feature_channels], self.lay1.bias, padding=1)
 
@@ -96,20 +102,32 @@ class MaskHeadSmallConv(nn.Module):
         """Channels of the image features at the head's input (the attention maps follow them)."""
         return self.lay1.in_channels - self.num_attention_maps
 
-    def forward(self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor], projected: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor], projected: Optional[Tensor] = None
+    ) -> Tensor:
         """x: (B, C, H5, W5) projected res5; bbox_mask: (B, Q, nheads, H5, W5);
         fpns: [res4, res3, res2]. Returns (B*Q, 1, H2, W2) mask logits, rows batch-major (b*Q + q).
 
-        ``projected``: ``project_features(x)`` computed beforehand; the first convolution then only runs
-        over each query's attention maps (same result up to float rounding). Without it, DETR's own
+        ``projected``: ``project_features(x)`` computed beforehand; the first convolution then only
+        runs over each query's attention maps (same result up to float rounding). Without it, DETR's
+        own
         computation (features concatenated with the attention maps of each query)."""
         num_queries = bbox_mask.shape[1]
         if projected is None:
-            x = torch.cat([x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2).flatten(0, 1)
+            x = torch.cat(
+                [x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2
+            ).flatten(0, 1)
             x = self.lay1(x)
         else:
-            att = F.conv2d(bbox_mask.flatten(0, 1), self.lay1.weight[:, self.feature_channels :], None, padding=1)
-            x = (att.view(projected.shape[0], num_queries, *att.shape[1:]) + projected.unsqueeze(1)).flatten(0, 1)
+            att = F.conv2d(
+                bbox_mask.flatten(0, 1),
+                self.lay1.weight[:, self.feature_channels :],
+                None,
+                padding=1,
+            )
+            x = (
+                att.view(projected.shape[0], num_queries, *att.shape[1:]) + projected.unsqueeze(1)
+            ).flatten(0, 1)
         x = F.relu(self.gn1(x))
         x = F.relu(self.gn2(self.lay2(x)))
         x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries)

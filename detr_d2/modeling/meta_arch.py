@@ -2,34 +2,37 @@
 
 State-dict layout (what checkpoint converters target): ``backbone.*`` (the Detectron2 backbone, e.g.
 ``backbone.stem.conv1.weight``, ``backbone.res2.0.conv1.norm.running_mean``), then the official DETR
-names without the ``detr.`` prefix: ``input_proj``, ``transformer``, ``query_embed``, ``class_embed``,
-``bbox_embed.layers.{0,1,2}``, and with ``MODEL.MASK_ON`` the official ``bbox_attention`` and ``mask_head``.
-Pixel mean/std are non-persistent buffers.
+names without the ``detr.`` prefix: ``input_proj``, ``transformer``, ``query_embed``,
+``class_embed``, ``bbox_embed.layers.{0,1,2}``, and with ``MODEL.MASK_ON`` the official
+``bbox_attention`` and ``mask_head``. Pixel mean/std are non-persistent buffers.
 
-Inputs follow Detectron2: a list of dicts with ``image`` (C, H, W) uint8/float in ``INPUT.FORMAT`` order,
-optional ``height``/``width`` (output size), and for training ``instances`` with ``gt_classes``
-(contiguous ids), ``gt_boxes`` (XYXY pixels of the input image), ``gt_masks`` and optionally
-``gt_is_crowd`` (crowd segments are never matched as positives).
+Inputs follow Detectron2: a list of dicts with ``image`` (C, H, W) uint8/float in ``INPUT.FORMAT``
+order, optional ``height``/``width`` (output size), and for training ``instances`` with
+``gt_classes`` (contiguous ids), ``gt_boxes`` (XYXY pixels of the input image), ``gt_masks`` and
+optionally ``gt_is_crowd`` (crowd segments are never matched as positives).
 
 The mask head runs only where its output is used (:meth:`DetrPanoptic.query_masks`): at inference on
 the queries the enabled outputs read (:meth:`DetrPanoptic.mask_queries`), in training on the queries
-matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.ALL_QUERY_MASKS`` computes
-every query's mask as official DETR does (same results: each query's mask is independent of the others').
+matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.ALL_QUERY_MASKS``
+computes every query's mask as official DETR does (same results: each query's mask is independent of
+the others').
 
-Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS`` K > 1; Chen et al., ICCV 2023), a training-only aid: in
-training the decoder also decodes K - 1 extra groups of Q queries (``group_query_embed.weight``, (K-1)*Q x C,
-group-major), self-attention kept within each group; each group is matched one-to-one and the losses are
-averaged over the groups (``SetCriterion``). At inference only ``query_embed`` (group 0) is decoded, so the
-model is exactly the plain one. Checkpoints: a plain model ignores ``group_query_embed.weight`` (logged); a
-grouped model loading a checkpoint without it (official, plain) initialises the extra groups as copies of
-the checkpoint's ``query_embed`` plus Gaussian noise (std 0.1 x the std of those embeddings: identical
-copies would get identical gradients and stay identical; ``weight_loading.adapt_group_queries``).
-Stage 2 (``FROZEN_WEIGHTS``) with K > 1 needs a stage 1 trained with K groups (their trained queries are
+Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS`` K > 1; Chen et al., ICCV 2023), a training-only
+aid: in training the decoder also decodes K - 1 extra groups of Q queries
+(``group_query_embed.weight``, (K-1)*Q x C, group-major), self-attention kept within each group;
+each group is matched one-to-one and the losses are averaged over the groups (``SetCriterion``). At
+inference only ``query_embed`` (group 0) is decoded, so the model is exactly the plain one.
+Checkpoints: a plain model ignores ``group_query_embed.weight`` (logged); a grouped model loading a
+checkpoint without it (official, plain) initialises the extra groups as copies of the checkpoint's
+``query_embed`` plus Gaussian noise (std 0.1 x the std of those embeddings: identical copies would
+get identical gradients and stay identical; ``weight_loading.adapt_group_queries``). Stage 2
+(``FROZEN_WEIGHTS``) with K > 1 needs a stage 1 trained with K groups (their trained queries are
 frozen with the detector; the mask head learns from the matched queries of every group).
 
-Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``), another training-only aid, is a class-loss
-weight in ``SetCriterion`` (no parameter); stage 2 refuses it (the class head is frozen).
+Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``), another training-only aid, is a
+class-loss weight in ``SetCriterion`` (no parameter); stage 2 refuses it (the class head is frozen).
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -47,10 +50,21 @@ from .criterion import SetCriterion
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
 from .mlp import MLP
-from .panoptic_inference import instance_inference, instance_queries, panoptic_fusion, panoptic_queries, semantic_inference
+from .panoptic_inference import (
+    instance_inference,
+    instance_queries,
+    panoptic_fusion,
+    panoptic_queries,
+    semantic_inference,
+)
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
-from .weight_loading import MASK_HEAD_PREFIXES, adapt_group_queries, load_and_freeze_detector, load_mask_head
+from .weight_loading import (
+    MASK_HEAD_PREFIXES,
+    adapt_group_queries,
+    load_and_freeze_detector,
+    load_mask_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +72,15 @@ __all__ = ["DetrPanoptic"]
 
 
 def _image_cells(t: Tensor, i: int, cells: Tuple[int, int]) -> Tensor:
-    """Image ``i`` of the batched map ``t`` (B, ..., H, W), its top-left ``cells`` = (h, w): (1, ..., h, w)."""
+    """Image ``i`` of the batched map ``t`` (B, ..., H, W), its top-left ``cells`` = (h, w): (1,
+    ..., h, w)."""
     return t[i : i + 1, ..., : cells[0], : cells[1]]
 
 
 @META_ARCH_REGISTRY.register()
 class DetrPanoptic(nn.Module):
-    """DETR (+ panoptic mask head). See the module docstring for the input/output and key conventions."""
+    """DETR (+ panoptic mask head). See the module docstring for the input/output and key
+    conventions."""
 
     @configurable
     def __init__(
@@ -98,25 +114,27 @@ class DetrPanoptic(nn.Module):
     ):
         """
         Args:
-            backbone: a Detectron2 backbone whose ``in_features`` are, in order, strides 4, 8, 16, 32
-                (only the last is needed without masks).
+            backbone: a Detectron2 backbone whose ``in_features`` are, in order, strides 4, 8, 16,
+                32 (only the last is needed without masks).
             num_classes: number of class slots S (classifier has S + 1 outputs, last = no object).
             is_thing: per contiguous class id.
-            label_map: slot -> contiguous id (-1 for unused slots) when slots are dataset ids; None when
-                slots are contiguous ids.
+            label_map: slot -> contiguous id (-1 for unused slots) when slots are dataset ids; None
+                when slots are contiguous ids.
             frozen_weights: detection checkpoint to load and freeze; only the mask head then trains.
-            mask_head_weights: a panoptic checkpoint whose ``bbox_attention.*``/``mask_head.*`` (class-agnostic)
-                initialise the mask head, e.g. a converted COCO one for stage 2 on another dataset.
+            mask_head_weights: a panoptic checkpoint whose ``bbox_attention.*``/``mask_head.*``
+                (class-agnostic) initialise the mask head, e.g. a converted COCO one for stage 2 on
+                another dataset.
             panoptic_on / instance_on / semantic_on: the outputs at inference; without masks only
                 ``instance_on`` (boxes) is possible.
             instance_score_threshold: ``instances`` keep thing queries whose class score is above it
                 (0: every thing query, as DETR's COCO detection evaluation).
-            crop_mask_padding: crop each image's padding from the mask grid before resizing (False = DETR's
-                published post-processor, wrong for padded batches).
+            crop_mask_padding: crop each image's padding from the mask grid before resizing (False =
+                DETR's published post-processor, wrong for padded batches).
             batch_invariant: an image gives the same outputs alone and in a padded batch (see
-                ``batch_invariance.py``); single images are unaffected (DETR's numbers are single-image).
-            all_query_masks: compute the masks of all queries, in training and at inference, as official
-                DETR does (for comparison); default: only the masks that are used.
+                ``batch_invariance.py``); single images are unaffected (DETR's numbers are
+                single-image).
+            all_query_masks: compute the masks of all queries, in training and at inference, as
+                official DETR does (for comparison); default: only the masks that are used.
             num_query_groups: Group DETR's K (training only; see the module docstring); 1 = DETR.
         """
         super().__init__()
@@ -126,7 +144,9 @@ class DetrPanoptic(nn.Module):
         shapes = backbone.output_shape()
         for f in self.in_features:
             if f not in shapes:
-                raise ValueError(f"MODEL.DETR.IN_FEATURES: backbone has no output '{f}' (has {sorted(shapes)})")
+                raise ValueError(
+                    f"MODEL.DETR.IN_FEATURES: backbone has no output '{f}' (has {sorted(shapes)})"
+                )
         self.feature_strides = [shapes[f].stride for f in self.in_features]
         hidden_dim, nheads = transformer.d_model, transformer.nhead
         self.transformer = transformer
@@ -136,25 +156,34 @@ class DetrPanoptic(nn.Module):
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         if not isinstance(num_query_groups, int) or num_query_groups < 1:
-            raise ValueError(f"MODEL.DETR.GROUP_DETR.NUM_GROUPS must be an integer >= 1, got {num_query_groups!r}")
+            raise ValueError(
+                "MODEL.DETR.GROUP_DETR.NUM_GROUPS must be an integer >= 1, got "
+                f"{num_query_groups!r}"
+            )
         self.num_query_groups = num_query_groups
-        # training-only queries of groups 1..K-1 (group-major); group 0 is query_embed, the inference queries
+        # training-only queries of groups 1..K-1 (group-major); group 0 is query_embed, the
+        # inference queries
         self.group_query_embed = None
         if num_query_groups > 1:
             self.group_query_embed = nn.Embedding((num_query_groups - 1) * num_queries, hidden_dim)
-        self.input_proj = nn.Conv2d(shapes[self.in_features[-1]].channels, hidden_dim, kernel_size=1)
+        self.input_proj = nn.Conv2d(
+            shapes[self.in_features[-1]].channels, hidden_dim, kernel_size=1
+        )
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2)
         self.mask_on = mask_on
         if mask_on:
             if len(self.in_features) != 4:
                 raise ValueError(
-                    f"MODEL.DETR.IN_FEATURES: the mask head needs 4 backbone features (strides 4..32), got "
+                    "MODEL.DETR.IN_FEATURES: the mask head needs 4 backbone features "
+                    "(strides 4..32), got "
                     f"{self.in_features}"
                 )
             if hidden_dim % 128 or (hidden_dim + nheads) % 8:
                 raise ValueError(
-                    f"MODEL.DETR.HIDDEN_DIM ({hidden_dim}) must be a multiple of 128 and HIDDEN_DIM + NHEADS "
-                    f"({hidden_dim + nheads}) a multiple of 8 with MODEL.MASK_ON: the mask head's GroupNorm(8) "
+                    f"MODEL.DETR.HIDDEN_DIM ({hidden_dim}) must be a multiple of 128 and "
+                    "HIDDEN_DIM + NHEADS "
+                    f"({hidden_dim + nheads}) a multiple of 8 with MODEL.MASK_ON: the mask "
+                    "head's GroupNorm(8) "
                     "layers have HIDDEN_DIM + NHEADS, HIDDEN_DIM/2 ... HIDDEN_DIM/16 channels"
                 )
             self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
@@ -164,19 +193,26 @@ class DetrPanoptic(nn.Module):
         elif panoptic_on or semantic_on:
             raise ValueError(
                 "MODEL.MASK_ON False (detection only) has no masks: set TEST.PANOPTIC_ON False and "
-                "TEST.SEMANTIC_ON False (the model then outputs instances with boxes; TEST.INSTANCE_ON True)"
+                "TEST.SEMANTIC_ON False (the model then outputs instances with boxes; "
+                "TEST.INSTANCE_ON True)"
             )
         if not (panoptic_on or instance_on or semantic_on):
-            raise ValueError("TEST.PANOPTIC_ON, TEST.INSTANCE_ON and TEST.SEMANTIC_ON are all False: no output")
+            raise ValueError(
+                "TEST.PANOPTIC_ON, TEST.INSTANCE_ON and TEST.SEMANTIC_ON are all False: no output"
+            )
         if frozen_weights and aux_loss:
             raise ValueError(
-                "MODEL.DETR.FROZEN_WEIGHTS freezes the decoder, so the auxiliary decoding losses of "
-                "MODEL.DETR.DEEP_SUPERVISION would train nothing: set MODEL.DETR.DEEP_SUPERVISION False"
+                "MODEL.DETR.FROZEN_WEIGHTS freezes the decoder, so the auxiliary decoding "
+                "losses of "
+                "MODEL.DETR.DEEP_SUPERVISION would train nothing: set "
+                "MODEL.DETR.DEEP_SUPERVISION False"
             )
         if frozen_weights and getattr(criterion, "duplicate_no_object_weight", None) is not None:
             raise ValueError(
-                "MODEL.DETR.FROZEN_WEIGHTS freezes the class head, so MODEL.DETR.DUPLICATE_SUPPRESSION (a class "
-                "loss weight) would train nothing: set MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED False"
+                "MODEL.DETR.FROZEN_WEIGHTS freezes the class head, so "
+                "MODEL.DETR.DUPLICATE_SUPPRESSION (a class "
+                "loss weight) would train nothing: set "
+                "MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED False"
             )
         self.mask_head_feature_norm = mask_head_feature_norm
         self.aux_loss = aux_loss
@@ -214,13 +250,26 @@ class DetrPanoptic(nn.Module):
         d = cfg.MODEL.DETR
         backbone = build_backbone(cfg)
         in_features = list(d.IN_FEATURES) if cfg.MODEL.MASK_ON else [d.IN_FEATURES[-1]]
-        slots = class_slots(d.NUM_CLASSES, d.CLASS_SLOTS, list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN))
-        transformer = Transformer(
-            d_model=d.HIDDEN_DIM, nhead=d.NHEADS, num_encoder_layers=d.ENC_LAYERS, num_decoder_layers=d.DEC_LAYERS,
-            dim_feedforward=d.DIM_FEEDFORWARD, dropout=d.DROPOUT, normalize_before=d.PRE_NORM,
+        slots = class_slots(
+            d.NUM_CLASSES, d.CLASS_SLOTS, list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         )
-        matcher = HungarianMatcher(cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU)
-        weight_dict = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
+        transformer = Transformer(
+            d_model=d.HIDDEN_DIM,
+            nhead=d.NHEADS,
+            num_encoder_layers=d.ENC_LAYERS,
+            num_decoder_layers=d.DEC_LAYERS,
+            dim_feedforward=d.DIM_FEEDFORWARD,
+            dropout=d.DROPOUT,
+            normalize_before=d.PRE_NORM,
+        )
+        matcher = HungarianMatcher(
+            cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU
+        )
+        weight_dict = {
+            "loss_ce": d.CLASS_WEIGHT,
+            "loss_bbox": d.L1_WEIGHT,
+            "loss_giou": d.GIOU_WEIGHT,
+        }
         losses = ["labels", "boxes"]
         if cfg.MODEL.MASK_ON:
             weight_dict.update({"loss_mask": d.MASK_WEIGHT, "loss_dice": d.DICE_WEIGHT})
@@ -230,9 +279,16 @@ class DetrPanoptic(nn.Module):
             for i in range(d.DEC_LAYERS - 1):
                 weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
         criterion = SetCriterion(
-            slots.num_slots, matcher, weight_dict, eos_coef=d.NO_OBJECT_WEIGHT, losses=losses,
-            focal_alpha=d.FOCAL_ALPHA, focal_gamma=d.FOCAL_GAMMA,
-            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT if d.DUPLICATE_SUPPRESSION.ENABLED else None,
+            slots.num_slots,
+            matcher,
+            weight_dict,
+            eos_coef=d.NO_OBJECT_WEIGHT,
+            losses=losses,
+            focal_alpha=d.FOCAL_ALPHA,
+            focal_gamma=d.FOCAL_GAMMA,
+            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT
+            if d.DUPLICATE_SUPPRESSION.ENABLED
+            else None,
             duplicate_iou_threshold=d.DUPLICATE_SUPPRESSION.IOU_THRESHOLD,
         )
         t = cfg.TEST
@@ -268,7 +324,8 @@ class DetrPanoptic(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    # ------------------------------------------------------------------ checkpoints (see weight_loading.py)
+    # ------------------------------------------------------------------ checkpoints (see
+    # weight_loading.py)
     def mask_head_parameter_prefixes(self) -> Tuple[str, ...]:
         return MASK_HEAD_PREFIXES
 
@@ -281,20 +338,27 @@ class DetrPanoptic(nn.Module):
         load_mask_head(self, path)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
-        """Group DETR's training-only queries load both ways (:func:`weight_loading.adapt_group_queries`)."""
+        """Group DETR's training-only queries load both ways
+        (:func:`weight_loading.adapt_group_queries`)."""
         adapt_group_queries(self, state_dict, prefix)
         return super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Tensor]:
-        """Normalise, pad bottom/right with zeros (in normalised space) to the batch's max size, and build
+        """Normalise, pad bottom/right with zeros (in normalised space) to the batch's max size, and
+        build
         the (B, H, W) padding mask (True on padded pixels)."""
         images = []
         for i, x in enumerate(batched_inputs):
             img = x.get("image")
-            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
+            if (
+                not isinstance(img, Tensor)
+                or img.dim() != 3
+                or img.shape[0] != self.pixel_mean.shape[0]
+            ):
                 raise ValueError(
-                    f"batched_inputs[{i}]['image'] must be a ({self.pixel_mean.shape[0]}, H, W) tensor, got "
+                    f"batched_inputs[{i}]['image'] must be a ({self.pixel_mean.shape[0]}, H, "
+                    "W) tensor, got "
                     f"{type(img).__name__}{'' if not isinstance(img, Tensor) else tuple(img.shape)}"
                 )
             if img.shape[-1] < 1 or img.shape[-2] < 1:
@@ -310,15 +374,17 @@ class DetrPanoptic(nn.Module):
     def forward_detector(self, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, Dict]:
         """Backbone, transformer and the class/box heads.
 
-        Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each
-        image's own size, ``aux_outputs`` (training with deep supervision); and ``state``, what the mask head
-        reads: ``hs`` (B, Q, C) last decoder layer (in training with Group DETR, Q = K groups x the queries,
-        group-major; at inference always group 0 only), ``memory`` and ``features`` (B, C, H/32, W/32: the
-        encoder output and the projected res5), ``mask`` (B, H/32, W/32, True on padding), ``fpns``
-        [res4, res3, res2], ``sizes`` (each image's (h, w)) and ``padded``.
+        Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1]
+        of each image's own size, ``aux_outputs`` (training with deep supervision); and ``state``,
+        what the mask head reads: ``hs`` (B, Q, C) last decoder layer (in training with Group DETR,
+        Q = K groups x the queries, group-major; at inference always group 0 only), ``memory`` and
+        ``features`` (B, C, H/32, W/32: the encoder output and the projected res5), ``mask`` (B,
+        H/32, W/32, True on padding), ``fpns`` [res4, res3, res2], ``sizes`` (each image's (h, w))
+        and ``padded``.
 
-        ``pixel_mask`` (B, H, W) is True on padding. Feature-level masks: DETR's legacy-nearest resize of
-        the pixel mask; with ``batch_invariant`` the first ceil(h/stride) x ceil(w/stride) cells are valid
+        ``pixel_mask`` (B, H, W) is True on padding. Feature-level masks: DETR's legacy-nearest
+        resize of the pixel mask; with ``batch_invariant`` the first ceil(h/stride) x ceil(w/stride)
+        cells are valid
         (what a single image has). Both are identical to DETR for a single image."""
         valid = ~pixel_mask
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
@@ -338,29 +404,44 @@ class DetrPanoptic(nn.Module):
         src_proj = self.input_proj(src)
         queries, groups = self.query_embed.weight, 1
         if self.training and self.group_query_embed is not None:
-            queries, groups = torch.cat([queries, self.group_query_embed.weight]), self.num_query_groups
+            queries, groups = (
+                torch.cat([queries, self.group_query_embed.weight]),
+                self.num_query_groups,
+            )
         hs, memory = self.transformer(src_proj, mask, queries, pos, query_groups=groups)
         outputs_class = self.class_embed(hs)
         outputs_coord = self.bbox_embed(hs).sigmoid()
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
         if self.aux_loss and self.training:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b}
+                for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
+            ]
         feat = src_proj
         if self.mask_head_feature_norm:
             feat = feat / feat.pow(2).mean(1, keepdim=True).add(1e-6).sqrt()
         state = {
-            "hs": hs[-1], "memory": memory, "features": feat, "mask": mask, "fpns": feats[2::-1] if self.mask_on else [],
-            "sizes": sizes, "padded": padded,
+            "hs": hs[-1],
+            "memory": memory,
+            "features": feat,
+            "mask": mask,
+            "fpns": feats[2::-1] if self.mask_on else [],
+            "sizes": sizes,
+            "padded": padded,
         }
         return out, state
 
-    def query_masks(self, state: Dict, queries: Sequence[Tensor], crop_to_image: bool) -> List[Tensor]:
-        """Mask logits of the given queries, image by image: ``queries[i]`` (n_i,) sorted query indices of
-        image i -> (n_i, H_i, W_i) stride-4 mask logits. The attention maps (``bbox_attention``) and the
-        FPN head (``mask_head``) run on these queries only; the image-feature part of the head's first
-        convolution is computed once per image (``MaskHeadSmallConv.project_features``).
+    def query_masks(
+        self, state: Dict, queries: Sequence[Tensor], crop_to_image: bool
+    ) -> List[Tensor]:
+        """Mask logits of the given queries, image by image: ``queries[i]`` (n_i,) sorted query
+        indices of image i -> (n_i, H_i, W_i) stride-4 mask logits. The attention maps
+        (``bbox_attention``) and the FPN head (``mask_head``) run on these queries only; the
+        image-feature part of the head's first convolution is computed once per image
+        (``MaskHeadSmallConv.project_features``).
 
-        ``crop_to_image``: run on each image's own region (ceil(h/stride) cells at every stride; the result
+        ``crop_to_image``: run on each image's own region (ceil(h/stride) cells at every stride; the
+        result
         an image gets alone), else on the whole padded batch grid (DETR's training computation)."""
         strides = self.feature_strides
         out = []
@@ -369,7 +450,9 @@ class DetrPanoptic(nn.Module):
                 h, w = state["sizes"][i]
                 cells = [(-(-h // s), -(-w // s)) for s in strides]
             else:
-                cells = [tuple(f.shape[-2:]) for f in state["fpns"][::-1]] + [tuple(state["mask"].shape[-2:])]
+                cells = [tuple(f.shape[-2:]) for f in state["fpns"][::-1]] + [
+                    tuple(state["mask"].shape[-2:])
+                ]
 
             if len(q) == 0:
                 out.append(state["features"].new_zeros((0, *cells[0])))
@@ -377,7 +460,9 @@ class DetrPanoptic(nn.Module):
 
             m5 = _image_cells(state["mask"], i, cells[3])
             q = q.to(state["hs"].device)
-            att = self.bbox_attention(state["hs"][i : i + 1, q], _image_cells(state["memory"], i, cells[3]), mask=m5)
+            att = self.bbox_attention(
+                state["hs"][i : i + 1, q], _image_cells(state["memory"], i, cells[3]), mask=m5
+            )
             att = self._scale_attention(att, m5)
             feat = _image_cells(state["features"], i, cells[3])
             fpns = [_image_cells(f, i, cells[2 - k]) for k, f in enumerate(state["fpns"])]
@@ -387,7 +472,8 @@ class DetrPanoptic(nn.Module):
 
     def all_masks(self, state: Dict, crop_to_image: bool) -> Tensor:
         """(B, Q, Hm, Wm) mask logits of every query (:meth:`query_masks` on all queries); with
-        ``crop_to_image`` each image's masks fill its own region of the batch grid, zeros elsewhere."""
+        ``crop_to_image`` each image's masks fill its own region of the batch grid, zeros
+        elsewhere."""
         b, q = state["hs"].shape[:2]
         every = torch.arange(q, device=state["hs"].device)
         masks = self.query_masks(state, [every] * b, crop_to_image)
@@ -398,8 +484,9 @@ class DetrPanoptic(nn.Module):
 
     def forward_network(self, images: Tensor, pixel_mask: Tensor) -> Dict:
         """Raw DETR outputs with every query's mask (as official DETR): ``pred_logits`` (B, Q, S+1),
-        ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each image's own size, ``pred_masks`` (B, Q, H/4, W/4)
-        logits (with masks; at inference each image's own region with ``batch_invariant``), ``aux_outputs``
+        ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of each image's own size, ``pred_masks`` (B, Q,
+        H/4, W/4) logits (with masks; at inference each image's own region with
+        ``batch_invariant``), ``aux_outputs``
         (training). For inspection and comparison; ``forward`` computes only the masks it uses."""
         out, state = self.forward_detector(images, pixel_mask)
         if self.mask_on:
@@ -408,9 +495,10 @@ class DetrPanoptic(nn.Module):
         return out
 
     def _scale_attention(self, bbox_mask: Tensor, mask: Tensor) -> Tensor:
-        """With ``mask_head_feature_norm`` (not in official DETR; for training from scratch): the attention
-        maps (B, Q, nheads, H, W), which sum to 1 over heads x valid positions, are scaled so a uniform map
-        is 1, matching the unit-RMS features they are concatenated with; otherwise every query gets nearly
+        """With ``mask_head_feature_norm`` (not in official DETR; for training from scratch): the
+        attention maps (B, Q, nheads, H, W), which sum to 1 over heads x valid positions, are scaled
+        so a uniform map is 1, matching the unit-RMS features they are concatenated with; otherwise
+        every query gets nearly
         the same mask."""
         if not self.mask_head_feature_norm:
             return bbox_mask
@@ -440,20 +528,27 @@ class DetrPanoptic(nn.Module):
         return self.inference(outputs, state, batched_inputs, images.image_sizes)
 
     # ------------------------------------------------------------------ targets
-    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
+    def prepare_targets(
+        self, batched_inputs: List[Dict], images: ImageList
+    ) -> List[Dict[str, Tensor]]:
         targets = []
         for i, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
             inst: Optional[Instances] = x.get("instances")
             if inst is None:
-                raise ValueError(f"batched_inputs[{i}] has no 'instances' (training needs a mapper that adds them)")
+                raise ValueError(
+                    f"batched_inputs[{i}] has no 'instances' (training needs a mapper that "
+                    "adds them)"
+                )
             inst = inst.to(self.device)
             if inst.has("gt_is_crowd") and len(inst):
                 inst = inst[~inst.gt_is_crowd.bool()]
             classes = inst.gt_classes.long()
             if len(classes) and (classes.min() < 0 or classes.max() >= len(self.is_thing)):
                 raise ValueError(
-                    f"batched_inputs[{i}] ({x.get('file_name', '?')}): gt_classes {classes.tolist()} outside "
-                    f"0..{len(self.is_thing) - 1}; MODEL.DETR.NUM_CLASSES / dataset metadata mismatch"
+                    f"batched_inputs[{i}] ({x.get('file_name', '?')}): gt_classes "
+                    f"{classes.tolist()} outside "
+                    f"0..{len(self.is_thing) - 1}; MODEL.DETR.NUM_CLASSES / dataset metadata "
+                    "mismatch"
                 )
             if self.contiguous_to_slot is not None:
                 classes = self.contiguous_to_slot[classes]
@@ -466,7 +561,9 @@ class DetrPanoptic(nn.Module):
             t = {"labels": classes, "boxes": boxes}
             if self.mask_on:
                 if not inst.has("gt_masks"):
-                    raise ValueError(f"batched_inputs[{i}]: instances have no gt_masks but MODEL.MASK_ON is True")
+                    raise ValueError(
+                        f"batched_inputs[{i}]: instances have no gt_masks but MODEL.MASK_ON is True"
+                    )
                 gm = inst.gt_masks
                 if isinstance(gm, PolygonMasks):
                     gm = BitMasks.from_polygon_masks(gm, h, w)
@@ -478,8 +575,8 @@ class DetrPanoptic(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def mask_queries(self, logits: Tensor) -> Tensor:
-        """Sorted indices of the queries of one image (``logits`` (Q, S+1)) whose masks the enabled outputs
-        read: the panoptic fusion's kept queries, the thing queries of ``instances`` above
+        """Sorted indices of the queries of one image (``logits`` (Q, S+1)) whose masks the enabled
+        outputs read: the panoptic fusion's kept queries, the thing queries of ``instances`` above
         ``instance_score_threshold``, every query for ``sem_seg`` (a sum over all queries)."""
         if self.semantic_on or self.all_query_masks:
             return torch.arange(logits.shape[0], device=logits.device)
@@ -487,17 +584,32 @@ class DetrPanoptic(nn.Module):
         if self.panoptic_on:
             need[panoptic_queries(logits, self.object_mask_threshold, self.label_map)] = True
         if self.instance_on:
-            need[instance_queries(logits, self.is_thing, self.instance_score_threshold, self.label_map)] = True
+            need[
+                instance_queries(
+                    logits, self.is_thing, self.instance_score_threshold, self.label_map
+                )
+            ] = True
         return need.nonzero().flatten()
 
-    def inference(self, outputs: Dict, state: Dict, batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]) -> List[Dict]:
-        """Detectron2 outputs per image (see the README): the masks of the queries the enabled outputs read
+    def inference(
+        self,
+        outputs: Dict,
+        state: Dict,
+        batched_inputs: List[Dict],
+        image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict]:
+        """Detectron2 outputs per image (see the README): the masks of the queries the enabled
+        outputs read
         are computed (:meth:`mask_queries`, :meth:`query_masks`), then :meth:`postprocess`."""
         if not self.mask_on:
             return self.postprocess(outputs, batched_inputs, image_sizes)
         queries = [self.mask_queries(logits) for logits in outputs["pred_logits"]]
-        masks = self.query_masks(state, queries, crop_to_image=self.batch_invariant is not None and state["padded"])
-        return self.postprocess(outputs, batched_inputs, image_sizes, masks=masks, mask_queries=queries)
+        masks = self.query_masks(
+            state, queries, crop_to_image=self.batch_invariant is not None and state["padded"]
+        )
+        return self.postprocess(
+            outputs, batched_inputs, image_sizes, masks=masks, mask_queries=queries
+        )
 
     def postprocess(
         self,
@@ -507,8 +619,10 @@ class DetrPanoptic(nn.Module):
         masks: Optional[Sequence[Tensor]] = None,
         mask_queries: Optional[Sequence[Tensor]] = None,
     ) -> List[Dict]:
-        """Raw outputs -> Detectron2 outputs per image. Mask logits: ``outputs["pred_masks"]`` (B, Q, Hm, Wm)
-        of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries ``mask_queries[i]``."""
+        """Raw outputs -> Detectron2 outputs per image. Mask logits: ``outputs["pred_masks"]`` (B,
+        Q, Hm, Wm)
+        of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries
+        ``mask_queries[i]``."""
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
             out_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
@@ -520,21 +634,41 @@ class DetrPanoptic(nn.Module):
             r: Dict = {}
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_fusion(
-                    logits, m, image_size, out_size, self.is_thing, threshold=self.object_mask_threshold,
-                    min_area=self.min_segment_area, mask_stride=self.mask_stride, crop_padding=self.crop_mask_padding,
-                    label_map=self.label_map, mask_queries=q,
+                    logits,
+                    m,
+                    image_size,
+                    out_size,
+                    self.is_thing,
+                    threshold=self.object_mask_threshold,
+                    min_area=self.min_segment_area,
+                    mask_stride=self.mask_stride,
+                    crop_padding=self.crop_mask_padding,
+                    label_map=self.label_map,
+                    mask_queries=q,
                 )
             if self.instance_on:
                 r["instances"] = instance_inference(
-                    logits, outputs["pred_boxes"][i], m, image_size, out_size, self.is_thing,
-                    mask_stride=getattr(self, "mask_stride", 4), label_map=self.label_map,
-                    score_threshold=self.instance_score_threshold, mask_queries=q,
+                    logits,
+                    outputs["pred_boxes"][i],
+                    m,
+                    image_size,
+                    out_size,
+                    self.is_thing,
+                    mask_stride=getattr(self, "mask_stride", 4),
+                    label_map=self.label_map,
+                    score_threshold=self.instance_score_threshold,
+                    mask_queries=q,
                 )
             if self.semantic_on:
                 if q is not None and len(q) != logits.shape[0]:
                     raise ValueError("sem_seg needs the masks of all queries")
                 r["sem_seg"] = semantic_inference(
-                    logits, m, image_size, out_size, len(self.is_thing), mask_stride=self.mask_stride,
+                    logits,
+                    m,
+                    image_size,
+                    out_size,
+                    len(self.is_thing),
+                    mask_stride=self.mask_stride,
                     label_map=self.label_map,
                 )
             results.append(r)

@@ -1,22 +1,26 @@
-"""DETR's panoptic fusion (``PostProcessPanoptic``), batched-correct and in Detectron2's output format.
+"""DETR's panoptic fusion (``PostProcessPanoptic``), batched-correct and in Detectron2's output
+format.
 
 Algorithm (same decisions as DETR's post-processor, see docs in README "Faithfulness"):
 1. softmax over all K+1 logits; keep queries whose argmax is not "no object" and score > threshold;
-2. crop the query masks to the image's own region of the padded stride-4 grid (``ceil(h/4) x ceil(w/4)``;
-   DETR's own post-processor skips this, which misaligns padded images in a batch), resize bilinearly
-   to the network input size (h, w);
+2. crop the query masks to the image's own region of the padded stride-4 grid (``ceil(h/4) x
+   ceil(w/4)``; DETR's own post-processor skips this, which misaligns padded images in a batch),
+   resize bilinearly to the network input size (h, w);
 3. per pixel argmax of the softmax over the kept masks;
 4. first pass only: all queries of a stuff class are merged into the first one of that class;
 5. the id map is resized like PIL NEAREST to the output size and segment areas counted;
-   while some kept segment has area <= ``min_area``, drop those queries and redo 3 and 5 (without 4).
+   while some kept segment has area <= ``min_area``, drop those queries and redo 3 and 5 (without
+   4).
 Segments are numbered 1..N in query order; 0 (void) only when no query is kept.
 
-Speed: steps 2-5 only need the pixels of the (h, w) map that the nearest resize reads (e.g. 427x640 of
-800x1199), so the bilinear masks are evaluated there only (same arithmetic as ``F.interpolate``, bit-identical
-on CPU) and the argmax, merges and areas run on that grid: the result is that of resizing everything.
+Speed: steps 2-5 only need the pixels of the (h, w) map that the nearest resize reads (e.g. 427x640
+of 800x1199), so the bilinear masks are evaluated there only (same arithmetic as ``F.interpolate``,
+bit-identical on CPU) and the argmax, merges and areas run on that grid: the result is that of
+resizing everything.
 """
+
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,24 +31,28 @@ from torchvision.ops import box_convert
 
 
 def crop_mask_padding(masks: Tensor, image_size: Tuple[int, int], stride: int) -> Tensor:
-    """Crop (Q, Hm, Wm) mask logits of a padded batch to the cells covering an image of ``image_size``
+    """Crop (Q, Hm, Wm) mask logits of a padded batch to the cells covering an image of
+    ``image_size``
     (h, w) pixels: the first ceil(h/stride) rows and ceil(w/stride) columns."""
     h, w = image_size
     return masks[:, : int(math.ceil(h / stride)), : int(math.ceil(w / stride))]
 
 
 def _argmax_ids(masks: Tensor) -> Tensor:
-    """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR: bit-identical ties;
+    """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR:
+    bit-identical ties;
     ``max(0).indices`` returns the first maximal index like ``argmax`` and is ~3x faster on CPU)."""
     return masks.softmax(0).max(0).indices
 
 
 def pil_nearest_indices(n_in: int, n_out: int, device=None) -> Tensor:
-    """(n_out,) int64 source index of each output row (or column) of PIL's NEAREST resize n_in -> n_out.
+    """(n_out,) int64 source index of each output row (or column) of PIL's NEAREST resize n_in ->
+    n_out.
 
     Pillow (``ImagingScaleAffine``) steps ``x = scale / 2``, ``x += scale`` in float64 and truncates
     (scale = n_in / n_out). PyTorch's ``nearest-exact`` (floor((i + 0.5) * scale)) differs from it
-    wherever the accumulated sum falls just below an integer, e.g. on 0.3% of the pixels for 800x800 ->
+    wherever the accumulated sum falls just below an integer, e.g. on 0.3% of the pixels for 800x800
+    ->
     612x612 and 20% for 64x64 -> 48x48."""
     scale = n_in / n_out
     steps = np.full(n_out, scale, dtype=np.float64)
@@ -54,26 +62,33 @@ def pil_nearest_indices(n_in: int, n_out: int, device=None) -> Tensor:
 
 
 def bilinear_taps(n_in: int, n_out: int, sel: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples ``sel`` of
-    PyTorch's bilinear (align_corners=False) resize n_in -> n_out, computed as its kernel does: source
-    position ``scale * (i + 0.5) - 0.5`` (scale = float32(n_in) / n_out) rounded once to float32 and
-    clamped at 0, ``i0 = floor``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = position - i0``, ``w0 = 1 - w1``."""
+    """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples
+    ``sel`` of PyTorch's bilinear (align_corners=False) resize n_in -> n_out, computed as its kernel
+    does: source position ``scale * (i + 0.5) - 0.5`` (scale = float32(n_in) / n_out) rounded once
+    to float32 and
+    clamped at 0, ``i0 = floor``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = position - i0``, ``w0 = 1 -
+    w1``."""
     scale = float(np.float32(n_in) / np.float32(n_out))
-    src = ((sel.double() + 0.5) * scale - 0.5).float().clamp(min=0)  # float64 product is exact: one rounding
+    src = (
+        ((sel.double() + 0.5) * scale - 0.5).float().clamp(min=0)
+    )  # float64 product is exact: one rounding
     i0 = src.floor().long().clamp(max=n_in - 1)
     w1 = (src - i0.float()).clamp(0, 1)
     return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
 
 
 def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: Tensor) -> Tensor:
-    """(K, hm, wm) -> (K, len(rows), len(cols)): ``F.interpolate(masks, size, mode="bilinear")`` read at
-    ``rows`` x ``cols`` only. Same arithmetic as PyTorch's CPU kernel, ``fma(wr0, t0, wr1 * t1)`` with
-    ``t = fma(wc0, x_left, wc1 * x_right)`` (``addcmul`` fuses the multiply-add the same way), so the values
+    """(K, hm, wm) -> (K, len(rows), len(cols)): ``F.interpolate(masks, size, mode="bilinear")``
+    read at ``rows`` x ``cols`` only. Same arithmetic as PyTorch's CPU kernel, ``fma(wr0, t0, wr1 *
+    t1)`` with ``t = fma(wc0, x_left, wc1 * x_right)`` (``addcmul`` fuses the multiply-add the same
+    way), so the values
     are bit-identical to it on CPU and equal to float rounding elsewhere."""
     _, hm, wm = masks.shape
     r0, r1, wr0, wr1 = (t.to(masks.device) for t in bilinear_taps(hm, size[0], rows))
     c0, c1, wc0, wc1 = (t.to(masks.device) for t in bilinear_taps(wm, size[1], cols))
-    columns = masks.float().transpose(1, 2).contiguous()  # (K, wm, hm): column gathers become row copies
+    columns = (
+        masks.float().transpose(1, 2).contiguous()
+    )  # (K, wm, hm): column gathers become row copies
     left = columns.index_select(1, c0).transpose(1, 2)
     right = columns.index_select(1, c1).transpose(1, 2)
     t = torch.addcmul(right * wc1, left, wc0)  # width pass at the kept columns: (K, hm, C)
@@ -81,28 +96,40 @@ def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: 
 
 
 def _class_predictions(logits: Tensor, label_map: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """(scores, labels) of the argmax over all S+1 softmax outputs; labels are contiguous ids (slots mapped
+    """(scores, labels) of the argmax over all S+1 softmax outputs; labels are contiguous ids (slots
+    mapped
     through ``label_map``; -1 for an unused slot), S for no-object."""
     num_slots = logits.shape[-1] - 1
     scores, labels = logits.float().softmax(-1).max(-1)
     if label_map is not None:
-        labels = torch.where(labels < num_slots, label_map.to(labels.device)[labels.clamp(max=num_slots - 1)], labels)
+        labels = torch.where(
+            labels < num_slots, label_map.to(labels.device)[labels.clamp(max=num_slots - 1)], labels
+        )
     return scores, labels
 
 
 def _rows(masks: Tensor, idx: Tensor, mask_queries: Optional[Tensor]) -> Tensor:
-    """The masks of queries ``idx`` from ``masks``, whose rows are the queries ``mask_queries`` (sorted; all
+    """The masks of queries ``idx`` from ``masks``, whose rows are the queries ``mask_queries``
+    (sorted; all
     queries when None)."""
     if mask_queries is None:
         return masks[idx]
     pos = torch.searchsorted(mask_queries.to(idx.device), idx)
-    if pos.numel() and (pos.max() >= len(mask_queries) or not torch.equal(mask_queries.to(idx.device)[pos], idx)):
-        raise ValueError(f"masks of queries {idx.tolist()} are needed but only {mask_queries.tolist()} were computed")
+    if pos.numel() and (
+        pos.max() >= len(mask_queries) or not torch.equal(mask_queries.to(idx.device)[pos], idx)
+    ):
+        raise ValueError(
+            f"masks of queries {idx.tolist()} are needed but only {mask_queries.tolist()} "
+            "were computed"
+        )
     return masks[pos.to(masks.device)]
 
 
-def panoptic_queries(logits: Tensor, threshold: float, label_map: Optional[Tensor] = None) -> Tensor:
-    """Indices of the queries the panoptic fusion keeps (and whose masks it reads): the argmax over all
+def panoptic_queries(
+    logits: Tensor, threshold: float, label_map: Optional[Tensor] = None
+) -> Tensor:
+    """Indices of the queries the panoptic fusion keeps (and whose masks it reads): the argmax over
+    all
     S+1 outputs is a class (not no-object, not an unused slot) with score > ``threshold``."""
     scores, labels = _class_predictions(logits, label_map)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold) & (labels >= 0)
@@ -127,13 +154,13 @@ def panoptic_fusion(
 
     Args:
         logits: (Q, S+1) class logits over S class slots + no-object.
-        masks: (Q, Hm, Wm) mask logits on the padded batch's stride-4 grid, or (K, Hm, Wm) those of the
-            sorted queries ``mask_queries`` (which must include :func:`panoptic_queries`).
+        masks: (Q, Hm, Wm) mask logits on the padded batch's stride-4 grid, or (K, Hm, Wm) those of
+            the sorted queries ``mask_queries`` (which must include :func:`panoptic_queries`).
         image_size: (h, w) of the network input (after resize, before padding).
         output_size: (H, W) of the returned id map (usually the original image size).
         is_thing: (C,) bool per contiguous class id.
-        label_map: optional (S,) int64 slot -> contiguous id (-1: not a class; such queries are not kept).
-            None means slots are contiguous ids.
+        label_map: optional (S,) int64 slot -> contiguous id (-1: not a class; such queries are not
+            kept). None means slots are contiguous ids.
     Returns:
         id map (H, W) int32 (segments 1..N, 0 = void), and ``segments_info`` dicts with ``id``,
         ``category_id`` (contiguous), ``isthing``, ``score``, ``area``.
@@ -144,8 +171,9 @@ def panoptic_fusion(
     if idx.numel() == 0:
         return torch.zeros((h_out, w_out), dtype=torch.int32, device=logits.device), []
 
-    # Only the pixels of the (h, w) map that PIL's NEAREST resize reads to build the output map matter
-    # (their ids and the output areas): compute the bilinear masks, the argmax and the areas there only.
+    # Only the pixels of the (h, w) map that PIL's NEAREST resize reads to build the output map
+    # matter (their ids and the output areas): compute the bilinear masks, the argmax and the areas
+    # there only.
     rows = pil_nearest_indices(image_size[0], h_out, logits.device)
     cols = pil_nearest_indices(image_size[1], w_out, logits.device)
     rows_u, rows_inv = torch.unique(rows, return_inverse=True)
@@ -193,8 +221,11 @@ def panoptic_fusion(
     return (ids_out + 1).to(torch.int32), segments_info
 
 
-def _thing_predictions(logits: Tensor, is_thing: Tensor, score_threshold: float, label_map: Optional[Tensor]):
-    """(scores, contiguous labels, keep) of the best real class of each query; keep = a thing with a score
+def _thing_predictions(
+    logits: Tensor, is_thing: Tensor, score_threshold: float, label_map: Optional[Tensor]
+):
+    """(scores, contiguous labels, keep) of the best real class of each query; keep = a thing with a
+    score
     above ``score_threshold``."""
     scores, labels = logits.float().softmax(-1)[:, :-1].max(-1)
     if label_map is not None:
@@ -205,7 +236,10 @@ def _thing_predictions(logits: Tensor, is_thing: Tensor, score_threshold: float,
 
 
 def instance_queries(
-    logits: Tensor, is_thing: Tensor, score_threshold: float = 0.0, label_map: Optional[Tensor] = None
+    logits: Tensor,
+    is_thing: Tensor,
+    score_threshold: float = 0.0,
+    label_map: Optional[Tensor] = None,
 ) -> Tensor:
     """Indices of the queries :func:`instance_inference` outputs (and whose masks it reads)."""
     return _thing_predictions(logits, is_thing, score_threshold, label_map)[2].nonzero().flatten()
@@ -224,23 +258,30 @@ def instance_inference(
     score_threshold: float = 0.0,
     mask_queries: Optional[Tensor] = None,
 ) -> Instances:
-    """Detectron2 ``Instances`` of every query whose best real class is a thing with a class score above
-    ``score_threshold`` (0: no threshold, as DETR's COCO detection evaluation). Boxes: the box head's cxcywh
-    (relative to the image) -> XYXY pixels of ``output_size``; masks: sigmoid > 0.5 of the padding-cropped
-    logits resized to ``output_size``; scores: the class probability (softmax over all slots + no-object).
-    ``masks``: (Q, Hm, Wm), or (K, Hm, Wm) of the sorted queries ``mask_queries`` (must include
+    """Detectron2 ``Instances`` of every query whose best real class is a thing with a class score
+    above ``score_threshold`` (0: no threshold, as DETR's COCO detection evaluation). Boxes: the box
+    head's cxcywh (relative to the image) -> XYXY pixels of ``output_size``; masks: sigmoid > 0.5 of
+    the padding-cropped logits resized to ``output_size``; scores: the class probability (softmax
+    over all slots + no-object). ``masks``: (Q, Hm, Wm), or (K, Hm, Wm) of the sorted queries
+    ``mask_queries`` (must include
     :func:`instance_queries`)."""
     scores, labels, keep = _thing_predictions(logits, is_thing, score_threshold, label_map)
     h_out, w_out = output_size
     result = Instances((h_out, w_out))
-    xyxy = box_convert(boxes[keep].float(), "cxcywh", "xyxy") * torch.tensor([w_out, h_out, w_out, h_out], device=boxes.device)
+    xyxy = box_convert(boxes[keep].float(), "cxcywh", "xyxy") * torch.tensor(
+        [w_out, h_out, w_out, h_out], device=boxes.device
+    )
     result.pred_boxes = Boxes(xyxy)
     result.scores = scores[keep]
     result.pred_classes = labels[keep]
     if masks is not None:
-        m = crop_mask_padding(_rows(masks, keep.nonzero().flatten(), mask_queries), image_size, mask_stride)
+        m = crop_mask_padding(
+            _rows(masks, keep.nonzero().flatten(), mask_queries), image_size, mask_stride
+        )
         if m.shape[0]:
-            m = F.interpolate(m[:, None].float(), size=(h_out, w_out), mode="bilinear", align_corners=False)[:, 0]
+            m = F.interpolate(
+                m[:, None].float(), size=(h_out, w_out), mode="bilinear", align_corners=False
+            )[:, 0]
         else:
             m = m.new_zeros((0, h_out, w_out))
         result.pred_masks = m > 0
@@ -257,7 +298,8 @@ def semantic_inference(
     mask_stride: int = 4,
     label_map: Optional[Tensor] = None,
 ) -> Tensor:
-    """(C, H, W) per-class scores: sum over queries of p(class) * sigmoid(mask), as Mask2Former's semantic
+    """(C, H, W) per-class scores: sum over queries of p(class) * sigmoid(mask), as Mask2Former's
+    semantic
     inference, for Detectron2's ``SemSegEvaluator`` (it takes the argmax)."""
     probs = logits.float().softmax(-1)[:, :-1]
     if label_map is not None:  # fold slots into contiguous classes
@@ -266,5 +308,7 @@ def semantic_inference(
         folded.index_add_(1, label_map[valid].to(probs.device), probs[:, valid.to(probs.device)])
         probs = folded
     m = crop_mask_padding(masks, image_size, mask_stride)
-    m = F.interpolate(m[:, None].float(), size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+    m = F.interpolate(
+        m[:, None].float(), size=tuple(output_size), mode="bilinear", align_corners=False
+    )[:, 0]
     return torch.einsum("qc,qhw->chw", probs, m.sigmoid())

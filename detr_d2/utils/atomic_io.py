@@ -6,6 +6,7 @@ target's own folder (same filesystem), flushed and ``fsync``-ed, given the permi
 and Windows). A failure or a kill at any point leaves the target untouched and, except for a hard
 kill, no temporary file behind (temporary names start with ``.`` and end with ``.tmp``).
 """
+
 import contextlib
 import functools
 import io
@@ -40,7 +41,8 @@ def _file_mode() -> int:
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a binary temporary file next to ``path``, fsync it, rename it to ``path``.
+    """Call ``write(f)`` on a binary temporary file next to ``path``, fsync it, rename it to
+    ``path``.
 
     The folder of ``path`` is created if needed. Any exception (also ``KeyboardInterrupt``) removes
     the temporary file and leaves ``path`` as it was.
@@ -95,13 +97,15 @@ def refuse_overwrite(output: str, inputs: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) -> Iterator[str]:
-    """Fill a folder all or nothing: yields a new temporary sibling of ``path`` (``.<name>.*.tmp``); when
-    the block ends normally it is renamed to ``path``, on any exception (also ``KeyboardInterrupt``) it is
-    deleted and ``path`` is left as it was.
+def atomic_directory(
+    path: str, overwrite: bool = False, inputs: Iterable[str] = ()
+) -> Iterator[str]:
+    """Fill a folder all or nothing: yields a new temporary sibling of ``path`` (``.<name>.*.tmp``);
+    when the block ends normally it is renamed to ``path``, on any exception (also
+    ``KeyboardInterrupt``) it is deleted and ``path`` is left as it was.
 
-    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; then it is replaced only
-    at the end. ``path`` may not be, or contain, one of ``inputs`` (``ValueError``).
+    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; then it is replaced
+    only at the end. ``path`` may not be, or contain, one of ``inputs`` (``ValueError``).
     """
     path = os.path.abspath(path)
     for inp in inputs:
@@ -149,12 +153,13 @@ def _dir_mode() -> int:
 @contextlib.contextmanager
 def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) -> Iterator[str]:
     """Write a file all or nothing: yields the path of a new temporary file next to ``path``
-    (``.<name>.*.tmp``, created at once, so an unwritable folder fails before any work); when the block
-    ends normally the file is fsync-ed and renamed to ``path``, on any exception it is deleted.
+    (``.<name>.*.tmp``, created at once, so an unwritable folder fails before any work); when the
+    block ends normally the file is fsync-ed and renamed to ``path``, on any exception it is
+    deleted.
 
-    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; ``path`` may not be one
-    of ``inputs`` (``ValueError``). Nest an :func:`atomic_directory` inside to publish a folder and then
-    the file that describes it (e.g. panoptic PNGs, then their JSON).
+    An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; ``path`` may not be
+    one of ``inputs`` (``ValueError``). Nest an :func:`atomic_directory` inside to publish a folder
+    and then the file that describes it (e.g. panoptic PNGs, then their JSON).
     """
     path = os.path.abspath(path)
     refuse_overwrite(path, inputs)
@@ -163,9 +168,13 @@ def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) 
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+        )
     except OSError as e:
-        raise type(e)(f"cannot write {path}: {e.strerror} (creating a file in {directory})") from None
+        raise type(e)(
+            f"cannot write {path}: {e.strerror} (creating a file in {directory})"
+        ) from None
     os.close(fd)
     try:
         yield tmp
@@ -188,13 +197,18 @@ def check_new_outputs(
     folder_suffixes: Iterable[str] = (".png",),
 ) -> bool:
     """Checks before a tool writes ``output_folder`` (with :func:`atomic_directory`) and then
-    ``output_file`` (with :func:`atomic_file`), run before any work: ``output_file`` may not be one of
-    ``inputs``; existing outputs are refused (``FileExistsError``) unless ``overwrite``, except an
-    empty ``output_folder``; with ``overwrite`` the folder may only hold ``folder_suffixes`` files
-    (:func:`refuse_replacing_other_files`). Returns the ``overwrite`` to give ``atomic_directory``
+    ``output_file`` (with :func:`atomic_file`), run before any work: ``output_file`` may not be one
+    of ``inputs``; existing outputs are refused (``FileExistsError``) unless ``overwrite``, except
+    an empty ``output_folder``; with ``overwrite`` the folder may only hold ``folder_suffixes``
+    files (:func:`refuse_replacing_other_files`). Returns the ``overwrite`` to give
+    ``atomic_directory``
     (also True for an existing empty folder, which has nothing to lose)."""
     refuse_overwrite(output_file, inputs)
-    empty_folder = os.path.isdir(output_folder) and not os.path.islink(output_folder) and not os.listdir(output_folder)
+    empty_folder = (
+        os.path.isdir(output_folder)
+        and not os.path.islink(output_folder)
+        and not os.listdir(output_folder)
+    )
     for path in (output_file, output_folder):
         if os.path.lexists(path) and not overwrite and not (path == output_folder and empty_folder):
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -204,8 +218,9 @@ def check_new_outputs(
 
 
 def refuse_replacing_other_files(folder: str, suffixes: Iterable[str]) -> None:
-    """Raise ``ValueError`` if the existing ``folder`` holds something whose name does not end with one
-    of ``suffixes`` (what the tool writes there): a guard before ``--overwrite`` replaces a whole folder
+    """Raise ``ValueError`` if the existing ``folder`` holds something whose name does not end with
+    one of ``suffixes`` (what the tool writes there): a guard before ``--overwrite`` replaces a
+    whole folder
     that may be the wrong one (e.g. the image folder instead of the PNG folder)."""
     if not os.path.isdir(folder):
         return
@@ -214,12 +229,14 @@ def refuse_replacing_other_files(folder: str, suffixes: Iterable[str]) -> None:
         if not name.endswith(suffixes) or os.path.isdir(os.path.join(folder, name)):
             raise ValueError(
                 f"refusing to replace {folder}: it holds {name!r}, which this tool does not write "
-                f"(only *{'/*'.join(suffixes)} files); choose another output folder or delete it yourself"
+                f"(only *{'/*'.join(suffixes)} files); choose another output folder or "
+                "delete it yourself"
             )
 
 
 def require_new_or_empty_folder(folder: str, overwrite: bool = False) -> None:
-    """Create ``folder`` if needed and check a file can be created in it; unless ``overwrite``, refuse
+    """Create ``folder`` if needed and check a file can be created in it; unless ``overwrite``,
+    refuse
     (``FileExistsError``) a folder that already holds something. Errors name the folder."""
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
         raise FileExistsError(f"{folder} is not empty; pass --overwrite to write into it anyway")

@@ -8,11 +8,12 @@ A tool defines an ``argparse`` parser and a ``run(args) -> int`` function and en
     if __name__ == "__main__":
         sys.exit(main())
 
-Expected failures -- bad input or files (``ValueError``, ``KeyError``, ``OSError`` such as a missing,
-existing or unwritable file) -- end the tool with one line ``error: <message>`` on stderr and exit
-code 1, no traceback; Ctrl-C exits with 130. Set ``DETR_D2_DEBUG=1`` to get the traceback instead.
-Anything else (a bug) is raised as usual.
+Expected failures -- bad input or files (``ValueError``, ``KeyError``, ``OSError`` such as a
+missing, existing or unwritable file) -- end the tool with one line ``error: <message>`` on stderr
+and exit code 1, no traceback; Ctrl-C exits with 130. Set ``DETR_D2_DEBUG=1`` to get the traceback
+instead. Anything else (a bug) is raised as usual.
 """
+
 import argparse
 import logging
 import os
@@ -26,7 +27,9 @@ EXPECTED_ERRORS = (ValueError, KeyError, OSError)
 
 def tool_parser(doc: Optional[str]) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` whose ``--help`` prints the tool's module docstring as written."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def run_tool(
@@ -34,7 +37,8 @@ def run_tool(
     parser: argparse.ArgumentParser,
     argv: Optional[Sequence[str]] = None,
 ) -> int:
-    """Parse ``argv`` with ``parser`` and call ``run(args)``; returns the exit code (see module doc)."""
+    """Parse ``argv`` with ``parser`` and call ``run(args)``; returns the exit code (see module
+    doc)."""
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -1,4 +1,5 @@
 """Import the repository's command-line scripts (``tools/*.py``, ``datasets/*.py``) in tests."""
+
 import importlib.util
 import os
 import sys
@@ -8,8 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def load_script(name: str, folder: str = "tools") -> ModuleType:
-    """The module ``<folder>/<name>.py`` (a fresh import). ``tools/`` is put on ``sys.path`` as when the
-    script runs (``python tools/x.py``), so the benchmarks find their sibling ``benchmark_utils``."""
+    """The module ``<folder>/<name>.py`` (a fresh import). ``tools/`` is put on ``sys.path`` as when
+    the
+    script runs (``python tools/x.py``), so the benchmarks find their sibling
+    ``benchmark_utils``."""
     tools = os.path.join(ROOT, "tools")
     if tools not in sys.path:
         sys.path.append(tools)

@@ -1,9 +1,11 @@
-"""Synthetic panoptic ground truth and randomly perturbed predictions (for evaluator tests/benchmarks).
+"""Synthetic panoptic ground truth and randomly perturbed predictions (for evaluator
+tests/benchmarks).
 
 Id maps here are (H, W) integer arrays of COCO-panoptic segment ids (0 = VOID); ``segments_info``
 entries carry *dataset* category ids. Predictions come out like a model's: ids renumbered 1..N
 (int32) with ``{"id", "category_id"}`` entries.
 """
+
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,7 +20,14 @@ __all__ = [
 ]
 
 PERTURBATIONS = (
-    "drop", "merge", "shift", "relabel", "void", "crowd_overlap", "extra", "noise",
+    "drop",
+    "merge",
+    "shift",
+    "relabel",
+    "void",
+    "crowd_overlap",
+    "extra",
+    "noise",
 )
 
 
@@ -105,14 +114,20 @@ def perturb_prediction(
                 keep = np.zeros_like(mask)  # a box-shaped part of the crowd region
                 keep[_random_box(rng, height, width, 1.0)] = True
                 # Same category most of the time (the crowd-ignore rule applies), else a random one.
-                cat = crowd["category_id"] if rng.random() < 0.7 else int(rng.choice(list(category_ids)))
+                cat = (
+                    crowd["category_id"]
+                    if rng.random() < 0.7
+                    else int(rng.choice(list(category_ids)))
+                )
                 sid = new_segment(cat)
                 pred[mask & keep] = sid
                 if rng.random() < 0.5:  # spill outside the crowd region
                     pred[_random_box(rng, height, width, 0.2)] = sid
         elif op == "extra":
             for _ in range(int(rng.integers(1, 4))):
-                pred[_random_box(rng, height, width, 0.3)] = new_segment(rng.choice(list(category_ids)))
+                pred[_random_box(rng, height, width, 0.3)] = new_segment(
+                    rng.choice(list(category_ids))
+                )
         elif op == "noise" and ids:
             box = _random_box(rng, height, width, 0.5)
             region = pred[box]
@@ -126,7 +141,8 @@ def perturb_prediction(
     out = new_ids[inverse].reshape(height, width)
     segments_info = [
         {"id": int(new), "category_id": info[int(old)]["category_id"]}
-        for old, new in zip(old_ids.tolist(), new_ids.tolist()) if old != 0
+        for old, new in zip(old_ids.tolist(), new_ids.tolist())
+        if old != 0
     ]
     return out, segments_info
 
@@ -159,7 +175,7 @@ def make_synthetic_panoptic_gt(
 
     def fresh_id() -> int:
         while True:
-            sid = int(rng.integers(1, 256 ** 3))
+            sid = int(rng.integers(1, 256**3))
             if sid not in used:
                 used.add(sid)
                 return sid
@@ -198,13 +214,30 @@ def make_synthetic_panoptic_gt(
             continue
         ys, xs = np.nonzero(id_map == sid)
         cat, crowd = seg_category[sid]
-        segments_info.append({
-            "id": sid, "category_id": cat, "iscrowd": crowd, "area": int(area),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-        })
+        segments_info.append(
+            {
+                "id": sid,
+                "category_id": cat,
+                "iscrowd": crowd,
+                "area": int(area),
+                "bbox": [
+                    int(xs.min()),
+                    int(ys.min()),
+                    int(xs.max() - xs.min() + 1),
+                    int(ys.max() - ys.min() + 1),
+                ],
+            }
+        )
     if absent_segment and things:
-        segments_info.append({"id": fresh_id(), "category_id": int(rng.choice(things)), "iscrowd": 0,
-                              "area": 50, "bbox": [0, 0, 5, 10]})
+        segments_info.append(
+            {
+                "id": fresh_id(),
+                "category_id": int(rng.choice(things)),
+                "iscrowd": 0,
+                "area": 50,
+                "bbox": [0, 0, 5, 10],
+            }
+        )
     order = rng.permutation(len(segments_info))
     return id_map, [segments_info[i] for i in order]
 
@@ -217,8 +250,16 @@ def write_panoptic_json(
 ) -> None:
     """Write a COCO panoptic JSON (``images``, ``annotations``, ``categories``)."""
     if images is None:
-        images = [{"id": a["image_id"], "file_name": os.path.splitext(a["file_name"])[0] + ".jpg"}
-                  for a in annotations]
+        images = [
+            {"id": a["image_id"], "file_name": os.path.splitext(a["file_name"])[0] + ".jpg"}
+            for a in annotations
+        ]
     with open(path, "w") as f:
-        json.dump({"images": list(images), "annotations": list(annotations),
-                   "categories": list(categories)}, f)
+        json.dump(
+            {
+                "images": list(images),
+                "annotations": list(annotations),
+                "categories": list(categories),
+            },
+            f,
+        )

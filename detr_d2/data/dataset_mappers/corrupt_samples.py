@@ -2,11 +2,12 @@
 
 A mapper that may skip samples holds one :class:`CorruptSampleCounter`. Each data-loader process has
 its own copy of the mapper (Detectron2 forks or pickles it into every worker), so counts are per
-process: the samples this process read and the ones it skipped. A corrupt file counts each time it is
-drawn. Training stops (an error naming the last file) once a process has skipped more than
+process: the samples this process read and the ones it skipped. A corrupt file counts each time it
+is drawn. Training stops (an error naming the last file) once a process has skipped more than
 ``max_fraction * max(reads, MIN_READS)`` samples: up to ``max_fraction * 1000`` corrupt samples are
 tolerated at the start, then ``max_fraction`` of everything read.
 """
+
 import logging
 
 import torch
@@ -26,18 +27,21 @@ def _process_name() -> str:
 
 
 class CorruptSampleCounter:
-    """Counts the samples one process read and the corrupt ones it skipped (see the module docstring).
+    """Counts the samples one process read and the corrupt ones it skipped (see the module
+    docstring).
 
-    Call :meth:`read` for every sample, :meth:`skip` for each corrupt one (it logs a warning naming the
-    sample, puts ``data/corrupt_samples`` into the current ``EventStorage`` when the mapper runs in the
-    training process, and raises :class:`TooManyCorruptSamplesError` past the limit).
+    Call :meth:`read` for every sample, :meth:`skip` for each corrupt one (it logs a warning naming
+    the sample, puts ``data/corrupt_samples`` into the current ``EventStorage`` when the mapper runs
+    in the training process, and raises :class:`TooManyCorruptSamplesError` past the limit).
     """
 
     MIN_READS = 1000
 
     def __init__(self, max_fraction: float):
         if not 0.0 <= max_fraction < 1.0:
-            raise ValueError(f"DATALOADER.MAX_CORRUPT_FRACTION must be in [0, 1), got {max_fraction}")
+            raise ValueError(
+                f"DATALOADER.MAX_CORRUPT_FRACTION must be in [0, 1), got {max_fraction}"
+            )
         self.max_fraction = float(max_fraction)
         self.reads = 0
         self.corrupt = 0
@@ -52,7 +56,8 @@ class CorruptSampleCounter:
         counts = f"{self.corrupt} corrupt of {self.reads} samples read by {_process_name()}"
         if self.corrupt > allowed:
             raise TooManyCorruptSamplesError(
-                f"too many corrupt training samples: {counts}, more than DATALOADER.MAX_CORRUPT_FRACTION "
+                f"too many corrupt training samples: {counts}, more than "
+                "DATALOADER.MAX_CORRUPT_FRACTION "
                 f"{self.max_fraction} x max({self.reads}, {self.MIN_READS}); last one: {error}"
             ) from error
         logger.warning(f"skipped a corrupt training sample ({counts}): {error}")
@@ -60,6 +65,8 @@ class CorruptSampleCounter:
             from detectron2.utils.events import get_event_storage
 
             try:
-                get_event_storage().put_scalar("data/corrupt_samples", self.corrupt, smoothing_hint=False)
+                get_event_storage().put_scalar(
+                    "data/corrupt_samples", self.corrupt, smoothing_hint=False
+                )
             except AssertionError:  # no EventStorage: not inside a training loop
                 pass

@@ -17,7 +17,12 @@ from ..panoptic_io import check_png_ids_listed, read_panoptic_png, rgb2id
 from ..transforms import build_detr_test_augmentation, build_detr_train_augmentation
 from .corrupt_samples import CorruptSampleCounter
 
-__all__ = ["DetrPanopticDatasetMapper", "read_image_checked", "check_image_array", "panoptic_to_instances"]
+__all__ = [
+    "DetrPanopticDatasetMapper",
+    "read_image_checked",
+    "check_image_array",
+    "panoptic_to_instances",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +54,32 @@ def read_image_checked(file_name: str, image_format: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
         raise ValueError(f"{file_name} (file_name): cannot be decoded as an image: {e}") from None
     if image.size == 0:
-        raise ValueError(f"{file_name} (file_name): the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+        raise ValueError(
+            f"{file_name} (file_name): the image is empty ({image.shape[1]}x{image.shape[0]} "
+            "pixels)"
+        )
     return image
 
 
 def check_image_array(image: Any, where: str, channel_order: str = "BGR") -> None:
-    """Raise ``ValueError`` naming ``where`` unless ``image`` is a non-empty HxWx3 ``uint8`` numpy array.
+    """Raise ``ValueError`` naming ``where`` unless ``image`` is a non-empty HxWx3 ``uint8`` numpy
+    array.
 
-    Pixel values must be ``uint8`` 0..255 (what ``cv2.imread`` / ``detectron2.data.detection_utils.read_image``
-    give): a float image, e.g. in [0, 1], or one with NaN is refused with a hint how to convert it.
+    Pixel values must be ``uint8`` 0..255 (what ``cv2.imread`` /
+    ``detectron2.data.detection_utils.read_image`` give): a float image, e.g. in [0, 1], or one with
+    NaN is refused with a hint how to convert it.
     """
     expected = f"an HxWx3 {channel_order} uint8 image (values 0..255, as cv2.imread returns)"
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{where}: expected {expected}, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{where}: expected {expected}, got an array of shape {tuple(image.shape)}")
+        raise ValueError(
+            f"{where}: expected {expected}, got an array of shape {tuple(image.shape)}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{where}: expected {expected}, got an empty image of shape {tuple(image.shape)}")
+        raise ValueError(
+            f"{where}: expected {expected}, got an empty image of shape {tuple(image.shape)}"
+        )
     if image.dtype == np.uint8:
         return
     problem = f"got dtype {image.dtype}"
@@ -75,7 +89,8 @@ def check_image_array(image: Any, where: str, channel_order: str = "BGR") -> Non
             problem += f" with {int((~finite).sum())} NaN/inf values"
         elif image.max() <= 1.0:
             problem += (
-                f" with values in [{image.min():.3g}, {image.max():.3g}] (a [0, 1] image: convert with "
+                f" with values in [{image.min():.3g}, {image.max():.3g}] (a [0, 1] image: "
+                "convert with "
                 "(image * 255).round().astype(np.uint8))"
             )
         else:
@@ -148,7 +163,9 @@ class DetrPanopticDatasetMapper:
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
-        self.corrupt_samples = CorruptSampleCounter(max_corrupt_fraction) if skip_corrupt_samples else None
+        self.corrupt_samples = (
+            CorruptSampleCounter(max_corrupt_fraction) if skip_corrupt_samples else None
+        )
         mode = "training" if is_train else "inference"
         logger.info(f"[DetrPanopticDatasetMapper] augmentations in {mode}: {augmentations}")
 
@@ -177,7 +194,8 @@ class DetrPanopticDatasetMapper:
         return self._map(dataset_dict, image, pan_rgb)
 
     def _read(self, dataset_dict: Dict[str, Any]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """(image HxWxC uint8, panoptic PNG HxWx3 uint8 or None at inference), checked against the dict."""
+        """(image HxWxC uint8, panoptic PNG HxWx3 uint8 or None at inference), checked against the
+        dict."""
         image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)  # also fills height/width if absent
 
@@ -198,7 +216,9 @@ class DetrPanopticDatasetMapper:
             )
         return image, pan_rgb
 
-    def _map(self, dataset_dict: Dict[str, Any], image: np.ndarray, pan_rgb: Optional[np.ndarray]) -> Dict[str, Any]:
+    def _map(
+        self, dataset_dict: Dict[str, Any], image: np.ndarray, pan_rgb: Optional[np.ndarray]
+    ) -> Dict[str, Any]:
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image

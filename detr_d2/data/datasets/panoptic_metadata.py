@@ -151,8 +151,10 @@ def class_info_from_metadata(metadata: Any) -> Tuple[int, List[bool], Dict[int, 
     stuff = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", {}) or {})
     if not thing and not stuff:
         raise ValueError(
-            f"dataset '{metadata.name}': metadata has neither thing_dataset_id_to_contiguous_id nor "
-            "stuff_dataset_id_to_contiguous_id; register it with detr_d2.data.register_panoptic_dataset"
+            f"dataset '{metadata.name}': metadata has neither "
+            "thing_dataset_id_to_contiguous_id nor "
+            "stuff_dataset_id_to_contiguous_id; register it with "
+            "detr_d2.data.register_panoptic_dataset"
         )
     dataset_to_contig = {**stuff, **thing}
     num = max(dataset_to_contig.values()) + 1
@@ -167,8 +169,8 @@ class ClassSlots:
     """How the classifier's rows map to a dataset's classes.
 
     ``num_slots``: rows before the no-object row (``MODEL.DETR.NUM_CLASSES``); ``is_thing``: per
-    contiguous class id; ``label_map``: slot -> contiguous id (-1 for unused slots) when the slots are
-    dataset category ids (``CLASS_SLOTS dataset_id``), None when they are contiguous ids.
+    contiguous class id; ``label_map``: slot -> contiguous id (-1 for unused slots) when the slots
+    are dataset category ids (``CLASS_SLOTS dataset_id``), None when they are contiguous ids.
     """
 
     num_slots: int
@@ -177,44 +179,60 @@ class ClassSlots:
 
 
 def class_slots(num_classes: int, slots: str, dataset_names: Sequence[str]) -> ClassSlots:
-    """The classifier layout for ``MODEL.DETR.NUM_CLASSES`` / ``CLASS_SLOTS`` and the datasets' metadata.
+    """The classifier layout for ``MODEL.DETR.NUM_CLASSES`` / ``CLASS_SLOTS`` and the datasets'
+    metadata.
 
     Every dataset in ``dataset_names`` that has panoptic id mappings must have the same classes (the
-    first one defines them). ``slots="contiguous"``: ``num_classes`` must equal the number of classes
-    (0 derives it). ``slots="dataset_id"`` (logit index = dataset category id, as the official
-    checkpoints): ``num_classes`` must exceed the largest dataset id (0 derives it). Without any dataset
-    metadata, ``num_classes`` contiguous classes, all things. Errors give both numbers and the config key.
+    first one defines them). ``slots="contiguous"``: ``num_classes`` must equal the number of
+    classes (0 derives it). ``slots="dataset_id"`` (logit index = dataset category id, as the
+    official checkpoints): ``num_classes`` must exceed the largest dataset id (0 derives it).
+    Without any dataset metadata, ``num_classes`` contiguous classes, all things. Errors give both
+    numbers and the config key.
     """
     if slots not in ("contiguous", "dataset_id"):
-        raise ValueError(f"MODEL.DETR.CLASS_SLOTS must be 'contiguous' or 'dataset_id', got {slots!r}")
+        raise ValueError(
+            f"MODEL.DETR.CLASS_SLOTS must be 'contiguous' or 'dataset_id', got {slots!r}"
+        )
     names = list(dataset_names)
     infos = []
     for name in names:
         md = MetadataCatalog.get(name)
-        if hasattr(md, "thing_dataset_id_to_contiguous_id") or hasattr(md, "stuff_dataset_id_to_contiguous_id"):
+        if hasattr(md, "thing_dataset_id_to_contiguous_id") or hasattr(
+            md, "stuff_dataset_id_to_contiguous_id"
+        ):
             infos.append((name, class_info_from_metadata(md)))
     if not infos:
         if num_classes <= 0:
             raise ValueError(
-                "MODEL.DETR.NUM_CLASSES <= 0 asks to derive it from the dataset metadata, but no dataset in "
+                "MODEL.DETR.NUM_CLASSES <= 0 asks to derive it from the dataset metadata, "
+                "but no dataset in "
                 f"DATASETS.TRAIN/TEST ({names}) has panoptic id mappings"
             )
         if slots == "dataset_id":
-            raise ValueError("MODEL.DETR.CLASS_SLOTS 'dataset_id' needs a dataset with panoptic metadata in DATASETS")
-        logger.warning("No panoptic metadata in DATASETS; treating all %d classes as things", num_classes)
+            raise ValueError(
+                "MODEL.DETR.CLASS_SLOTS 'dataset_id' needs a dataset with panoptic metadata "
+                "in DATASETS"
+            )
+        logger.warning(
+            "No panoptic metadata in DATASETS; treating all %d classes as things", num_classes
+        )
         return ClassSlots(num_classes, [True] * num_classes)
     name, (num_contig, is_thing, ds_to_contig) = infos[0]
     for other, info in infos[1:]:
         if info != (num_contig, is_thing, ds_to_contig):
             raise ValueError(
-                f"datasets '{name}' and '{other}' have different classes ({num_contig} vs {info[0]} classes or "
-                "different id mappings); one model can only train/evaluate on datasets with the same classes"
+                f"datasets '{name}' and '{other}' have different classes ({num_contig} vs "
+                f"{info[0]} classes or "
+                "different id mappings); one model can only train/evaluate on datasets with "
+                "the same classes"
             )
     if slots == "contiguous":
         if num_classes > 0 and num_classes != num_contig:
             raise ValueError(
-                f"MODEL.DETR.NUM_CLASSES = {num_classes} but dataset '{name}' has {num_contig} classes "
-                f"({sum(is_thing)} things + {num_contig - sum(is_thing)} stuff). Set MODEL.DETR.NUM_CLASSES "
+                f"MODEL.DETR.NUM_CLASSES = {num_classes} but dataset '{name}' has "
+                f"{num_contig} classes "
+                f"({sum(is_thing)} things + {num_contig - sum(is_thing)} stuff). Set "
+                "MODEL.DETR.NUM_CLASSES "
                 f"{num_contig} (or 0 to derive it from the metadata)."
             )
         return ClassSlots(num_contig, is_thing)

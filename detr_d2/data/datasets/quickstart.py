@@ -343,7 +343,9 @@ def register_quickstart(root: Optional[str] = None) -> None:
     root = quickstart_root() if root is None else root
     for name, (split, num_images, seed) in QUICKSTART_SPLITS.items():
         image_dir, png_dir, json_path = _split_paths(root, split)
-        meta = panoptic_dataset_metadata(QUICKSTART_CATEGORIES, "quickstart categories", image_dir, png_dir, json_path)
+        meta = panoptic_dataset_metadata(
+            QUICKSTART_CATEGORIES, "quickstart categories", image_dir, png_dir, json_path
+        )
 
         def load(
             split=split,

@@ -1,4 +1,5 @@
-"""Register COCO-panoptic datasets listed in a YAML file, with the checks of ``register_panoptic_dataset``.
+"""Register COCO-panoptic datasets listed in a YAML file, with the checks of
+``register_panoptic_dataset``.
 
 The config key ``DATASETS.REGISTER_FILES`` lists such files; :func:`register_datasets_from_config`
 registers them before a model is built (``detr_d2.engine.setup`` for ``tools/train_net.py``,
@@ -78,14 +79,16 @@ def _parse_entry(raw: Any, where: str, base: str) -> DatasetEntry:
     """Check one entry (``where`` names it in errors); relative paths are joined to ``base``."""
     if not isinstance(raw, dict):
         raise ValueError(
-            f"{where}: expected a mapping with fields {list(REQUIRED_FIELDS)}, got {type(raw).__name__} {raw!r:.80}"
+            f"{where}: expected a mapping with fields {list(REQUIRED_FIELDS)}, got "
+            f"{type(raw).__name__} {raw!r:.80}"
         )
     if isinstance(raw.get("name"), str):
         where += f" ({raw['name']})"
     unknown = sorted(str(k) for k in raw if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(
-            f"{where}: unknown field(s) {unknown}; the fields are {list(REQUIRED_FIELDS)} and optionally "
+            f"{where}: unknown field(s) {unknown}; the fields are {list(REQUIRED_FIELDS)} "
+            "and optionally "
             f"{list(OPTIONAL_FIELDS)}"
         )
     missing = [f for f in REQUIRED_FIELDS if f not in raw]
@@ -98,9 +101,13 @@ def _parse_entry(raw: Any, where: str, base: str) -> DatasetEntry:
             continue
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: field '{field}' must be a non-empty string, got {value!r}")
-        values[field] = os.path.normpath(os.path.join(base, value)) if field in PATH_FIELDS else value
+        values[field] = (
+            os.path.normpath(os.path.join(base, value)) if field in PATH_FIELDS else value
+        )
     if values.get("missing", "error") not in ("error", "skip"):
-        raise ValueError(f"{where}: field 'missing' must be 'error' or 'skip', got {values['missing']!r}")
+        raise ValueError(
+            f"{where}: field 'missing' must be 'error' or 'skip', got {values['missing']!r}"
+        )
     return DatasetEntry(where=where, **values)
 
 
@@ -119,7 +126,8 @@ def read_dataset_file(path: str) -> List[DatasetEntry]:
         raise ValueError(f"{path}: cannot be parsed as YAML: {e}") from e
     if not isinstance(data, list) or not data:
         raise ValueError(
-            f"{path}: expected a non-empty YAML list of datasets (each with {list(REQUIRED_FIELDS)}), "
+            f"{path}: expected a non-empty YAML list of datasets (each with "
+            f"{list(REQUIRED_FIELDS)}), "
             f"got {data!r:.80}"
         )
     base = os.path.dirname(os.path.abspath(path))
@@ -134,7 +142,9 @@ def read_dataset_file(path: str) -> List[DatasetEntry]:
 
 def _same_registration(meta: Any, entry: DatasetEntry) -> bool:
     def same(a: Optional[str], b: Optional[str]) -> bool:
-        return (a is None and b is None) or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
+        return (a is None and b is None) or (
+            a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b)
+        )
 
     return (
         same(getattr(meta, "image_root", None), entry.image_root)
@@ -223,9 +233,10 @@ def write_dataset_file(path: str, entries: Sequence[DatasetEntry]) -> None:
 
 
 def add_command_line_datasets(cfg: Any, datasets: Sequence[Sequence[str]]) -> Optional[str]:
-    """``--register-dataset NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON`` (each a 4-tuple; paths relative to
-    the working directory): check them, write them to ``OUTPUT_DIR/registered_datasets.yaml`` and append
-    that file to ``cfg.DATASETS.REGISTER_FILES`` (``cfg`` must not be frozen). Returns the file, or None
+    """``--register-dataset NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON`` (each a 4-tuple; paths
+    relative to the working directory): check them, write them to
+    ``OUTPUT_DIR/registered_datasets.yaml`` and append that file to ``cfg.DATASETS.REGISTER_FILES``
+    (``cfg`` must not be frozen). Returns the file, or None
     when ``datasets`` is empty. The run's saved ``config.yaml`` then registers them again."""
     if not datasets:
         return None
@@ -233,7 +244,10 @@ def add_command_line_datasets(cfg: Any, datasets: Sequence[Sequence[str]]) -> Op
     for i, values in enumerate(datasets):
         where = f"--register-dataset #{i + 1}"
         if len(values) != len(REQUIRED_FIELDS):
-            raise ValueError(f"{where}: expected {' '.join(f.upper() for f in REQUIRED_FIELDS)}, got {list(values)}")
+            raise ValueError(
+                f"{where}: expected {' '.join(f.upper() for f in REQUIRED_FIELDS)}, got "
+                f"{list(values)}"
+            )
         entries.append(_parse_entry(dict(zip(REQUIRED_FIELDS, values)), where, os.getcwd()))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):

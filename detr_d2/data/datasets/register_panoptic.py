@@ -18,7 +18,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..panoptic_io import read_json, require_keys
 from .panoptic_metadata import build_panoptic_metadata
 
-__all__ = ["load_panoptic_json", "panoptic_dataset_metadata", "register_panoptic_dataset", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "load_panoptic_json",
+    "panoptic_dataset_metadata",
+    "register_panoptic_dataset",
+    "IMAGE_EXTENSIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +154,9 @@ def load_panoptic_json(
             "segments_info": segments,
         }
         if image_entry is not None and "height" in image_entry and "width" in image_entry:
-            record["height"], record["width"] = int(image_entry["height"]), int(
-                image_entry["width"]
+            record["height"], record["width"] = (
+                int(image_entry["height"]),
+                int(image_entry["width"]),
             )
         dicts.append(record)
 
@@ -177,7 +183,8 @@ def panoptic_dataset_metadata(
     panoptic_json: str,
     json_file: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The metadata :func:`register_panoptic_dataset` registers (see there); errors name ``source``."""
+    """The metadata :func:`register_panoptic_dataset` registers (see there); errors name
+    ``source``."""
     meta = build_panoptic_metadata(categories, source)
     meta.update(
         panoptic_root=panoptic_root,
@@ -228,7 +235,9 @@ def register_panoptic_dataset(
         source = panoptic_json
     else:
         source = f"categories passed for dataset {name!r}"
-    meta = panoptic_dataset_metadata(categories, source, image_root, panoptic_root, panoptic_json, json_file)
+    meta = panoptic_dataset_metadata(
+        categories, source, image_root, panoptic_root, panoptic_json, json_file
+    )
     DatasetCatalog.register(
         name, lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, meta, missing)
     )

@@ -4,6 +4,14 @@ pipeline and its panoptic post-processor, written from the documented facts of f
 
 Not part of the installed package: tests and benchmarks (from a checkout) import it.
 """
+
+from .inputs import (
+    NestedTensor,
+    detr_resized_hw,
+    load_rgb_image,
+    nested_tensor_from_tensor_list,
+    official_eval_transform,
+)
 from .model import (
     DETR,
     DETRsegm,
@@ -12,13 +20,6 @@ from .model import (
     build_official_detr,
     official_state_dict_template,
     randomize_frozen_batchnorm_,
-)
-from .inputs import (
-    NestedTensor,
-    detr_resized_hw,
-    load_rgb_image,
-    nested_tensor_from_tensor_list,
-    official_eval_transform,
 )
 from .postprocess import PostProcessPanoptic, decode_panoptic_png, official_is_thing_map
 

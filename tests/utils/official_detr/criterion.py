@@ -1,14 +1,15 @@
-"""DETR's training criterion as published (facebookresearch/detr ``models/matcher.py``, ``models/detr.py``
-``SetCriterion`` and ``build``, ``models/segmentation.py`` losses, ``util/box_ops.py``), for the reference
-oracle: the official stage-2 (mask head) training step the benchmarks compare against.
+"""DETR's training criterion as published (facebookresearch/detr ``models/matcher.py``,
+``models/detr.py`` ``SetCriterion`` and ``build``, ``models/segmentation.py`` losses,
+``util/box_ops.py``), for the reference oracle: the official stage-2 (mask head) training step the
+benchmarks compare against.
 
 Conventions (official): ``outputs`` ``pred_logits`` (B, Q, K+1) (last = no object), ``pred_boxes``
 (B, Q, 4) normalised cxcywh, ``pred_masks`` (B, Q, Hm, Wm) logits of **every** query, optional
 ``aux_outputs``; ``targets`` per image ``labels`` (N,) class slots (dataset ids), ``boxes`` (N, 4)
 normalised cxcywh, ``masks`` (N, H, W) at the image's input size. The mask losses take the matched
-queries' masks from ``pred_masks`` (computed for all queries by the model), upsample them bilinearly to
-the zero-padded target size and apply the sigmoid focal loss (alpha 0.25, gamma 2) and the dice loss.
-Losses are unweighted; ``weight_dict`` holds the weights, and the training step sums
+queries' masks from ``pred_masks`` (computed for all queries by the model), upsample them bilinearly
+to the zero-padded target size and apply the sigmoid focal loss (alpha 0.25, gamma 2) and the dice
+loss. Losses are unweighted; ``weight_dict`` holds the weights, and the training step sums
 ``loss_dict[k] * weight_dict[k]`` over the keys present in both (as ``engine.train_one_epoch``).
 """
 
@@ -82,7 +83,9 @@ class HungarianMatcher(nn.Module):
         assert cost_class != 0 or cost_bbox != 0 or cost_giou != 0, "all costs cant be 0"
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> List[Tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]
+    ) -> List[Tuple[Tensor, Tensor]]:
         bs, num_queries = outputs["pred_logits"].shape[:2]
         out_prob = outputs["pred_logits"].flatten(0, 1).softmax(-1)
         out_bbox = outputs["pred_boxes"].flatten(0, 1)
@@ -95,7 +98,10 @@ class HungarianMatcher(nn.Module):
         c = c.view(bs, num_queries, -1).cpu()
         sizes = [len(v["boxes"]) for v in targets]
         indices = [linear_sum_assignment(m[i]) for i, m in enumerate(c.split(sizes, -1))]
-        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+        return [
+            (torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64))
+            for i, j in indices
+        ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +116,9 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     return loss.sum() / num_boxes
 
 
-def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2) -> Tensor:
+def sigmoid_focal_loss(
+    inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2
+) -> Tensor:
     prob = inputs.sigmoid()
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
@@ -135,11 +143,18 @@ def _accuracy(output: Tensor, target: Tensor) -> Tensor:
 
 
 class SetCriterion(nn.Module):
-    """Hungarian matching on the last decoder layer, then the requested losses (``labels``, ``cardinality``,
+    """Hungarian matching on the last decoder layer, then the requested losses (``labels``,
+    ``cardinality``,
     ``boxes``, ``masks``); auxiliary layers get every loss but ``masks``."""
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: Dict[str, float], eos_coef: float,
-                 losses: Sequence[str]):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Sequence[str],
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -154,7 +169,9 @@ class SetCriterion(nn.Module):
         src_logits = outputs["pred_logits"]
         idx = self._get_src_permutation_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
+        target_classes = torch.full(
+            src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device
+        )
         target_classes[idx] = target_classes_o
         loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
         losses = {"loss_ce": loss_ce}
@@ -165,7 +182,9 @@ class SetCriterion(nn.Module):
     @torch.no_grad()
     def loss_cardinality(self, outputs, targets, indices, num_boxes):
         pred_logits = outputs["pred_logits"]
-        tgt_lengths = torch.as_tensor([len(v["labels"]) for v in targets], device=pred_logits.device)
+        tgt_lengths = torch.as_tensor(
+            [len(v["labels"]) for v in targets], device=pred_logits.device
+        )
         card_pred = (pred_logits.argmax(-1) != pred_logits.shape[-1] - 1).sum(1)
         return {"cardinality_error": F.l1_loss(card_pred.float(), tgt_lengths.float())}
 
@@ -174,11 +193,14 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        loss_giou = 1 - torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes)))
+        loss_giou = 1 - torch.diag(
+            generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
+        )
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
     def loss_masks(self, outputs, targets, indices, num_boxes):
-        """Index the matched queries out of ``pred_masks`` (all queries' masks), upsample to the padded
+        """Index the matched queries out of ``pred_masks`` (all queries' masks), upsample to the
+        padded
         target size, focal + dice against the zero-padded target masks."""
         src_idx = self._get_src_permutation_idx(indices)
         tgt_idx = self._get_tgt_permutation_idx(indices)
@@ -188,7 +210,9 @@ class SetCriterion(nn.Module):
         target_masks, _valid = nested_tensor_from_tensor_list(masks).decompose()
         target_masks = target_masks.to(src_masks)
         target_masks = target_masks[tgt_idx]
-        src_masks = F.interpolate(src_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
+        src_masks = F.interpolate(
+            src_masks[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
+        )
         src_masks = src_masks[:, 0].flatten(1)
         target_masks = target_masks.flatten(1)
         target_masks = target_masks.view(src_masks.shape)
@@ -223,7 +247,9 @@ class SetCriterion(nn.Module):
         outputs_without_aux = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         indices = self.matcher(outputs_without_aux, targets)
         num_boxes = sum(len(t["labels"]) for t in targets)
-        num_boxes = torch.as_tensor([num_boxes], dtype=torch.float, device=next(iter(outputs.values())).device)
+        num_boxes = torch.as_tensor(
+            [num_boxes], dtype=torch.float, device=next(iter(outputs.values())).device
+        )
         # single process: no all_reduce, world size 1
         num_boxes = torch.clamp(num_boxes, min=1).item()
         losses: Dict[str, Tensor] = {}
@@ -234,7 +260,8 @@ class SetCriterion(nn.Module):
                 indices = self.matcher(aux_outputs, targets)
                 for loss in self.losses:
                     if loss == "masks":
-                        continue  # intermediate masks losses are too costly to compute, we ignore them
+                        # intermediate masks losses are too costly to compute, we ignore them
+                        continue
                     kwargs = {"log": False} if loss == "labels" else {}
                     l_dict = self.get_loss(loss, aux_outputs, targets, indices, num_boxes, **kwargs)
                     losses.update({k + f"_{i}": v for k, v in l_dict.items()})
@@ -256,9 +283,13 @@ def build_official_criterion(
     dice_loss_coef: float = 1,
     eos_coef: float = 0.1,
 ) -> SetCriterion:
-    """The criterion ``models/detr.py build(args)`` makes, defaults = ``main.py``'s argument defaults
-    (panoptic: 250 class slots; ``--masks`` adds the mask losses; aux losses on unless ``--no_aux_loss``)."""
-    matcher = HungarianMatcher(cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou)
+    """The criterion ``models/detr.py build(args)`` makes, defaults = ``main.py``'s argument
+    defaults
+    (panoptic: 250 class slots; ``--masks`` adds the mask losses; aux losses on unless
+    ``--no_aux_loss``)."""
+    matcher = HungarianMatcher(
+        cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou
+    )
     weight_dict = {"loss_ce": 1, "loss_bbox": bbox_loss_coef}
     weight_dict["loss_giou"] = giou_loss_coef
     if masks:
@@ -272,4 +303,6 @@ def build_official_criterion(
     losses = ["labels", "boxes", "cardinality"]
     if masks:
         losses += ["masks"]
-    return SetCriterion(num_classes, matcher=matcher, weight_dict=weight_dict, eos_coef=eos_coef, losses=losses)
+    return SetCriterion(
+        num_classes, matcher=matcher, weight_dict=weight_dict, eos_coef=eos_coef, losses=losses
+    )

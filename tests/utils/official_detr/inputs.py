@@ -63,12 +63,15 @@ def nested_tensor_from_tensor_list(tensor_list: Sequence[torch.Tensor]) -> Neste
     return NestedTensor(tensor, mask)
 
 
-def detr_resized_hw(width: int, height: int, size: int = 800, max_size: Optional[int] = 1333) -> Tuple[int, int]:
-    """DETR's ``get_size_with_aspect_ratio``: the (height, width) an image of ``width`` x ``height`` gets.
+def detr_resized_hw(
+    width: int, height: int, size: int = 800, max_size: Optional[int] = 1333
+) -> Tuple[int, int]:
+    """DETR's ``get_size_with_aspect_ratio``: the (height, width) an image of ``width`` x ``height``
+    gets.
 
-    If ``long / short * size > max_size`` the short target becomes ``round(max_size * short / long)``
-    (Python ``round``, halves to even); the long side is ``int(short_target * long / short)``
-    (truncated). An image whose short side already equals the target is returned unchanged.
+    If ``long / short * size > max_size`` the short target becomes ``round(max_size * short /
+    long)`` (Python ``round``, halves to even); the long side is ``int(short_target * long /
+    short)`` (truncated). An image whose short side already equals the target is returned unchanged.
     """
     w, h = width, height
     if max_size is not None:
@@ -99,11 +102,13 @@ def official_eval_transform(
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Resize (PIL bilinear, truncating rule) and normalise one RGB PIL image.
 
-    Returns ``(tensor, (h, w))``: a float32 CHW tensor normalised in RGB order and its size, which is
-    the post-processor's ``processed_size``.
+    Returns ``(tensor, (h, w))``: a float32 CHW tensor normalised in RGB order and its size, which
+    is the post-processor's ``processed_size``.
     """
     if image.mode != "RGB":
-        raise ValueError(f"official_eval_transform expects an RGB PIL image, got mode {image.mode!r}")
+        raise ValueError(
+            f"official_eval_transform expects an RGB PIL image, got mode {image.mode!r}"
+        )
     oh, ow = detr_resized_hw(image.width, image.height, size, max_size)
     if (oh, ow) != (image.height, image.width):
         image = TF.resize(image, [oh, ow])  # PIL bilinear on uint8, like torchvision on PIL input

@@ -1,11 +1,12 @@
-"""An independent re-implementation of the official DETR panoptic model (``DETRsegm`` wrapping ``DETR``).
+"""An independent re-implementation of the official DETR panoptic model (``DETRsegm`` wrapping
+``DETR``).
 
 This is the project's *reference oracle*: tests and benchmarks compare ``detr_d2``'s own model
 against it. It is written from the documented facts of facebookresearch/detr at commit 29901c5 (key
-layout, forward pass and post-processor numerics), not from ``detr_d2.modeling``, and keeps **exactly the
-official module and parameter names**: ``OfficialDETRsegm().state_dict()`` has the official
-checkpoint's keys and shapes (R50: 490 tensors, R101: 745; no ``num_batches_tracked``, no ``fc``),
-so an official ``checkpoint["model"]`` loads with ``strict=True``.
+layout, forward pass and post-processor numerics), not from ``detr_d2.modeling``, and keeps
+**exactly the official module and parameter names**: ``OfficialDETRsegm().state_dict()`` has the
+official checkpoint's keys and shapes (R50: 490 tensors, R101: 745; no ``num_batches_tracked``, no
+``fc``), so an official ``checkpoint["model"]`` loads with ``strict=True``.
 
 Conventions: inputs are :class:`NestedTensor` batches built by
 :mod:`tests.utils.official_detr.inputs` (RGB, ImageNet-normalised, padded bottom/right, mask True
@@ -59,8 +60,8 @@ _RESNET_BUILDERS = {
 # Backbone (section 4.1)
 # --------------------------------------------------------------------------------------------------
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics: ``y = x * s + t``, ``s = weight / sqrt(running_var + 1e-5)``,
-    ``t = bias - running_mean * s`` (scale-and-shift form computed on the fly).
+    """BatchNorm2d with fixed statistics: ``y = x * s + t``, ``s = weight / sqrt(running_var +
+    1e-5)``, ``t = bias - running_mean * s`` (scale-and-shift form computed on the fly).
 
     Buffers: ``weight``, ``bias``, ``running_mean``, ``running_var``, each (C,); no
     ``num_batches_tracked`` (dropped if a state dict carries one).
@@ -98,22 +99,30 @@ class Backbone(nn.Module):
     """torchvision ResNet (stride on the 3x3 conv) with frozen BN, returning layer1..layer4.
 
     ``body`` is an ``IntermediateLayerGetter`` (so keys read ``body.conv1.weight``,
-    ``body.layer1.0.conv1.weight``...; ``avgpool``/``fc`` are cut off). Each output carries the pixel
-    mask resized with legacy ``nearest`` to the stage's size.
+    ``body.layer1.0.conv1.weight``...; ``avgpool``/``fc`` are cut off). Each output carries the
+    pixel mask resized with legacy ``nearest`` to the stage's size.
     """
 
     def __init__(
-        self, depth: int = 50, train_backbone: bool = True, return_interm_layers: bool = True, dilation: bool = False
+        self,
+        depth: int = 50,
+        train_backbone: bool = True,
+        return_interm_layers: bool = True,
+        dilation: bool = False,
     ):
         super().__init__()
         if depth not in _RESNET_BUILDERS:
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_BUILDERS)}, got {depth}")
         resnet = _RESNET_BUILDERS[depth](
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
+            weights=None,
+            replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=FrozenBatchNorm2d,
         )
         for name, parameter in resnet.named_parameters():
             # The official model trains layer2..layer4 only (stem and layer1 stay frozen).
-            if not train_backbone or ("layer2" not in name and "layer3" not in name and "layer4" not in name):
+            if not train_backbone or (
+                "layer2" not in name and "layer3" not in name and "layer4" not in name
+            ):
                 parameter.requires_grad_(False)
         if return_interm_layers:
             return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
@@ -130,21 +139,29 @@ class Backbone(nn.Module):
         m = tensor_list.mask
         assert m is not None
         for name, x in xs.items():
-            mask = F.interpolate(m[None].float(), size=x.shape[-2:]).to(torch.bool)[0]  # legacy nearest
+            mask = F.interpolate(m[None].float(), size=x.shape[-2:]).to(torch.bool)[
+                0
+            ]  # legacy nearest
             out[name] = NestedTensor(x, mask)
         return out
 
 
 class PositionEmbeddingSine(nn.Module):
-    """Sine positional encoding on a feature grid (section 4.2); output (B, 2 * num_pos_feats, H, W).
+    """Sine positional encoding on a feature grid (section 4.2); output (B, 2 * num_pos_feats, H,
+    W).
 
     Channels: ``num_pos_feats`` y-features then ``num_pos_feats`` x-features; feature ``i`` is
-    ``sin`` (even ``i``) or ``cos`` (odd ``i``) of ``v / temperature ** (2 * floor(i / 2) / num_pos_feats)``
-    with ``v`` the 1-based cumulative count of valid pixels, normalised to ``(0, 2*pi]``.
+    ``sin`` (even ``i``) or ``cos`` (odd ``i``) of ``v / temperature ** (2 * floor(i / 2) /
+    num_pos_feats)`` with ``v`` the 1-based cumulative count of valid pixels, normalised to ``(0,
+    2*pi]``.
     """
 
     def __init__(
-        self, num_pos_feats: int = 64, temperature: int = 10000, normalize: bool = False, scale: Optional[float] = None
+        self,
+        num_pos_feats: int = 64,
+        temperature: int = 10000,
+        normalize: bool = False,
+        scale: Optional[float] = None,
     ):
         super().__init__()
         self.num_pos_feats = num_pos_feats
@@ -173,14 +190,19 @@ class PositionEmbeddingSine(nn.Module):
 
         pos_x = x_embed[:, :, :, None] / dim_t
         pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_x = torch.stack(
+            (pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4
+        ).flatten(3)
+        pos_y = torch.stack(
+            (pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4
+        ).flatten(3)
         pos = torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
         return pos
 
 
 class Joiner(nn.Sequential):
-    """``Joiner(Backbone, PositionEmbeddingSine)``: index 0 is the backbone (keys ``backbone.0.body.*``)."""
+    """``Joiner(Backbone, PositionEmbeddingSine)``: index 0 is the backbone (keys
+    ``backbone.0.body.*``)."""
 
     def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
         super().__init__(backbone, position_embedding)
@@ -247,7 +269,9 @@ class TransformerEncoderLayer(nn.Module):
         pos: Optional[Tensor] = None,
     ) -> Tensor:
         q = k = _with_pos_embed(src, pos)
-        src2 = self.self_attn(q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
+        src2 = self.self_attn(
+            q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask
+        )[0]
         src = src + self.dropout1(src2)
         src = self.norm1(src)
         src2 = self.linear2(self.dropout(self.activation(self.linear1(src))))
@@ -264,7 +288,9 @@ class TransformerEncoderLayer(nn.Module):
     ) -> Tensor:
         src2 = self.norm1(src)
         q = k = _with_pos_embed(src2, pos)
-        src2 = self.self_attn(q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
+        src2 = self.self_attn(
+            q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask
+        )[0]
         src = src + self.dropout1(src2)
         src2 = self.norm2(src)
         src2 = self.linear2(self.dropout(self.activation(self.linear1(src2))))
@@ -320,7 +346,9 @@ class TransformerDecoderLayer(nn.Module):
         query_pos: Optional[Tensor] = None,
     ) -> Tensor:
         q = k = _with_pos_embed(tgt, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+        tgt2 = self.self_attn(
+            q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+        )[0]
         tgt = tgt + self.dropout1(tgt2)
         tgt = self.norm1(tgt)
         tgt2 = self.multihead_attn(
@@ -350,7 +378,9 @@ class TransformerDecoderLayer(nn.Module):
     ) -> Tensor:
         tgt2 = self.norm1(tgt)
         q = k = _with_pos_embed(tgt2, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+        tgt2 = self.self_attn(
+            q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+        )[0]
         tgt = tgt + self.dropout1(tgt2)
         tgt2 = self.norm2(tgt)
         tgt2 = self.multihead_attn(
@@ -379,15 +409,34 @@ class TransformerDecoderLayer(nn.Module):
     ) -> Tensor:
         if self.normalize_before:
             return self.forward_pre(
-                tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask, pos, query_pos
+                tgt,
+                memory,
+                tgt_mask,
+                memory_mask,
+                tgt_key_padding_mask,
+                memory_key_padding_mask,
+                pos,
+                query_pos,
             )
         return self.forward_post(
-            tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask, pos, query_pos
+            tgt,
+            memory,
+            tgt_mask,
+            memory_mask,
+            tgt_key_padding_mask,
+            memory_key_padding_mask,
+            pos,
+            query_pos,
         )
 
 
 class TransformerEncoder(nn.Module):
-    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        encoder_layer: TransformerEncoderLayer,
+        num_layers: int,
+        norm: Optional[nn.Module] = None,
+    ):
         super().__init__()
         self.layers = _get_clones(encoder_layer, num_layers)
         self.num_layers = num_layers
@@ -402,7 +451,9 @@ class TransformerEncoder(nn.Module):
     ) -> Tensor:
         output = src
         for layer in self.layers:
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, pos=pos)
+            output = layer(
+                output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, pos=pos
+            )
         if self.norm is not None:
             output = self.norm(output)
         return output
@@ -433,7 +484,8 @@ class TransformerDecoder(nn.Module):
         pos: Optional[Tensor] = None,
         query_pos: Optional[Tensor] = None,
     ) -> Tensor:
-        """Returns (num_layers, Q, B, C) if ``return_intermediate`` (each normalised by ``norm``; the
+        """Returns (num_layers, Q, B, C) if ``return_intermediate`` (each normalised by ``norm``;
+        the
         un-normalised output feeds the next layer), else (1, Q, B, C)."""
         output = tgt
         intermediate = []
@@ -476,13 +528,20 @@ class Transformer(nn.Module):
         return_intermediate_dec: bool = False,
     ):
         super().__init__()
-        encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+        encoder_layer = TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+        )
         encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
         self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
-        decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+        decoder_layer = TransformerDecoderLayer(
+            d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+        )
         decoder_norm = nn.LayerNorm(d_model)
         self.decoder = TransformerDecoder(
-            decoder_layer, num_decoder_layers, decoder_norm, return_intermediate=return_intermediate_dec
+            decoder_layer,
+            num_decoder_layers,
+            decoder_norm,
+            return_intermediate=return_intermediate_dec,
         )
         self._reset_parameters()
         self.d_model = d_model
@@ -493,7 +552,9 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor
+    ) -> Tuple[Tensor, Tensor]:
         """src/pos_embed (B, C, H, W), mask (B, H, W), query_embed (Q, C).
 
         Returns ``hs`` (L, B, Q, C) and ``memory`` (B, C, H, W).
@@ -505,7 +566,9 @@ class Transformer(nn.Module):
         mask = mask.flatten(1)
         tgt = torch.zeros_like(query_embed)
         memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
-        hs = self.decoder(tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed)
+        hs = self.decoder(
+            tgt, memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed
+        )
         return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
 
 
@@ -519,7 +582,9 @@ class MLP(nn.Module):
         super().__init__()
         self.num_layers = num_layers
         h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim])
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -532,7 +597,12 @@ class DETR(nn.Module):
     bbox_embed, query_embed, input_proj, backbone."""
 
     def __init__(
-        self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int, aux_loss: bool = False
+        self,
+        backbone: Joiner,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int,
+        aux_loss: bool = False,
     ):
         super().__init__()
         self.num_queries = num_queries
@@ -560,8 +630,13 @@ class DETR(nn.Module):
         return out
 
     @torch.jit.unused
-    def _set_aux_loss(self, outputs_class: Tensor, outputs_coord: Tensor) -> List[Dict[str, Tensor]]:
-        return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+    def _set_aux_loss(
+        self, outputs_class: Tensor, outputs_coord: Tensor
+    ) -> List[Dict[str, Tensor]]:
+        return [
+            {"pred_logits": a, "pred_boxes": b}
+            for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
+        ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,11 +648,19 @@ def _expand(tensor: Tensor, length: int) -> Tensor:
 
 
 class MaskHeadSmallConv(nn.Module):
-    """FPN-style mask head; upsampling is legacy ``nearest`` to the exact size of the skip feature."""
+    """FPN-style mask head; upsampling is legacy ``nearest`` to the exact size of the skip
+    feature."""
 
     def __init__(self, dim: int, fpn_dims: Sequence[int], context_dim: int):
         super().__init__()
-        inter_dims = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16, context_dim // 64]
+        inter_dims = [
+            dim,
+            context_dim // 2,
+            context_dim // 4,
+            context_dim // 8,
+            context_dim // 16,
+            context_dim // 64,
+        ]
         self.lay1 = nn.Conv2d(dim, dim, 3, padding=1)
         self.gn1 = nn.GroupNorm(8, dim)
         self.lay2 = nn.Conv2d(dim, inter_dims[1], 3, padding=1)
@@ -599,7 +682,8 @@ class MaskHeadSmallConv(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def forward(self, x: Tensor, bbox_mask: Tensor, fpns: List[Tensor]) -> Tensor:
-        """x: projected res5 (B, C, H5, W5); bbox_mask (B, Q, nheads, H5, W5); fpns [res4, res3, res2].
+        """x: projected res5 (B, C, H5, W5); bbox_mask (B, Q, nheads, H5, W5); fpns [res4, res3,
+        res2].
 
         Returns (B * Q, 1, H2, W2) mask logits, rows batch-major.
         """
@@ -641,12 +725,21 @@ class MaskHeadSmallConv(nn.Module):
 
 
 class MHAttentionMap(nn.Module):
-    """Per-query attention maps over the encoder memory, one softmax over heads and positions jointly.
+    """Per-query attention maps over the encoder memory, one softmax over heads and positions
+    jointly.
 
-    ``k_linear`` is stored as a Linear but applied as a 1x1 convolution. Output (B, Q, nheads, H, W).
+    ``k_linear`` is stored as a Linear but applied as a 1x1 convolution. Output (B, Q, nheads, H,
+    W).
     """
 
-    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self,
+        query_dim: int,
+        hidden_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
@@ -663,7 +756,9 @@ class MHAttentionMap(nn.Module):
         q = self.q_linear(q)
         k = F.conv2d(k, self.k_linear.weight.unsqueeze(-1).unsqueeze(-1), self.k_linear.bias)
         qh = q.view(q.shape[0], q.shape[1], self.num_heads, self.hidden_dim // self.num_heads)
-        kh = k.view(k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1])
+        kh = k.view(
+            k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1]
+        )
         weights = torch.einsum("bqnc,bnchw->bqnhw", qh * self.normalize_fact, kh)
         if mask is not None:
             weights.masked_fill_(mask.unsqueeze(1).unsqueeze(1), float("-inf"))
@@ -675,7 +770,9 @@ class MHAttentionMap(nn.Module):
 class DETRsegm(nn.Module):
     """``DETRsegm``: keys ``detr.*``, ``bbox_attention.*``, ``mask_head.*``."""
 
-    def __init__(self, detr: DETR, freeze_detr: bool = False, fpn_dims: Sequence[int] = (1024, 512, 256)):
+    def __init__(
+        self, detr: DETR, freeze_detr: bool = False, fpn_dims: Sequence[int] = (1024, 512, 256)
+    ):
         super().__init__()
         self.detr = detr
         if freeze_detr:
@@ -706,8 +803,12 @@ class DETRsegm(nn.Module):
         # Only the last decoder output drives the attention maps (no aux masks).
         bbox_mask = self.bbox_attention(hs[-1], memory, mask=mask)
 
-        seg_masks = self.mask_head(src_proj, bbox_mask, [features[2].tensors, features[1].tensors, features[0].tensors])
-        outputs_seg_masks = seg_masks.view(bs, self.detr.num_queries, seg_masks.shape[-2], seg_masks.shape[-1])
+        seg_masks = self.mask_head(
+            src_proj, bbox_mask, [features[2].tensors, features[1].tensors, features[0].tensors]
+        )
+        outputs_seg_masks = seg_masks.view(
+            bs, self.detr.num_queries, seg_masks.shape[-2], seg_masks.shape[-1]
+        )
 
         out["pred_masks"] = outputs_seg_masks
         return out
@@ -733,7 +834,9 @@ def _build_detector(
     return_interm_layers: bool = True,
 ) -> DETR:
     """The hub's ``_make_detr`` without the segmentation wrapper."""
-    backbone = Backbone(depth, train_backbone=True, return_interm_layers=return_interm_layers, dilation=dilation)
+    backbone = Backbone(
+        depth, train_backbone=True, return_interm_layers=return_interm_layers, dilation=dilation
+    )
     pos_enc = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
     joiner = Joiner(backbone, pos_enc)
     transformer = Transformer(
@@ -746,7 +849,9 @@ def _build_detector(
         normalize_before=pre_norm,
         return_intermediate_dec=True,
     )
-    return DETR(joiner, transformer, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss)
+    return DETR(
+        joiner, transformer, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss
+    )
 
 
 class OfficialDETRsegm(DETRsegm):
@@ -761,13 +866,16 @@ class OfficialDETRsegm(DETRsegm):
 
     def __init__(self, **kwargs):
         detr = _build_detector(return_interm_layers=True, **kwargs)
-        fpn_dims = list(reversed(detr.backbone[0].stage_channels[:3]))  # res4, res3, res2: 1024, 512, 256
+        fpn_dims = list(
+            reversed(detr.backbone[0].stage_channels[:3])
+        )  # res4, res3, res2: 1024, 512, 256
         super().__init__(detr, fpn_dims=fpn_dims)
 
 
 def build_official_detr(*, masks: bool = True, **kwargs) -> Union[DETR, DETRsegm]:
-    """``masks=True``: :class:`OfficialDETRsegm` (keys ``detr.*``, ``bbox_attention.*``, ``mask_head.*``);
-    ``masks=False``: the bare detector whose keys have no ``detr.`` prefix, like DETR's detection
+    """``masks=True``: :class:`OfficialDETRsegm` (keys ``detr.*``, ``bbox_attention.*``,
+    ``mask_head.*``); ``masks=False``: the bare detector whose keys have no ``detr.`` prefix, like
+    DETR's detection
     checkpoints. Keyword options as for :class:`OfficialDETRsegm`."""
     if masks:
         return OfficialDETRsegm(**kwargs)
@@ -782,7 +890,9 @@ def official_state_dict_template(*, masks: bool = True, **kwargs) -> Dict[str, t
 
 
 @torch.no_grad()
-def randomize_frozen_batchnorm_(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
+def randomize_frozen_batchnorm_(
+    model: nn.Module, generator: Optional[torch.Generator] = None
+) -> nn.Module:
     """Give every :class:`FrozenBatchNorm2d` non-trivial statistics (in place) for tests.
 
     Random-init frozen BNs are identities (weight 1, bias 0, mean 0, var 1), which would hide a

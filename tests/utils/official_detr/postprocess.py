@@ -1,4 +1,5 @@
-"""DETR's ``PostProcessPanoptic`` as published (facts document, section 5), for the reference oracle.
+"""DETR's ``PostProcessPanoptic`` as published (facts document, section 5), for the reference
+oracle.
 
 Segment ids start at **0** and every pixel belongs to a segment (no void); ``category_id`` is the
 logit index, i.e. the dataset (COCO panoptic) category id; ``isthing`` comes from ``is_thing_map``.
@@ -61,7 +62,8 @@ class PostProcessPanoptic(nn.Module):
         processed_sizes: Sequence[SizeLike],
         target_sizes: Optional[Sequence[SizeLike]] = None,
     ) -> List[Dict[str, object]]:
-        """outputs: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, Hm, Wm), ``pred_boxes`` (B, Q, 4).
+        """outputs: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, Hm, Wm), ``pred_boxes`` (B,
+        Q, 4).
 
         processed_sizes: per image (h, w) after resizing, before padding; target_sizes: per image
         final (h, w) (default: the processed sizes). Returns per image
@@ -70,7 +72,11 @@ class PostProcessPanoptic(nn.Module):
         if target_sizes is None:
             target_sizes = processed_sizes
         assert len(processed_sizes) == len(target_sizes)
-        out_logits, raw_masks, raw_boxes = outputs["pred_logits"], outputs["pred_masks"], outputs["pred_boxes"]
+        out_logits, raw_masks, raw_boxes = (
+            outputs["pred_logits"],
+            outputs["pred_masks"],
+            outputs["pred_boxes"],
+        )
         assert len(out_logits) == len(raw_masks) == len(target_sizes)
         no_object = out_logits.shape[-1] - 1
         preds: List[Dict[str, object]] = []
@@ -85,10 +91,13 @@ class PostProcessPanoptic(nn.Module):
             cur_scores = cur_scores[keep]
             cur_classes = cur_classes[keep]
             cur_masks = cur_masks[keep]
-            # 3. bilinear (align_corners=False) from the full mask grid straight to the processed size.
+            # 3. bilinear (align_corners=False) from the full mask grid straight to the processed
+            #    size.
             h, w = _to_tuple(size)
             if cur_masks.shape[0] > 0:
-                cur_masks = F.interpolate(cur_masks[:, None], (h, w), mode="bilinear", align_corners=False).squeeze(1)
+                cur_masks = F.interpolate(
+                    cur_masks[:, None], (h, w), mode="bilinear", align_corners=False
+                ).squeeze(1)
             else:
                 cur_masks = cur_masks.new_zeros((0, h, w))
             assert len(cur_boxes[keep]) == len(cur_classes)  # boxes are not used further
@@ -100,7 +109,9 @@ class PostProcessPanoptic(nn.Module):
                 if not self.is_thing_map[label.item()]:
                     stuff_equiv_classes[label.item()].append(k)
 
-            def get_ids_area(masks: Tensor, scores: Tensor, dedup: bool = False) -> Tuple[List[int], Image.Image]:
+            def get_ids_area(
+                masks: Tensor, scores: Tensor, dedup: bool = False
+            ) -> Tuple[List[int], Image.Image]:
                 # 5. per-pixel softmax over the kept queries, then argmax (first index wins ties).
                 m_id = masks.transpose(0, 1).softmax(-1)
                 if m_id.shape[-1] == 0:
@@ -117,7 +128,9 @@ class PostProcessPanoptic(nn.Module):
                 final_h, final_w = _to_tuple(target_size)
                 seg_img = Image.fromarray(id2rgb(m_id.view(h, w).cpu().numpy()))
                 seg_img = seg_img.resize(size=(final_w, final_h), resample=Image.NEAREST)
-                np_seg_img = np.frombuffer(seg_img.tobytes(), dtype=np.uint8).reshape(final_h, final_w, 3)
+                np_seg_img = np.frombuffer(seg_img.tobytes(), dtype=np.uint8).reshape(
+                    final_h, final_w, 3
+                )
                 m_id_final = torch.from_numpy(rgb2id(np_seg_img))
                 # 8. areas in the target-size map.
                 area = [int(m_id_final.eq(i).sum().item()) for i in range(len(scores))]
@@ -125,10 +138,13 @@ class PostProcessPanoptic(nn.Module):
 
             area, seg_img = get_ids_area(cur_masks, cur_scores, dedup=True)
             if cur_classes.numel() > 0:
-                # 9. drop segments with area <= 4 and recompute (without the stuff merge) until stable.
+                # 9. drop segments with area <= 4 and recompute (without the stuff merge) until
+                #    stable.
                 while True:
                     filtered_small = torch.as_tensor(
-                        [area[i] <= 4 for i, _ in enumerate(cur_classes)], dtype=torch.bool, device=keep.device
+                        [area[i] <= 4 for i, _ in enumerate(cur_classes)],
+                        dtype=torch.bool,
+                        device=keep.device,
                     )
                     if filtered_small.any().item():
                         cur_scores = cur_scores[~filtered_small]
@@ -142,7 +158,9 @@ class PostProcessPanoptic(nn.Module):
             segments_info = []
             for i, a in enumerate(area):
                 cat = cur_classes[i].item()
-                segments_info.append({"id": i, "isthing": self.is_thing_map[cat], "category_id": cat, "area": a})
+                segments_info.append(
+                    {"id": i, "isthing": self.is_thing_map[cat], "category_id": cat, "area": a}
+                )
             with io.BytesIO() as out:
                 seg_img.save(out, format="PNG")
                 preds.append({"png_string": out.getvalue(), "segments_info": segments_info})
