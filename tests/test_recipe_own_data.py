@@ -1,4 +1,4 @@
-"""The "Train on your own data" recipe (GETTING_STARTED.md) end to end, on CPU, with its commands as
+"""The "Train on your own data" recipe (docs/own_data.md) end to end, on CPU, with its commands as
 written.
 
 The commands run in a scratch folder that has the repository's ``configs/`` (relative paths as in
