@@ -1,7 +1,8 @@
-"""The converter's own official-DETR key layout (issue 11) and its errors for bad checkpoints (issue
-13).
+"""The converter's own official-DETR key layout (issue 11) and its errors for bad checkpoints
+(issue 13).
 
-The layout spec in ``detr_d2.checkpoint.official_layout`` is written from the facts document; the
+The layout spec in ``detr_d2.checkpoint.official_layout`` is written from the published DETR code
+(facebookresearch/detr at 29901c5); the
 test oracle (``tests.utils.official_detr``, an independent re-implementation of the official model)
 must produce exactly the same keys, shapes and key order for every configuration. A checkpoint with
 one wrongly shaped tensor must be refused with a message that names that tensor only (with found and

@@ -1,8 +1,9 @@
 """The key -> shape layout of official DETR checkpoints, and reading a checkpoint's configuration
 off it.
 
-Written from the facts document (facebookresearch/detr at 29901c5, section 2), independently of any
-model code: :func:`official_state_dict_spec` lists, in the official order, every tensor of
+Written from the published model code (facebookresearch/detr at 29901c5: ``models/detr.py``,
+``models/segmentation.py``, ``models/transformer.py``, ``models/backbone.py``), independently of any
+model code here: :func:`official_state_dict_spec` lists, in the official order, every tensor of
 ``DETRsegm`` (``masks=True``: ``detr.*``, ``bbox_attention.*``, ``mask_head.*``) or of the bare
 ``DETR`` detector (``masks=False``: the same names without ``detr.``, no panoptic heads).
 Shapes, with ``d`` = hidden size, ``h`` = heads, ``f`` = FFN width, ``Q`` = queries, ``K`` = class

@@ -1,4 +1,7 @@
-"""torchvision ResNet parameter names -> Detectron2 ``ResNet`` names (facts document, section 7).
+"""torchvision ResNet parameter names -> Detectron2 ``ResNet`` names.
+
+The mapping of Detectron2's ``tools/convert-torchvision-to-d2.py`` (facebookresearch/detectron2 at
+02b5c4e), for torchvision's ``torchvision/models/resnet.py`` names:
 
 | torchvision                                   | Detectron2                              |
 | --------------------------------------------- | --------------------------------------- |

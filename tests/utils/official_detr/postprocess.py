@@ -1,5 +1,5 @@
-"""DETR's ``PostProcessPanoptic`` as published (facts document, section 5), for the reference
-oracle.
+"""DETR's ``PostProcessPanoptic`` as published (``models/segmentation.py``, facebookresearch/detr at
+29901c5), for the reference oracle.
 
 Segment ids start at **0** and every pixel belongs to a segment (no void); ``category_id`` is the
 logit index, i.e. the dataset (COCO panoptic) category id; ``isthing`` comes from ``is_thing_map``.
