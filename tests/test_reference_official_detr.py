@@ -1,6 +1,7 @@
 """The reference oracle (tests.utils.official_detr) against official DETR as published
-(facebookresearch/detr at 29901c5): its state-dict layout, input pipeline (``datasets/transforms.py``)
-and each numerically delicate block recomputed independently from the published code."""
+(facebookresearch/detr at 29901c5): its state-dict layout, input pipeline
+(``datasets/transforms.py``) and each numerically delicate block recomputed independently from the
+published code."""
 
 import math
 import os
@@ -283,7 +284,8 @@ def test_bbox_attention_is_one_softmax_over_heads_and_positions():
 
 
 def _legacy_nearest(x, size):
-    """Source index floor(dst * in / out), the legacy ``nearest`` of ``F.interpolate`` (PyTorch ``UpSampleKernel.cpp``)."""
+    """Source index floor(dst * in / out), the legacy ``nearest`` of ``F.interpolate`` (PyTorch
+    ``UpSampleKernel.cpp``)."""
     (hi, wi), (ho, wo) = x.shape[-2:], size
     iy = torch.arange(ho) * hi // ho
     ix = torch.arange(wo) * wi // wo

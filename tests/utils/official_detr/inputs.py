@@ -1,10 +1,10 @@
 """DETR's official evaluation input pipeline, re-implemented for the reference oracle.
 
-Conventions (``datasets/coco.py`` and ``datasets/transforms.py``, facebookresearch/detr at 29901c5): PIL decode to RGB without EXIF handling; shortest side 800,
-longest side capped at 1333 with the long side *truncated* (``int``), not rounded; PIL bilinear on
-the uint8 image; ``[0, 1]`` floats normalised with the ImageNet mean/std in **RGB** order, CHW;
-batches zero-padded at the bottom/right to the largest H and W (no size divisibility) with a boolean
-mask that is True on padding.
+Conventions (``datasets/coco.py`` and ``datasets/transforms.py``, facebookresearch/detr at 29901c5):
+PIL decode to RGB without EXIF handling; shortest side 800, longest side capped at 1333 with the
+long side *truncated* (``int``), not rounded; PIL bilinear on the uint8 image; ``[0, 1]`` floats
+normalised with the ImageNet mean/std in **RGB** order, CHW; batches zero-padded at the bottom/right
+to the largest H and W (no size divisibility) with a boolean mask that is True on padding.
 """
 
 from __future__ import annotations
