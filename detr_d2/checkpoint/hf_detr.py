@@ -26,6 +26,9 @@ that configuration *in HF names* (missing / unexpected / mis-shaped tensors are 
 result goes through :func:`.detr_converter.convert_official_detr`. With the same weights, HF's DETR
 computes what the official code computes (same frozen-BN eps 1e-5, post-norm transformer, sine
 positions), so the converted model reproduces the HF model's outputs.
+
+Follows the parameter names of ``src/transformers/models/detr/modeling_detr.py``
+(huggingface/transformers v4.57.6 and v5).
 """
 
 from __future__ import annotations

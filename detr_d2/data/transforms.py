@@ -11,6 +11,9 @@ clipped to the image); finally always the multi-scale resize (short side from ``
 ``INPUT.RESIZE_ROUNDING``: "round" uses Detectron2's ``ResizeShortestEdge`` (long side rounded);
 "truncate" uses :class:`DetrResizeShortestEdge`, whose output size is DETR's exactly (long side
 truncated; see :func:`detr_resize_output_shape`).
+
+Follows ``RandomResize`` / ``RandomSizeCrop`` in ``datasets/transforms.py`` (facebookresearch/detr
+at 29901c5).
 """
 
 import sys

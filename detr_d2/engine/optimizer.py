@@ -1,7 +1,11 @@
 """DETR's optimiser as a Detectron2 builder: AdamW (or SGD), a backbone LR multiplier, no weight
 decay on
 norms and embeddings, optional full-model gradient clipping (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE
-full_model``)."""
+full_model``).
+
+Follows the parameter groups of ``main.py`` (facebookresearch/detr at 29901c5) in Detectron2's
+``build_optimizer`` shape (``detectron2/solver/build.py``, facebookresearch/detectron2 at 02b5c4e).
+"""
 
 import itertools
 from typing import Any, Dict, List, Set

@@ -19,6 +19,8 @@ writing, re-reading and ``np.unique``-sorting PNGs:
   unless more than half of their area lies in VOID plus the crowd region of their category (the
   *last* crowd segment of that category in ``segments_info``, exactly like panopticapi's dict).
 - Category ids here are *dataset* ids (the ``id`` of the GT JSON ``categories``).
+
+Follows ``pq_compute`` in ``panopticapi/evaluation.py`` (cocodataset/panopticapi at 7bb4655).
 """
 
 from collections import OrderedDict

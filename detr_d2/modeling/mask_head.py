@@ -4,6 +4,9 @@ and the FPN-style convolutional head (``MaskHeadSmallConv``) that upsamples them
 Parameter names equal the official ``bbox_attention.*`` / ``mask_head.*`` keys. Every query's mask
 is independent of the other queries' (the attention softmax is per query, GroupNorm per sample), so
 the head can run on any subset of the queries (see ``DetrPanoptic.query_masks``).
+
+Follows ``MHAttentionMap`` and ``MaskHeadSmallConv`` in ``models/segmentation.py``
+(facebookresearch/detr at 29901c5).
 """
 
 from typing import List, Optional, Sequence

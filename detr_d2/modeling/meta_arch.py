@@ -31,6 +31,9 @@ frozen with the detector; the mask head learns from the matched queries of every
 
 Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``), another training-only aid, is a
 class-loss weight in ``SetCriterion`` (no parameter); stage 2 refuses it (the class head is frozen).
+
+Follows ``DETR`` (``models/detr.py``), ``DETRsegm`` (``models/segmentation.py``) and the Detectron2
+wrapper ``d2/detr/detr.py`` (facebookresearch/detr at 29901c5).
 """
 
 import logging

@@ -1,4 +1,7 @@
-"""DETR's box head: a small feed-forward network."""
+"""DETR's box head: a small feed-forward network.
+
+Follows ``MLP`` in ``models/detr.py`` (facebookresearch/detr at 29901c5).
+"""
 
 import torch.nn.functional as F
 from torch import Tensor, nn

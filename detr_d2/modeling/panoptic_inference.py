@@ -1,7 +1,7 @@
 """DETR's panoptic fusion (``PostProcessPanoptic``), batched-correct and in Detectron2's output
 format.
 
-Algorithm (same decisions as DETR's post-processor, see docs in README "Faithfulness"):
+Algorithm (same decisions as DETR's post-processor, see docs/model.md):
 1. softmax over all K+1 logits; keep queries whose argmax is not "no object" and score > threshold;
 2. crop the query masks to the image's own region of the padded stride-4 grid (``ceil(h/4) x
    ceil(w/4)``; DETR's own post-processor skips this, which misaligns padded images in a batch),
@@ -17,6 +17,8 @@ Speed: steps 2-5 only need the pixels of the (h, w) map that the nearest resize 
 of 800x1199), so the bilinear masks are evaluated there only (same arithmetic as ``F.interpolate``,
 bit-identical on CPU) and the argmax, merges and areas run on that grid: the result is that of
 resizing everything.
+
+Follows ``PostProcessPanoptic`` in ``models/segmentation.py`` (facebookresearch/detr at 29901c5).
 """
 
 import math

@@ -1,4 +1,8 @@
-"""Sine positional encoding of DETR (``PositionEmbeddingSine`` with normalisation)."""
+"""Sine positional encoding of DETR (``PositionEmbeddingSine`` with normalisation).
+
+Follows ``PositionEmbeddingSine`` in ``models/position_encoding.py`` (facebookresearch/detr at
+29901c5).
+"""
 
 import math
 

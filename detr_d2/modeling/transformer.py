@@ -9,6 +9,8 @@ Group DETR (training only): ``Transformer.forward(..., query_groups=K)`` decodes
 in one pass; the decoder's self-attention is restricted to each group
 (:func:`group_attention_mask`), the cross-attention and FFN are per query anyway, so each group is
 decoded exactly as it would be alone.
+
+Follows ``models/transformer.py`` (facebookresearch/detr at 29901c5).
 """
 
 import copy

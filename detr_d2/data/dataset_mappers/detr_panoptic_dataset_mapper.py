@@ -1,4 +1,8 @@
-"""Dataset mapper for DETR panoptic training: image + panoptic PNG -> tensors + ``Instances``."""
+"""Dataset mapper for DETR panoptic training: image + panoptic PNG -> tensors + ``Instances``.
+
+Follows ``DetrDatasetMapper`` in ``d2/detr/dataset_mapper.py`` (facebookresearch/detr at 29901c5)
+and Detectron2's ``DatasetMapper`` (facebookresearch/detectron2 at 02b5c4e).
+"""
 
 import copy
 import logging
