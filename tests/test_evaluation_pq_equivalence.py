@@ -13,11 +13,11 @@ from PIL import Image
 from test_evaluation_support import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
+from detr_d2.evaluation.panoptic_matching import image_pq_stats
 from detr_d2.evaluation.panoptic_quality import (
     PQStats,
     RunLengthIdMap,
     categories_by_id,
-    image_pq_stats,
     pair_intersections,
     summarize_pq_stats,
 )

@@ -25,7 +25,8 @@ from detectron2.utils.file_io import PathManager
 from ..data.panoptic_io import PanopticPredictionConverter, encode_panoptic_png
 from ..utils.atomic_io import atomic_write_bytes
 from .panoptic_ground_truth import GROUND_TRUTH_CACHE, PanopticGroundTruth
-from .panoptic_quality import PQStats, image_pq_stats, pair_intersections, summarize_pq_stats
+from .panoptic_matching import image_pq_stats
+from .panoptic_quality import PQStats, pair_intersections, summarize_pq_stats
 from .per_class_report import report_panoptic_results
 
 __all__ = ["FastCOCOPanopticEvaluator", "PREDICTIONS_JSON", "PREDICTIONS_DIR"]

@@ -18,6 +18,7 @@ writing, re-reading and ``np.unique``-sorting PNGs:
 - Unmatched non-crowd GT segments are false negatives; unmatched predictions are false positives
   unless more than half of their area lies in VOID plus the crowd region of their category (the
   *last* crowd segment of that category in ``segments_info``, exactly like panopticapi's dict).
+- The matching itself (which uses these counts) is :mod:`.panoptic_matching`.
 - Category ids here are *dataset* ids (the ``id`` of the GT JSON ``categories``).
 
 Follows ``pq_compute`` in ``panopticapi/evaluation.py`` (cocodataset/panopticapi at 7bb4655).
@@ -25,7 +26,7 @@ Follows ``pq_compute`` in ``panopticapi/evaluation.py`` (cocodataset/panopticapi
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import numpy as np
 
@@ -35,7 +36,6 @@ __all__ = [
     "PQStats",
     "RunLengthIdMap",
     "pair_intersections",
-    "image_pq_stats",
     "summarize_pq_stats",
     "categories_by_id",
 ]
@@ -237,103 +237,6 @@ def pair_intersections(
     # Weights are pixel counts (< 2**53): the float64 sums are exact integers.
     counts = counts.astype(np.int64)
     return gt.ids.astype(np.int64), pred_ids, counts
-
-
-def image_pq_stats(
-    gt_ids: np.ndarray,
-    pred_ids: np.ndarray,
-    counts: np.ndarray,
-    gt_segments_info: Sequence[Mapping[str, Any]],
-    pred_segments_info: Sequence[Mapping[str, Any]],
-    categories: Mapping[int, Any],
-    image_id: Any = None,
-) -> PQStats:
-    """PQ statistics of one image from its pair counts (see :func:`pair_intersections`).
-
-    ``gt_segments_info`` / ``pred_segments_info``: COCO panoptic ``segments_info`` with *dataset*
-    category ids (GT entries need ``id``, ``category_id``, ``iscrowd``, ``area``; predictions
-    ``id``, ``category_id``). Raises ``KeyError`` on the same inconsistencies as panopticapi (a
-    segment id in the map but not in ``segments_info`` or vice versa, an unknown category id).
-    """
-    stats = PQStats()
-    gt_segms = {int(el["id"]): el for el in gt_segments_info}
-    pred_segms = {int(el["id"]): el for el in pred_segments_info}
-
-    # Prediction sanity checks and areas (pixel counts), like panopticapi.
-    pred_areas_all = counts.sum(axis=0)
-    pred_area: Dict[int, int] = {}
-    pred_col: Dict[int, int] = {}
-    for col, (label, area) in enumerate(zip(pred_ids.tolist(), pred_areas_all.tolist())):
-        if label not in pred_segms:
-            if label == VOID:
-                continue
-            raise KeyError(
-                f"In the image with ID {image_id} segment with ID {label} is presented in the "
-                "prediction map and not presented in its segments_info."
-            )
-        pred_area[label] = area
-        pred_col[label] = col
-        category_id = pred_segms[label]["category_id"]
-        if category_id not in categories:
-            raise KeyError(
-                f"In the image with ID {image_id} segment with ID {label} has unknown category_id "
-                f"{category_id} (not among the ground-truth categories)."
-            )
-    missing = [label for label in pred_segms if label not in pred_area]
-    if missing:
-        raise KeyError(
-            f"In the image with ID {image_id} the following segment IDs {missing} are presented in "
-            "segments_info and not presented in the prediction map."
-        )
-
-    gt_row = {label: row for row, label in enumerate(gt_ids.tolist())}
-    void_row = gt_row.get(VOID)
-    void_counts = counts[void_row] if void_row is not None else np.zeros(pred_ids.size, np.int64)
-
-    # Matching: candidate pairs in (gt id, pred id) ascending order, as panopticapi's np.unique.
-    gt_matched = set()
-    pred_matched = set()
-    rows, cols = np.nonzero(counts)
-    for row, col, intersection in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist()):
-        gt_label = int(gt_ids[row])
-        pred_label = int(pred_ids[col])
-        gt_info = gt_segms.get(gt_label)
-        if gt_info is None or pred_label not in pred_segms:
-            continue
-        if gt_info["iscrowd"] == 1:
-            continue
-        if gt_info["category_id"] != pred_segms[pred_label]["category_id"]:
-            continue
-        union = pred_area[pred_label] + gt_info["area"] - intersection - int(void_counts[col])
-        iou = np.int64(intersection) / np.int64(union)
-        if iou > 0.5:
-            stats.add(gt_info["category_id"], iou=float(iou), tp=1)
-            gt_matched.add(gt_label)
-            pred_matched.add(pred_label)
-
-    # False negatives; remember the crowd segment of each category (the last one wins).
-    crowd_labels: Dict[Any, int] = {}
-    for gt_label, gt_info in gt_segms.items():
-        if gt_label in gt_matched:
-            continue
-        if gt_info["iscrowd"] == 1:
-            crowd_labels[gt_info["category_id"]] = gt_label
-            continue
-        stats.add(gt_info["category_id"], fn=1)
-
-    # False positives, ignoring predictions mostly (> 0.5) in VOID + same-category crowd.
-    for pred_label, pred_info in pred_segms.items():
-        if pred_label in pred_matched:
-            continue
-        col = pred_col[pred_label]
-        intersection = int(void_counts[col])
-        crowd_label = crowd_labels.get(pred_info["category_id"])
-        if crowd_label is not None and crowd_label in gt_row:
-            intersection += int(counts[gt_row[crowd_label], col])
-        if intersection / pred_area[pred_label] > 0.5:
-            continue
-        stats.add(pred_info["category_id"], fp=1)
-    return stats
 
 
 def categories_by_id(categories: Iterable[Mapping[str, Any]]) -> "OrderedDict[int, Dict[str, Any]]":
