@@ -11,11 +11,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from .checkpoint.checkpointer import AtomicDetectionCheckpointer
 from .data.dataset_mappers.detr_panoptic_dataset_mapper import check_image_array
 from .data.datasets.register_from_file import register_datasets_from_config
 from .data.panoptic_io import PanopticPredictionConverter, save_panoptic_png
 from .data.transforms import build_detr_test_augmentation
-from .engine.checkpointer import AtomicDetectionCheckpointer
 from .utils.atomic_io import atomic_write_json
 
 __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]

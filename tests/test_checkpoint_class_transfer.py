@@ -13,19 +13,19 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from detr_d2.checkpoint import (
+    convert_official_detr,
+    dataset_class_names,
+    load_class_map,
+    transfer_class_head,
+)
+from detr_d2.checkpoint.class_names import (
     class_match_key,
     coco_detection_class_names,
     coco_panoptic_class_names,
-    convert_official_detr,
-    dataset_class_names,
-    fresh_class_head,
-    load_class_map,
-    match_classes,
     normalize_class_name,
-    official_state_dict_spec,
-    transfer_class_head,
 )
-from detr_d2.checkpoint.official_layout import OfficialDETRLayout
+from detr_d2.checkpoint.class_transfer import fresh_class_head, match_classes
+from detr_d2.checkpoint.official_layout import OfficialDETRLayout, official_state_dict_spec
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from tests.utils.scripts import load_script
 

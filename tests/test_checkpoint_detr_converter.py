@@ -12,14 +12,10 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from detr_d2.checkpoint import (
-    class_rows_from_mapping,
-    convert_official_detr,
-    dataset_class_mapping,
-    extract_state_dict,
-    infer_official_layout,
-    load_torch_file,
-)
+from detr_d2.checkpoint import convert_official_detr
+from detr_d2.checkpoint.checkpoint_io import extract_state_dict, load_torch_file
+from detr_d2.checkpoint.detr_converter import class_rows_from_mapping, dataset_class_mapping
+from detr_d2.checkpoint.official_layout import infer_official_layout
 from tests.utils.official_detr import (
     OfficialDETRsegm,
     build_official_detr,

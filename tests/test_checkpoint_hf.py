@@ -30,14 +30,10 @@ pytest.importorskip("safetensors")
 from conftest import COCO_SAMPLE, tiny_detr_cfg  # noqa: E402
 from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation, ResNetConfig  # noqa: E402
 
-from detr_d2.checkpoint import (  # noqa: E402
-    OfficialDETRLayout,
-    coco_panoptic_class_names,
-    convert_detr_file,
-    hf_detr_to_official,
-    official_state_dict_spec,
-    retarget_classes,
-)
+from detr_d2.checkpoint import convert_detr_file, retarget_classes  # noqa: E402
+from detr_d2.checkpoint.class_names import coco_panoptic_class_names  # noqa: E402
+from detr_d2.checkpoint.hf_detr import hf_detr_to_official  # noqa: E402
+from detr_d2.checkpoint.official_layout import OfficialDETRLayout, official_state_dict_spec  # noqa: E402
 from tests.utils.scripts import load_script  # noqa: E402
 
 SMALL = dict(

@@ -17,14 +17,13 @@ import re
 import pytest
 import torch
 
-from detr_d2.checkpoint import (
+from detr_d2.checkpoint import convert_official_detr, convert_torchvision_resnet
+from detr_d2.checkpoint.official_layout import (
     OfficialDETRLayout,
-    convert_official_detr,
-    convert_torchvision_resnet,
     infer_official_layout,
     official_state_dict_spec,
-    torchvision_resnet_template,
 )
+from detr_d2.checkpoint.resnet_keys import torchvision_resnet_template
 from tests.utils.official_detr import official_state_dict_template
 from tests.utils.scripts import load_script
 

@@ -11,7 +11,8 @@ from conftest import tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from detr_d2.checkpoint import convert_torchvision_resnet, torchvision_resnet_key_to_d2
+from detr_d2.checkpoint import convert_torchvision_resnet
+from detr_d2.checkpoint.resnet_keys import torchvision_resnet_key_to_d2
 from tests.utils.scripts import load_script
 
 

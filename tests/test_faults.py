@@ -22,6 +22,7 @@ from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
 
+from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.data import DetrPanopticDatasetMapper
 from detr_d2.data.dataset_mappers.corrupt_samples import TooManyCorruptSamplesError
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import check_image_array
@@ -35,7 +36,6 @@ from detr_d2.data.panoptic_conversion import (
     convert_detection_to_panoptic,
     convert_panoptic_to_detection,
 )
-from detr_d2.engine.checkpointer import AtomicDetectionCheckpointer
 from tests.utils.scripts import load_script
 
 PAN_JSON = os.path.join(COCO_SAMPLE, "panoptic_examples.json")
@@ -182,7 +182,7 @@ def test_kill_9_during_checkpoint_save_then_resume(tmp_path, checkpointer):
     script = tmp_path / "child.py"
     import_line = {
         "detectron2": "from detectron2.checkpoint import DetectionCheckpointer as Checkpointer",
-        "atomic": "from detr_d2.engine.checkpointer import AtomicDetectionCheckpointer as Checkpointer",  # noqa: E501
+        "atomic": "from detr_d2.checkpoint import AtomicDetectionCheckpointer as Checkpointer",  # noqa: E501
     }[checkpointer]
     script.write_text(
         _KILL_CHILD.format(import_line=import_line, folder=str(folder), marker=str(marker))

@@ -30,7 +30,7 @@ K, Q = 3, 4
 
 
 @contextlib.contextmanager
-def captured_log(names=("detr_d2.modeling.weight_loading",)):
+def captured_log(names=("detr_d2.checkpoint.weight_loading",)):
     """Messages logged to the loggers ``names`` (handlers on the loggers themselves: another test
     may stop
     propagation)."""
@@ -352,7 +352,7 @@ def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
     DetectionCheckpointer(again).load(path)
     for k, v in grouped.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
-    loggers = ("detr_d2.modeling.weight_loading", "fvcore.common.checkpoint")
+    loggers = ("detr_d2.checkpoint.weight_loading", "fvcore.common.checkpoint")
     plain = build_model(grouped_cfg(num_groups=1))
     with captured_log(loggers) as log:
         DetectionCheckpointer(plain).load(path)

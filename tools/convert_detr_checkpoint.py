@@ -59,15 +59,14 @@ import sys
 
 import detr_d2  # noqa: F401  (registers detr_d2's datasets for --dataset)
 from detr_d2.checkpoint import (
-    check_output_path,
     convert_detr_file,
     d2_checkpoint,
     dataset_class_names,
-    hf_checkpoint_files,
     load_class_map,
     retarget_classes,
-    write_atomically,
 )
+from detr_d2.checkpoint.checkpoint_io import check_output_path, write_atomically
+from detr_d2.checkpoint.hf_detr import hf_checkpoint_files
 from detr_d2.data.datasets.register_from_file import register_dataset_file
 from detr_d2.utils.cli import run_tool, tool_parser
 

@@ -30,15 +30,14 @@ import argparse
 import os
 import sys
 
-from detr_d2.checkpoint import (
+from detr_d2.checkpoint import convert_torchvision_resnet, d2_checkpoint
+from detr_d2.checkpoint.checkpoint_io import (
     check_output_path,
-    convert_torchvision_resnet,
-    d2_checkpoint,
     extract_state_dict,
-    infer_resnet_depth,
     load_torch_file,
     write_atomically,
 )
+from detr_d2.checkpoint.resnet_keys import infer_resnet_depth
 from detr_d2.utils.cli import run_tool, tool_parser
 
 

@@ -45,11 +45,11 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
+from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.checkpoint.checkpoint_io import check_output_path
 from detr_d2.config import get_detr_cfg
 from detr_d2.data.datasets.register_from_file import register_datasets_from_config
 from detr_d2.data.transforms import build_detr_test_augmentation
-from detr_d2.engine import AtomicDetectionCheckpointer
 from detr_d2.export import export_metadata, export_onnx, export_torchscript, save_torchscript
 from detr_d2.export.network import check_exportable
 from detr_d2.export.onnx_export import DEFAULT_OPSET, check_opset

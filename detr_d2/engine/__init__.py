@@ -1,4 +1,3 @@
-from .checkpointer import AtomicDetectionCheckpointer
 from .trainer import DetrTrainer, main, setup
 
-__all__ = ["AtomicDetectionCheckpointer", "DetrTrainer", "main", "setup"]
+__all__ = ["DetrTrainer", "main", "setup"]

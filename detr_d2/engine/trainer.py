@@ -24,12 +24,12 @@ from detectron2.evaluation import (
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
 from ..config import add_detr_config
 from ..data.datasets.register_from_file import (
     add_command_line_datasets,
     register_datasets_from_config,
 )
-from .checkpointer import AtomicDetectionCheckpointer
 from .optimizer import build_detr_optimizer
 
 logger = logging.getLogger(__name__)

@@ -47,6 +47,12 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from ..checkpoint.weight_loading import (
+    MASK_HEAD_PREFIXES,
+    adapt_group_queries,
+    load_and_freeze_detector,
+    load_mask_head,
+)
 from ..data.datasets.panoptic_metadata import class_slots
 from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
 from .criterion import SetCriterion
@@ -62,12 +68,6 @@ from .panoptic_inference import (
 )
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
-from .weight_loading import (
-    MASK_HEAD_PREFIXES,
-    adapt_group_queries,
-    load_and_freeze_detector,
-    load_mask_head,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class DetrPanoptic(nn.Module):
         return self.pixel_mean.device
 
     # ------------------------------------------------------------------ checkpoints (see
-    # weight_loading.py)
+    # detr_d2/checkpoint/weight_loading.py)
     def mask_head_parameter_prefixes(self) -> Tuple[str, ...]:
         return MASK_HEAD_PREFIXES
 

@@ -5,8 +5,8 @@
   the right shape;
 - Group DETR's training-only queries (``group_query_embed.weight``) in any checkpoint, both ways.
 
-Checkpoints have this model's names (converted official, Hugging Face or detr_d2 files; see
-``detr_d2.checkpoint``).
+Checkpoints have this model's names (converted official, Hugging Face or detr_d2 files; see the
+converters beside this module).
 """
 
 import logging
@@ -16,7 +16,7 @@ import torch
 from detectron2.utils.file_io import PathManager
 from torch import Tensor, nn
 
-from ..checkpoint.checkpoint_io import load_state_dict_file
+from .checkpoint_io import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
