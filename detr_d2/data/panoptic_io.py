@@ -11,7 +11,8 @@ are written atomically (:mod:`detr_d2.utils.atomic_io`).
 import io
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import urllib.parse
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +28,10 @@ __all__ = [
     "read_panoptic_png",
     "read_panoptic_ids",
     "check_png_ids_listed",
+    "check_segment_ids",
+    "check_unique",
+    "join_under",
+    "prediction_png_name",
     "image_mode_problem",
     "encode_panoptic_png",
     "save_panoptic_png",
@@ -157,6 +162,81 @@ def check_png_ids_listed(
             f"not in 'segments_info' (listed ids: {sorted(listed)[:20]}). Every non-zero colour "
             "of a panoptic PNG must have a segments_info entry; use RGB (0,0,0) for void."
         )
+
+
+def check_segment_ids(
+    present: Iterable[int],
+    segments_info: Iterable[Mapping],
+    png_path: str,
+    image_id: Any = None,
+    json_file: Optional[str] = None,
+) -> None:
+    """Raise ``ValueError`` unless the non-zero ids ``present`` in a panoptic PNG and the ids of
+    its ``segments_info`` are the same set (a listed segment with no pixel, or a coloured region
+    with no entry, means the JSON and the PNG do not belong together).
+
+    ``present``: the ids of the PNG (e.g. ``np.unique`` of its id map; 0 = void is ignored). The
+    message names the PNG, the image id, the JSON and the ids with their RGB colours.
+    """
+    listed = {int(s["id"]) for s in segments_info}
+    present = {int(i) for i in present} - {0}
+    where = png_path + (f" (image_id {image_id!r})" if image_id is not None else "")
+    source = f" of {json_file}" if json_file else ""
+    unlisted = sorted(present - listed)
+    if unlisted:
+        colours = [tuple(int(c) for c in id2rgb(i)) for i in unlisted[:5]]
+        raise ValueError(
+            f"{where}: segment id(s) {unlisted[:5]} (RGB {colours}) appear in the PNG but not in "
+            f"'segments_info'{source} (listed ids: {sorted(listed)[:20]}). Every non-zero colour "
+            "of a panoptic PNG must have a segments_info entry; use RGB (0,0,0) for void."
+        )
+    absent = sorted(listed - present)
+    if absent:
+        colours = [tuple(int(c) for c in id2rgb(i)) for i in absent[:5]]
+        raise ValueError(
+            f"{where}: segment id(s) {absent[:5]} (RGB {colours}) are listed in 'segments_info'"
+            f"{source} but have no pixel in the PNG (ids in the PNG: {sorted(present)[:20]}). "
+            "Remove those entries, or check that the JSON and the PNG folder belong together."
+        )
+
+
+def check_unique(values: Iterable[Any], where: Callable[[int], str], what: str) -> None:
+    """Raise ``ValueError`` at the first value seen twice: ``"<where(i)>: <what> <v> repeats
+    <where(first)>"``, ``i`` being the position of the repeat."""
+    first: Dict[Any, int] = {}
+    for i, value in enumerate(values):
+        j = first.setdefault(value, i)
+        if j != i:
+            raise ValueError(
+                f"{where(i)}: {what} {value!r} repeats {where(j)}; each {what} must be unique"
+            )
+
+
+def join_under(root: str, name: Any, where: str) -> str:
+    """``os.path.join(root, name)`` for a file name read from a dataset file, refusing a name that
+    is not a non-empty string or that leaves ``root`` (absolute, or ``..`` after normalisation),
+    with a ``ValueError`` naming ``where`` (the file and the entry) and the name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: expected a file name (a non-empty string), got {name!r}")
+    norm = os.path.normpath(name)
+    if (
+        os.path.isabs(name)
+        or os.path.splitdrive(name)[0]
+        or norm == os.pardir
+        or (norm.startswith(os.pardir + os.sep))
+    ):
+        raise ValueError(
+            f"{where}: file name {name!r} leaves its folder {root} (absolute or '..' paths are "
+            "refused: dataset files may only name files under their root)"
+        )
+    return os.path.join(root, name)
+
+
+def prediction_png_name(image_id: Any) -> str:
+    """File name of an image's prediction PNG: its image id (URL-quoted, so a string id never
+    names a folder), e.g. ``139.png``. Image ids are unique; stems are not (``a/0.jpg``,
+    ``b/0.jpg``)."""
+    return urllib.parse.quote(str(image_id), safe="") + ".png"
 
 
 def encode_panoptic_png(id_map: np.ndarray) -> bytes:

@@ -22,7 +22,11 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.panoptic_io import PanopticPredictionConverter, encode_panoptic_png
+from ..data.panoptic_io import (
+    PanopticPredictionConverter,
+    encode_panoptic_png,
+    prediction_png_name,
+)
 from ..utils.atomic_io import atomic_write_bytes
 from .panoptic_ground_truth import GROUND_TRUTH_CACHE, PanopticGroundTruth
 from .panoptic_matching import image_pq_stats
@@ -70,8 +74,8 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
                 ``panoptic_root``, ``thing/stuff_dataset_id_to_contiguous_id``).
             output_dir: where to write the per-class report (and predictions); None: nowhere.
             write_predictions: also write the standard COCO panoptic predictions,
-                ``<output_dir>/predictions.json`` + ``<output_dir>/predictions/*.png``, readable by
-                ``panopticapi.evaluation.pq_compute`` (for submissions elsewhere).
+                ``<output_dir>/predictions.json`` + ``<output_dir>/predictions/<image id>.png``,
+                readable by ``panopticapi.evaluation.pq_compute`` (for submissions elsewhere).
             cache_ground_truth: keep decoded GT maps in the process-wide cache for later
                 evaluations (bounded, ``GROUND_TRUTH_CACHE.max_bytes``).
             num_workers: background threads computing the per-image statistics (0: in ``process``).
@@ -116,10 +120,6 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs) -> None:
         for input, output in zip(inputs, outputs):
             id_map, segments_info = self._converter(output["panoptic_seg"])
-            if self._write_predictions and "file_name" not in input:
-                raise KeyError(
-                    f"image {input['image_id']}: write_predictions needs the input's 'file_name'"
-                )
             image_id, file_name = input["image_id"], input.get("file_name")
             if self._executor is None:
                 self._collect(self._image_result(image_id, file_name, id_map, segments_info))
@@ -161,7 +161,7 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         if self._write_predictions:
             prediction = {
                 "image_id": image_id,
-                "file_name": os.path.splitext(os.path.basename(file_name))[0] + ".png",
+                "file_name": prediction_png_name(image_id),
                 "png_string": encode_panoptic_png(id_map),
                 "segments_info": segments_info,
             }

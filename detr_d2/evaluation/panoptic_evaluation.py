@@ -21,6 +21,7 @@ from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..data.panoptic_io import prediction_png_name
 from .panoptic_ground_truth import PanopticGroundTruth
 from .panoptic_quality import PQStats, categories_by_id, summarize_pq_stats
 from .per_class_report import report_panoptic_results
@@ -88,6 +89,9 @@ class COCOPanopticEvaluatorWithPerClass(COCOPanopticEvaluator):
         with tempfile.TemporaryDirectory(prefix="panoptic_eval") as pred_dir:
             logger.info("Writing all panoptic predictions to {} ...".format(pred_dir))
             for p in self._predictions:
+                # Detectron2 names a PNG by the image's stem: two images a/0.jpg and b/0.jpg
+                # would share one file; image ids are unique.
+                p["file_name"] = prediction_png_name(p["image_id"])
                 with open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
                     f.write(p.pop("png_string"))
 

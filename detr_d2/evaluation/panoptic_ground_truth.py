@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from detectron2.utils.file_io import PathManager
 
-from ..data.panoptic_io import read_panoptic_ids
+from ..data.panoptic_io import check_segment_ids, check_unique, join_under, read_panoptic_ids
 from .panoptic_quality import RunLengthIdMap, categories_by_id
 
 __all__ = ["GroundTruthCache", "PanopticGroundTruth", "GROUND_TRUTH_CACHE"]
@@ -103,6 +103,14 @@ class PanopticGroundTruth:
                     f"{panoptic_json}: image_id {ann['image_id']} has several annotations "
                     f"(annotations[{i}] repeats it)"
                 )
+            check_unique(
+                [seg["id"] for seg in ann["segments_info"]],
+                lambda j, i=i, ann=ann: (
+                    f"{panoptic_json}: annotations[{i}] (image_id {ann['image_id']!r}): "
+                    f"segments_info[{j}]"
+                ),
+                "segment id",
+            )
             self.by_image_id[ann["image_id"]] = ann
 
     @classmethod
@@ -134,7 +142,9 @@ class PanopticGroundTruth:
         return gt
 
     def png_path(self, annotation: Mapping[str, Any]) -> str:
-        return os.path.join(self.panoptic_root, annotation["file_name"])
+        """The GT PNG of ``annotation``; a ``file_name`` leaving ``panoptic_root`` is refused."""
+        where = f"{self.panoptic_json}: annotation of image_id {annotation['image_id']!r}"
+        return join_under(self.panoptic_root, annotation["file_name"], where)
 
     def unpredicted_images(self, predicted: Iterable[Any], dataset_name: str) -> List[Any]:
         """Image ids of the GT annotations that have no prediction and whose GT PNG is missing:
@@ -166,7 +176,8 @@ class PanopticGroundTruth:
     def id_map(
         self, annotation: Mapping[str, Any], cache: Optional[GroundTruthCache]
     ) -> RunLengthIdMap:
-        """Run-length GT id map of one annotation (through ``cache`` unless None)."""
+        """Run-length GT id map of one annotation (through ``cache`` unless None); its ids must be
+        those of the annotation's ``segments_info`` (an error names the PNG and the ids)."""
         path = self.png_path(annotation)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -174,5 +185,14 @@ class PanopticGroundTruth:
                 f"(file_name {annotation['file_name']!r} of {self.panoptic_json})"
             )
         if cache is None:
-            return RunLengthIdMap.from_id_map(read_panoptic_ids(path))
-        return cache.get(path)
+            item = RunLengthIdMap.from_id_map(read_panoptic_ids(path))
+        else:
+            item = cache.get(path)
+        check_segment_ids(
+            item.ids.tolist(),
+            annotation["segments_info"],
+            path,
+            annotation["image_id"],
+            self.panoptic_json,
+        )
+        return item

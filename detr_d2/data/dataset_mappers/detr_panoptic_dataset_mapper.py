@@ -17,7 +17,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.logger import log_first_n
 from PIL import Image
 
-from ..panoptic_io import check_png_ids_listed, read_panoptic_png, rgb2id
+from ..image_depth import eight_bit_image
+from ..panoptic_io import check_segment_ids, read_panoptic_png, rgb2id
 from ..transforms import build_detr_test_augmentation, build_detr_train_augmentation
 from .corrupt_samples import CorruptSampleCounter
 
@@ -35,17 +36,21 @@ def read_image_checked(file_name: str, image_format: str) -> np.ndarray:
     """Read an image like Detectron2's ``read_image`` (EXIF orientation applied), with checks.
 
     Grayscale images are converted to ``image_format`` (COCO has some); an alpha channel is
-    dropped with a warning. A missing, undecodable (e.g. truncated) or empty image raises an error
-    naming the file (field ``file_name``). Returns an ``uint8`` HxWxC array in ``image_format``
-    channel order.
+    dropped with a warning; 16-bit images are converted exactly to 8 bits and float images refused
+    (:mod:`detr_d2.data.image_depth`). A missing, undecodable (e.g. truncated) or empty image
+    raises an error naming the file (field ``file_name``). Returns an ``uint8`` HxWxC array in
+    ``image_format`` channel order.
     """
     try:
         with Image.open(file_name) as img:
             mode = img.mode
+            eight_bit = eight_bit_image(img, file_name)  # None: 8 bits already
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found (file_name): {file_name}") from None
     except OSError as e:
         raise ValueError(f"{file_name} (file_name): cannot be read as an image: {e}") from e
+    if eight_bit is not None:
+        return utils.convert_PIL_to_numpy(eight_bit, image_format)
     if mode in ("RGBA", "LA", "PA"):
         log_first_n(
             logging.WARNING,
@@ -120,7 +125,7 @@ def panoptic_to_instances(
     classes, masks, crowd = [], [], []
     for seg in segments_info:
         mask = ids == seg["id"]
-        if not mask.any():  # cropped away (or absent from the PNG)
+        if not mask.any():  # cropped away
             continue
         classes.append(int(seg["category_id"]))
         masks.append(mask)
@@ -146,7 +151,7 @@ class DetrPanopticDatasetMapper:
     other input fields; in training also ``instances`` (see :func:`panoptic_to_instances`), built
     from the panoptic PNG transformed with the *same* transforms as the image (PIL nearest for
     the PNG, bilinear for the image). Pixels whose id is 0 are void; a non-zero PNG id with no
-    ``segments_info`` entry raises an error naming the PNG.
+    ``segments_info`` entry, or an entry with no pixel, raises an error naming the PNG.
 
     A sample whose files cannot be used (missing, undecodable, sizes or ids not matching the dict)
     raises an error naming the file; with ``skip_corrupt_samples`` (training only) it is logged,
@@ -212,8 +217,8 @@ class DetrPanopticDatasetMapper:
                     f"{pan_rgb.shape[1]}x{pan_rgb.shape[0]} but its image "
                     f"{dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH)"
                 )
-            check_png_ids_listed(
-                rgb2id(pan_rgb),
+            check_segment_ids(
+                np.unique(rgb2id(pan_rgb)),
                 dataset_dict["segments_info"],
                 dataset_dict["pan_seg_file_name"],
                 dataset_dict.get("image_id"),

@@ -11,11 +11,11 @@ assumes ``.jpg``. Example::
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..panoptic_io import read_json, require_keys
+from ..panoptic_io import check_unique, join_under, read_json, require_keys
 from .panoptic_metadata import build_panoptic_metadata
 
 __all__ = [
@@ -49,13 +49,17 @@ class _ImageIndex:
 
 
 def _resolve_image(
-    index: _ImageIndex, image_entry: Optional[Mapping[str, Any]], png_name: str
-) -> Optional[str]:
-    """Image of an annotation: ``images[].file_name`` if it exists, else ``<stem>.<any ext>``."""
+    index: _ImageIndex, image_entry: Optional[Mapping[str, Any]], png_name: str, where: str
+) -> Tuple[Optional[str], str]:
+    """Image of an annotation: ``images[].file_name`` if it exists, else ``<stem>.<any ext>``.
+
+    Returns ``(path or None when missing, the name looked for)``; a name leaving ``image_root``
+    raises an error naming ``where``.
+    """
     if image_entry is not None and "file_name" in image_entry:
-        exact = os.path.join(index.image_root, image_entry["file_name"])
+        exact = join_under(index.image_root, image_entry["file_name"], f"{where} 'file_name'")
         if os.path.isfile(exact):
-            return exact
+            return exact, image_entry["file_name"]
         stem = os.path.splitext(image_entry["file_name"])[0]
     else:
         stem = os.path.splitext(png_name)[0]
@@ -65,7 +69,47 @@ def _resolve_image(
             f"{index.image_root}: several images match {stem!r} ({found}); keep one, or list the "
             "exact file in the JSON's 'images' section"
         )
-    return os.path.join(index.image_root, found[0]) if found else None
+    if found:
+        return os.path.join(index.image_root, found[0]), found[0]
+    return None, image_entry["file_name"] if image_entry is not None and "file_name" in (
+        image_entry
+    ) else f"{stem}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}>"
+
+
+def _check_unique_ids(data: Mapping[str, Any], json_file: str) -> None:
+    """Refuse repeated image ids (in ``images`` and ``annotations``), PNG names and segment ids
+    within an image: one would silently be paired with another's files or pixels."""
+    images, anns = data.get("images", []), data["annotations"]
+    check_unique([img["id"] for img in images], lambda i: f"{json_file}: images[{i}]", "id")
+    for i, ann in enumerate(anns):
+        require_keys(
+            ann, ["file_name", "image_id", "segments_info"], f"{json_file}: annotations[{i}]"
+        )
+    check_unique(
+        [ann["image_id"] for ann in anns], lambda i: f"{json_file}: annotations[{i}]", "image_id"
+    )
+    check_unique(
+        [os.path.normpath(str(ann["file_name"])) for ann in anns],
+        lambda i: f"{json_file}: annotations[{i}]",
+        "file_name",
+    )
+    for i, ann in enumerate(anns):
+        segments = ann["segments_info"]
+        if not isinstance(segments, list):
+            raise ValueError(f"{json_file}: annotations[{i}]: 'segments_info' must be a list")
+        ids = []
+        for j, seg in enumerate(segments):
+            where = f"{json_file}: annotations[{i}] ({ann['file_name']}): segments_info[{j}]"
+            require_keys(seg, ["id", "category_id"], where)
+            ids.append(seg["id"])
+        check_unique(
+            ids,
+            lambda j, i=i, ann=ann: (
+                f"{json_file}: annotations[{i}] (image_id {ann['image_id']!r}, "
+                f"{ann['file_name']}): segments_info[{j}]"
+            ),
+            "segment id",
+        )
 
 
 def load_panoptic_json(
@@ -104,6 +148,7 @@ def load_panoptic_json(
     for i, img in enumerate(data.get("images", [])):
         require_keys(img, ["id"], f"{json_file}: images[{i}]")
         images[img["id"]] = img
+    _check_unique_ids(data, json_file)
     index = _ImageIndex(image_root)
 
     dicts, missing_images, missing_pngs = [], [], []
@@ -113,10 +158,11 @@ def load_panoptic_json(
         image_entry = images.get(ann["image_id"])
         if images and image_entry is None:
             raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
-        image_file = _resolve_image(index, image_entry, ann["file_name"])
-        png_file = os.path.join(panoptic_root, ann["file_name"])
+        image_where = where if image_entry is None else f"{json_file}: image_id {ann['image_id']!r}"
+        image_file, image_name = _resolve_image(index, image_entry, ann["file_name"], image_where)
+        png_file = join_under(panoptic_root, ann["file_name"], f"{where} 'file_name'")
         if image_file is None:
-            missing_images.append(ann["file_name"])
+            missing_images.append(image_name)
             continue
         if not os.path.isfile(png_file):
             missing_pngs.append(png_file)
