@@ -17,7 +17,8 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 
 from . import data, evaluation, modeling  # noqa: E402,F401
 from .config import add_detr_config  # noqa: E402
+from .config_rules import validate_detr_config  # noqa: E402
 from .engine import DetrTrainer  # noqa: E402
 
-__all__ = ["add_detr_config", "DetrTrainer"]
+__all__ = ["add_detr_config", "validate_detr_config", "DetrTrainer"]
 __version__ = "0.1.0"

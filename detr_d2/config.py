@@ -12,6 +12,21 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .config_rules import validate_detr_config
+
+__all__ = ["add_detr_config", "get_detr_cfg", "validate_detr_config", "RENAMED_KEYS"]
+
+
+# old key -> new key
+RENAMED_KEYS = {
+    # the class-loss weight of duplicates, not a second meaning of MODEL.DETR.NO_OBJECT_WEIGHT
+    "MODEL.DETR.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT": (
+        "MODEL.DETR.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT"
+    ),
+    # query groups, not a second meaning of MODEL.RESNETS.NUM_GROUPS (ResNeXt's conv groups)
+    "MODEL.DETR.GROUP_DETR.NUM_GROUPS": "MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS",
+}
+
 
 def add_detr_config(cfg: CN) -> None:
     """Add detr_d2's options to a Detectron2 config (in place). Safe to call once per config."""
@@ -68,28 +83,28 @@ def add_detr_config(cfg: CN) -> None:
     # Default: only the masks that are used (the fusion's kept queries at inference, the matched
     # ones in training).
     cfg.MODEL.DETR.ALL_QUERY_MASKS = False
-    # Group DETR (Chen et al., ICCV 2023), a training-only aid to convergence: NUM_GROUPS groups of
-    # NUM_OBJECT_QUERIES queries are decoded in training, self-attention kept within each group,
-    # each group matched one-to-one to all targets, losses (incl. masks and deep supervision)
-    # averaged over the groups. Inference decodes group 0 only: the same model and cost as without
-    # groups. The extra groups' queries (group_query_embed.weight) are training-only: a plain model
-    # ignores them in a checkpoint, and a grouped model initialises them from query_embed when a
-    # checkpoint has none. 1 = off (DETR). With FROZEN_WEIGHTS (stage 2) the frozen detector is
-    # decoded with its trained groups and the mask head learns from every group's matched queries
-    # (needs a stage 1 trained with the same NUM_GROUPS; a stage 1 trained with groups also feeds a
-    # plain stage 2). Training costs about K x the decoder, matching and mask-head (matched queries)
-    # work.
+    # Group DETR (Chen et al., ICCV 2023), a training-only aid to convergence: NUM_QUERY_GROUPS
+    # groups of NUM_OBJECT_QUERIES queries are decoded in training, self-attention kept within each
+    # group, each group matched one-to-one to all targets, losses (incl. masks and deep
+    # supervision) averaged over the groups. Inference decodes group 0 only: the same model and cost
+    # as without groups. The extra groups' queries (group_query_embed.weight) are training-only: a
+    # plain model ignores them in a checkpoint, and a grouped model initialises them from
+    # query_embed when a checkpoint has none. 1 = off (DETR). With FROZEN_WEIGHTS (stage 2) the
+    # frozen detector is decoded with its trained groups and the mask head learns from every
+    # group's matched queries (needs a stage 1 trained with the same NUM_QUERY_GROUPS; a stage 1
+    # trained with groups also feeds a plain stage 2). Training costs about K x the decoder,
+    # matching and mask-head (matched queries) work.
     cfg.MODEL.DETR.GROUP_DETR = CN()
-    cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = 1
+    cfg.MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS = 1
     # Duplicate suppression, a training-only aid (no parameter, inference unchanged): an unmatched
     # query whose predicted box overlaps a target box with IoU >= IOU_THRESHOLD (typically a second
-    # prediction of that object) is pushed to "no object" with NO_OBJECT_WEIGHT instead of
-    # MODEL.DETR.NO_OBJECT_WEIGHT, in every decoder layer's (and group's) classification loss. The
-    # quickstart uses weight 0.5; 1.0 slowed its things down. Not with FROZEN_WEIGHTS (stage 2
-    # trains no class head).
+    # prediction of that object) is pushed to "no object" with the class-loss weight
+    # DUPLICATE_CLASS_WEIGHT instead of MODEL.DETR.NO_OBJECT_WEIGHT, in every decoder layer's (and
+    # group's) classification loss. The quickstart uses 0.5; 1.0 slowed its things down. Not with
+    # FROZEN_WEIGHTS (stage 2 trains no class head).
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION = CN()
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = False
-    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT = 1.0
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT = 1.0
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.IOU_THRESHOLD = 0.5
 
     # Test-time outputs and panoptic fusion (DETR's post-processor)
@@ -147,6 +162,12 @@ def add_detr_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+    # Keys renamed since an earlier release: a config that still uses one gets a KeyError naming
+    # the new key (fvcore/yacs CfgNode.register_renamed_key).
+    for old, new in RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, new, "see docs/configuration.md")
 
 
 def get_detr_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:

@@ -147,7 +147,7 @@ def test_grouped_loss_is_mean_of_single_group_losses(seed):
 def _cfg(enabled, num_groups=K):
     cfg = grouped_cfg(num_groups=num_groups)
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = enabled
-    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT = 1.0
+    cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT = 1.0
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.IOU_THRESHOLD = 0.1
     return cfg
 

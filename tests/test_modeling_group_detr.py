@@ -1,4 +1,4 @@
-"""Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS``): training-only query groups.
+"""Group DETR (``MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS``): training-only query groups.
 
 The decoder's group attention mask isolates the groups; matching and losses with K groups equal the
 average of K single-group computations on the corresponding slices; inference is exactly the plain
@@ -53,7 +53,7 @@ def captured_log(names=("detr_d2.checkpoint.weight_loading",)):
 def grouped_cfg(num_groups=K, **detr):
     cfg = tiny_detr_cfg()
     cfg.MODEL.DETR.DROPOUT = 0.0
-    cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS = num_groups
+    cfg.MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS = num_groups
     for k, v in detr.items():
         setattr(cfg.MODEL.DETR, k, v)
     return cfg
@@ -425,14 +425,14 @@ def test_grouped_stage2_needs_a_detector_trained_with_the_same_groups(tmp_path):
         _stage1_checkpoint(path, stage1_groups)
         with pytest.raises(
             ValueError,
-            match=rf"FROZEN_WEIGHTS=.*stage1_g{stage1_groups}.pth.*NUM_GROUPS=3.*"
+            match=rf"FROZEN_WEIGHTS=.*stage1_g{stage1_groups}.pth.*NUM_QUERY_GROUPS=3.*"
             rf"group_query_embed.weight of shape \(20, 128\) \(found {re.escape(found)}\)",
         ):
             build_model(_stage2_cfg(path, K))
 
 
 def test_bad_number_of_groups_refused():
-    with pytest.raises(ValueError, match="NUM_GROUPS must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="NUM_QUERY_GROUPS must be an integer >= 1, got 0"):
         build_model(grouped_cfg(num_groups=0))
 
 
@@ -448,7 +448,7 @@ def test_official_recipes_keep_group_detr_off(name):
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", name))
-    assert cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS == 1
+    assert cfg.MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

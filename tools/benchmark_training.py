@@ -642,7 +642,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(
                 f"quickstart: {QUICKSTART_CONFIG} (ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
                 f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries x "
-                f"{cfg.MODEL.DETR.GROUP_DETR.NUM_GROUPS} Group DETR "
+                f"{cfg.MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS} Group DETR "
                 "group(s), duplicate suppression "
                 f"{'on' if cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED else 'off'}, "
                 f"joint training); batch {cfg.SOLVER.IMS_PER_BATCH} x "

@@ -79,13 +79,13 @@ def load_and_freeze_detector(model: nn.Module, path: str) -> None:
         if found is None or found.shape != groups.weight.shape:
             raise ValueError(
                 f"MODEL.DETR.FROZEN_WEIGHTS={path}: "
-                f"MODEL.DETR.GROUP_DETR.NUM_GROUPS={model.num_query_groups} "
+                f"MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS={model.num_query_groups} "
                 "trains the mask head on every group's matched queries, but the frozen "
                 "detector has no trained "
                 f"{GROUP_QUERIES} of shape {tuple(groups.weight.shape)} (found "
                 f"{None if found is None else tuple(found.shape)}): use a stage 1 trained "
-                "with the same "
-                "NUM_GROUPS and NUM_OBJECT_QUERIES, or MODEL.DETR.GROUP_DETR.NUM_GROUPS 1"
+                "with the same NUM_QUERY_GROUPS and NUM_OBJECT_QUERIES, or "
+                "MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS 1"
             )
     load_checkpoint_part(
         model, state, path, "MODEL.DETR.FROZEN_WEIGHTS", MASK_HEAD_PREFIXES, include=False

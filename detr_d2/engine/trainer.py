@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
 from ..config import add_detr_config
+from ..config_rules import validate_detr_config
 from ..data.datasets.register_from_file import (
     add_command_line_datasets,
     register_datasets_from_config,
@@ -77,14 +78,11 @@ class DetrTrainer(DefaultTrainer):
     """DefaultTrainer + DETR's mapper, AdamW with a backbone multiplier, and panoptic evaluators."""
 
     def __init__(self, cfg):
-        """``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU
+        """The config's rules for training (:func:`~detr_d2.config_rules.validate_detr_config`),
+        then ``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU
         model, so
         ``launch`` with several CPU processes (gloo) works."""
-        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            raise ValueError(
-                "SOLVER.AMP.ENABLED needs a CUDA model (Detectron2's AMPTrainer); "
-                "MODEL.DEVICE is cpu"
-            )
+        validate_detr_config(cfg, training=True)
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
@@ -171,6 +169,7 @@ def setup(args) -> CfgNode:
         cfg, getattr(args, "register_dataset", None)
     )  # -> DATASETS.REGISTER_FILES
     cfg.freeze()
+    validate_detr_config(cfg, training=not args.eval_only)  # before anything is written
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
     register_datasets_from_config(

@@ -49,10 +49,6 @@ def build_panoptic_evaluator(
         return FastCOCOPanopticEvaluator(
             dataset_name, output_dir, write_predictions=write_predictions, num_workers=num_workers
         )
-    if write_predictions:
-        raise ValueError(
-            "TEST.PANOPTIC_WRITE_PREDICTIONS is an option of the 'in_process' panoptic evaluator; "
-            "Detectron2's evaluator ('panopticapi') writes predictions.json to output_dir "
-            "but deletes the PNGs"
-        )
+    if write_predictions:  # the config rule: detr_d2.config_rules (TEST.PANOPTIC_WRITE_PREDICTIONS)
+        raise ValueError("write_predictions is an option of the 'in_process' panoptic evaluator")
     return COCOPanopticEvaluatorWithPerClass(dataset_name, output_dir)

@@ -17,8 +17,8 @@ matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.AL
 computes every query's mask as official DETR does (same results: each query's mask is independent of
 the others').
 
-Group DETR (``MODEL.DETR.GROUP_DETR.NUM_GROUPS`` K > 1; Chen et al., ICCV 2023), a training-only
-aid: in training the decoder also decodes K - 1 extra groups of Q queries
+Group DETR (``MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS`` K > 1; Chen et al., ICCV 2023), a
+training-only aid: in training the decoder also decodes K - 1 extra groups of Q queries
 (``group_query_embed.weight``, (K-1)*Q x C, group-major), self-attention kept within each group;
 each group is matched one-to-one and the losses are averaged over the groups (``SetCriterion``). At
 inference only ``query_embed`` (group 0) is decoded, so the model is exactly the plain one.
@@ -53,6 +53,7 @@ from ..checkpoint.weight_loading import (
     load_and_freeze_detector,
     load_mask_head,
 )
+from ..config_rules import validate_detr_config
 from ..data.datasets.panoptic_metadata import class_slots
 from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
 from .criterion import SetCriterion
@@ -139,6 +140,9 @@ class DetrPanoptic(nn.Module):
             all_query_masks: compute the masks of all queries, in training and at inference, as
                 official DETR does (for comparison); default: only the masks that are used.
             num_query_groups: Group DETR's K (training only; see the module docstring); 1 = DETR.
+
+        The rules between these arguments' config keys are checked by
+        :func:`~detr_d2.config_rules.validate_detr_config` in :meth:`from_config`.
         """
         super().__init__()
         self.backbone = backbone
@@ -158,11 +162,6 @@ class DetrPanoptic(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        if not isinstance(num_query_groups, int) or num_query_groups < 1:
-            raise ValueError(
-                "MODEL.DETR.GROUP_DETR.NUM_GROUPS must be an integer >= 1, got "
-                f"{num_query_groups!r}"
-            )
         self.num_query_groups = num_query_groups
         # training-only queries of groups 1..K-1 (group-major); group 0 is query_embed, the
         # inference queries
@@ -175,48 +174,10 @@ class DetrPanoptic(nn.Module):
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2)
         self.mask_on = mask_on
         if mask_on:
-            if len(self.in_features) != 4:
-                raise ValueError(
-                    "MODEL.DETR.IN_FEATURES: the mask head needs 4 backbone features "
-                    "(strides 4..32), got "
-                    f"{self.in_features}"
-                )
-            if hidden_dim % 128 or (hidden_dim + nheads) % 8:
-                raise ValueError(
-                    f"MODEL.DETR.HIDDEN_DIM ({hidden_dim}) must be a multiple of 128 and "
-                    "HIDDEN_DIM + NHEADS "
-                    f"({hidden_dim + nheads}) a multiple of 8 with MODEL.MASK_ON: the mask "
-                    "head's GroupNorm(8) "
-                    "layers have HIDDEN_DIM + NHEADS, HIDDEN_DIM/2 ... HIDDEN_DIM/16 channels"
-                )
             self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
             fpn_dims = [shapes[f].channels for f in self.in_features[2::-1]]
             self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
             self.mask_stride = shapes[self.in_features[0]].stride
-        elif panoptic_on or semantic_on:
-            raise ValueError(
-                "MODEL.MASK_ON False (detection only) has no masks: set TEST.PANOPTIC_ON False and "
-                "TEST.SEMANTIC_ON False (the model then outputs instances with boxes; "
-                "TEST.INSTANCE_ON True)"
-            )
-        if not (panoptic_on or instance_on or semantic_on):
-            raise ValueError(
-                "TEST.PANOPTIC_ON, TEST.INSTANCE_ON and TEST.SEMANTIC_ON are all False: no output"
-            )
-        if frozen_weights and aux_loss:
-            raise ValueError(
-                "MODEL.DETR.FROZEN_WEIGHTS freezes the decoder, so the auxiliary decoding "
-                "losses of "
-                "MODEL.DETR.DEEP_SUPERVISION would train nothing: set "
-                "MODEL.DETR.DEEP_SUPERVISION False"
-            )
-        if frozen_weights and getattr(criterion, "duplicate_no_object_weight", None) is not None:
-            raise ValueError(
-                "MODEL.DETR.FROZEN_WEIGHTS freezes the class head, so "
-                "MODEL.DETR.DUPLICATE_SUPPRESSION (a class "
-                "loss weight) would train nothing: set "
-                "MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED False"
-            )
         self.mask_head_feature_norm = mask_head_feature_norm
         self.aux_loss = aux_loss
         self.criterion = criterion
@@ -244,12 +205,11 @@ class DetrPanoptic(nn.Module):
         if frozen_weights:
             self.load_and_freeze_detector(frozen_weights)
         if mask_head_weights:
-            if not mask_on:
-                raise ValueError("MODEL.DETR.MASK_HEAD_WEIGHTS needs MODEL.MASK_ON True")
             self.load_mask_head(mask_head_weights)
 
     @classmethod
     def from_config(cls, cfg):
+        validate_detr_config(cfg)  # every rule between config keys (config_rules.py)
         d = cfg.MODEL.DETR
         backbone = build_backbone(cfg)
         in_features = list(d.IN_FEATURES) if cfg.MODEL.MASK_ON else [d.IN_FEATURES[-1]]
@@ -289,7 +249,7 @@ class DetrPanoptic(nn.Module):
             losses=losses,
             focal_alpha=d.FOCAL_ALPHA,
             focal_gamma=d.FOCAL_GAMMA,
-            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.NO_OBJECT_WEIGHT
+            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT
             if d.DUPLICATE_SUPPRESSION.ENABLED
             else None,
             duplicate_iou_threshold=d.DUPLICATE_SUPPRESSION.IOU_THRESHOLD,
@@ -320,7 +280,7 @@ class DetrPanoptic(nn.Module):
             "mask_head_feature_norm": d.MASK_HEAD_FEATURE_NORM,
             "batch_invariant": d.BATCH_INVARIANT,
             "all_query_masks": d.ALL_QUERY_MASKS,
-            "num_query_groups": d.GROUP_DETR.NUM_GROUPS,
+            "num_query_groups": d.GROUP_DETR.NUM_QUERY_GROUPS,
         }
 
     @property
