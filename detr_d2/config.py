@@ -162,6 +162,12 @@ def add_detr_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # DETR's gradient clipping: the L2 norm of all gradients together clipped to MAX_NORM (DETR's
+    # --clip_max_norm 0.1) by build_detr_optimizer. Detectron2's SOLVER.CLIP_GRADIENTS (per
+    # parameter, CLIP_TYPE value / norm) keeps Detectron2's meaning; both may be on.
+    cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS = CN()
+    cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED = False
+    cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS.MAX_NORM = 0.1
 
     # Keys renamed since an earlier release: a config that still uses one gets a KeyError naming
     # the new key (fvcore/yacs CfgNode.register_renamed_key).

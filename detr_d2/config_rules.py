@@ -137,6 +137,29 @@ def _amp_needs_cuda(cfg) -> Optional[str]:
     return None
 
 
+def _clip_type(cfg) -> Optional[str]:
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.CLIP_TYPE == "full_model":
+        return (
+            "SOLVER.CLIP_GRADIENTS.CLIP_TYPE 'full_model' is not a Detectron2 clip type (its "
+            "build_optimizer rejects it); full-model clipping has its own key: set "
+            "SOLVER.CLIP_GRADIENTS.ENABLED False, SOLVER.CLIP_GRADIENTS.CLIP_TYPE value and "
+            f"SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED True, MAX_NORM {clip.CLIP_VALUE}"
+        )
+    return None
+
+
+def _full_model_max_norm(cfg) -> Optional[str]:
+    full = cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS
+    if full.ENABLED and not full.MAX_NORM > 0:
+        return (
+            "SOLVER.FULL_MODEL_CLIP_GRADIENTS.MAX_NORM must be > 0 with "
+            f"SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED, got {full.MAX_NORM}: set MAX_NORM (DETR: "
+            "0.1) or ENABLED False"
+        )
+    return None
+
+
 CONFIG_RULES: Tuple[ConfigRule, ...] = (
     ConfigRule(
         ("MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS",),
@@ -187,6 +210,18 @@ CONFIG_RULES: Tuple[ConfigRule, ...] = (
         ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"),
         "mixed precision (Detectron2's AMPTrainer) needs a CUDA device",
         _amp_needs_cuda,
+        training=True,
+    ),
+    ConfigRule(
+        ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED"),
+        "Detectron2's clip types only (value, norm); DETR's full-model clipping is its own key",
+        _clip_type,
+        training=True,
+    ),
+    ConfigRule(
+        ("SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED", "SOLVER.FULL_MODEL_CLIP_GRADIENTS.MAX_NORM"),
+        "full-model clipping needs a positive maximum norm",
+        _full_model_max_norm,
         training=True,
     ),
 )

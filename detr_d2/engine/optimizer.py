@@ -1,7 +1,8 @@
 """DETR's optimiser as a Detectron2 builder: AdamW (or SGD), a backbone LR multiplier, no weight
-decay on
-norms and embeddings, optional full-model gradient clipping (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE
-full_model``).
+decay on norms and embeddings, optional full-model gradient clipping
+(``SOLVER.FULL_MODEL_CLIP_GRADIENTS``: the L2 norm of all gradients together, DETR's
+``clip_max_norm``). Detectron2's ``SOLVER.CLIP_GRADIENTS`` (per-parameter ``value`` / ``norm``)
+keeps its meaning and is applied by Detectron2's ``maybe_add_gradient_clipping``.
 
 Follows the parameter groups of ``main.py`` (facebookresearch/detr at 29901c5) in Detectron2's
 ``build_optimizer`` shape (``detectron2/solver/build.py``, facebookresearch/detectron2 at 02b5c4e).
@@ -12,6 +13,8 @@ from typing import Any, Dict, List, Set
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
+
+from ..config_rules import validate_detr_config
 
 
 def _full_model_clipping(optim_cls, clip_norm: float):
@@ -25,9 +28,11 @@ def _full_model_clipping(optim_cls, clip_norm: float):
 
 
 def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Param groups by (lr, weight decay), merged with Detectron2's ``reduce_param_groups`` (one
-    group per
-    parameter would make AdamW's foreach kernels useless)."""
+    """DETR's optimiser for ``model`` (after the config's training rules,
+    :func:`~detr_d2.config_rules.validate_detr_config`). Param groups by (lr, weight decay), merged
+    with Detectron2's ``reduce_param_groups`` (one group per parameter would make AdamW's foreach
+    kernels useless)."""
+    validate_detr_config(cfg, training=True)
     norm_types = (
         torch.nn.BatchNorm1d,
         torch.nn.BatchNorm2d,
@@ -59,8 +64,6 @@ def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         raise ValueError("build_detr_optimizer: the model has no trainable parameters")
 
     name = cfg.SOLVER.OPTIMIZER.upper()
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    full_clip = clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0.0
     if name == "ADAMW":
         cls = torch.optim.AdamW
         kwargs = {"lr": cfg.SOLVER.BASE_LR}
@@ -69,7 +72,10 @@ def build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         kwargs = {"lr": cfg.SOLVER.BASE_LR, "momentum": cfg.SOLVER.MOMENTUM}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
-    if full_clip:
-        return _full_model_clipping(cls, clip.CLIP_VALUE)(params, **kwargs)
+    full = cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS
+    if full.ENABLED:
+        cls = _full_model_clipping(cls, full.MAX_NORM)
     optimizer = cls(params, **kwargs)
-    return maybe_add_gradient_clipping(cfg, optimizer) if clip.ENABLED else optimizer
+    if cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        optimizer = maybe_add_gradient_clipping(cfg, optimizer)
+    return optimizer
