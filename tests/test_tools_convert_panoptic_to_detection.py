@@ -154,11 +154,16 @@ def test_png_id_not_in_segments_info_is_an_error(pan_copy):
     assert not (json_path.parent / "out.json").exists()
 
 
-def test_segment_missing_from_png_is_skipped_and_counted(pan_copy):
+def test_segment_missing_from_png_is_an_error(pan_copy):
+    """A listed segment with no pixel means the JSON and the PNG do not belong together
+    (issue 21): refused, naming the PNG, the image id and the segment id."""
     data, root, json_path = pan_copy
     data["annotations"][0]["segments_info"].append({"id": 99, "category_id": 1, "iscrowd": 0})
-    report = _convert(data, root, json_path)
-    assert report.segments == 43 and report.dropped == [(142238, 99, 1, "id not in the PNG")]
+    with pytest.raises(ValueError) as e:
+        _convert(data, root, json_path)
+    msg = str(e.value)
+    assert "000000142238.png" in msg and "image_id 142238" in msg and "[99]" in msg
+    assert not (json_path.parent / "out.json").exists()
 
 
 def test_grayscale_png_is_an_error(pan_copy):

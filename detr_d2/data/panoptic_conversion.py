@@ -40,9 +40,13 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from ..utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
+from .coco_bounds import check_image_size, check_segmentation
 from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
 from .panoptic_io import (
-    check_png_ids_listed,
+    check_panoptic_ids,
+    check_segment_ids,
+    check_unique,
+    join_under,
     read_json,
     read_panoptic_ids,
     require_keys,
@@ -112,36 +116,21 @@ def load_categories(path: str) -> List[Dict[str, Any]]:
 
 
 def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.ndarray:
-    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to HxW bool."""
+    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to HxW bool;
+    bounds are checked first (:func:`~detr_d2.data.coco_bounds.check_segmentation`), so bad input
+    is a ``ValueError`` naming ``where``, never a pycocotools crash."""
+    height, width = check_image_size(height, width, where)
+    check_segmentation(segm, height, width, where)
     if isinstance(segm, list):
-        polys = [p for p in segm]
-        if not polys or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in polys):
-            raise ValueError(
-                f"{where}: 'segmentation' polygons must be lists of >= 3 (x, y) points, got "
-                f"{str(segm)[:80]}"
-            )
-        rle = mask_util.merge(mask_util.frPyObjects(polys, height, width))
-    elif isinstance(segm, Mapping) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
-            raise ValueError(
-                f"{where}: RLE 'size' {segm['size']} differs from the image's [height, width] "
-                f"[{height}, {width}]"
-            )
-        if isinstance(segm["counts"], list):
-            rle = mask_util.frPyObjects(dict(segm), height, width)
-        elif isinstance(segm["counts"], (str, bytes)):
-            counts = segm["counts"]
-            rle = {
-                "size": [height, width],
-                "counts": counts.encode() if isinstance(counts, str) else counts,
-            }
-        else:
-            raise ValueError(f"{where}: RLE 'counts' must be a list or a string")
+        rle = mask_util.merge(mask_util.frPyObjects(segm, height, width))
+    elif isinstance(segm["counts"], list):
+        rle = mask_util.frPyObjects(dict(segm), height, width)
     else:
-        raise ValueError(
-            f"{where}: 'segmentation' must be a polygon list or an RLE dict with 'counts' and "
-            f"'size', got {type(segm).__name__}"
-        )
+        counts = segm["counts"]
+        rle = {
+            "size": [height, width],
+            "counts": counts.encode() if isinstance(counts, str) else counts,
+        }
     return mask_util.decode(rle).astype(bool)
 
 
@@ -336,9 +325,15 @@ def convert_detection_to_panoptic(
     data = read_json(detection_json, "detection JSON")
     require_keys(data, ["images", "annotations"], detection_json)
     images, stems = {}, {}
+    check_unique(
+        [img.get("id") if isinstance(img, Mapping) else None for img in data["images"]],
+        lambda i: f"{detection_json}: images[{i}]",
+        "id",
+    )
     for i, img in enumerate(data["images"]):
         where = f"{detection_json}: images[{i}]"
         require_keys(img, ["id", "file_name", "height", "width"], where)
+        check_image_size(img["height"], img["width"], f"{where} (id {img['id']!r})")
         stem = os.path.splitext(os.path.basename(img["file_name"]))[0]
         if stem in stems:
             raise ValueError(
@@ -407,8 +402,8 @@ def panoptic_image_to_detection(
     """One panoptic PNG + its ``segments_info`` -> detection annotations (without ``id``).
 
     Each kept segment gives ``image_id``, ``category_id`` (dataset id), ``segmentation``
-    (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. Segments
-    absent from the PNG are dropped and reported; PNG ids missing from ``segments_info`` raise.
+    (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. The ids
+    of the PNG and of ``segments_info`` must be the same (``check_segment_ids``).
     """
     ids = read_panoptic_ids(png_path).astype(np.int64)
     if "height" in image and "width" in image and ids.shape != (image["height"], image["width"]):
@@ -416,7 +411,7 @@ def panoptic_image_to_detection(
             f"{png_path} (pan_seg_file_name) is {ids.shape[1]}x{ids.shape[0]} but 'images' says "
             f"{image['width']}x{image['height']} (WxH) for image_id {image['id']}"
         )
-    check_png_ids_listed(ids, segments_info, png_path, image["id"])
+    check_segment_ids(np.unique(ids), segments_info, png_path, image["id"], source)
     report = ConversionReport(images=1)
     anns = []
     for j, seg in enumerate(segments_info):
@@ -429,9 +424,6 @@ def panoptic_image_to_detection(
         if not categories[cat]["isthing"] and not include_stuff:
             continue
         mask = ids == int(seg["id"])
-        if not mask.any():
-            report.dropped.append((image["id"], seg["id"], cat, "id not in the PNG"))
-            continue
         rle = mask_util.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
         rle["counts"] = rle["counts"].decode("ascii")
         anns.append(
@@ -487,6 +479,7 @@ def convert_panoptic_to_detection(
         for i, img in enumerate(data["images"]):
             require_keys(img, ["id", "file_name"], f"{panoptic_json}: images[{i}]")
             images[img["id"]] = img
+        check_panoptic_ids(data, panoptic_json)
         tasks = []
         for i, ann in enumerate(data["annotations"]):
             where = f"{panoptic_json}: annotations[{i}]"
@@ -495,7 +488,7 @@ def convert_panoptic_to_detection(
                 raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
             for j, seg in enumerate(ann["segments_info"]):
                 require_keys(seg, ["id", "category_id"], f"{where}: segments_info[{j}]")
-            png = os.path.join(panoptic_root, ann["file_name"])
+            png = join_under(panoptic_root, ann["file_name"], f"{where} 'file_name'")
             if not os.path.isfile(png):
                 raise FileNotFoundError(f"{where}: panoptic PNG not found (file_name): {png}")
             tasks.append((png, ann["segments_info"], images[ann["image_id"]]))

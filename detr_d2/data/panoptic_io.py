@@ -27,7 +27,7 @@ __all__ = [
     "require_keys",
     "read_panoptic_png",
     "read_panoptic_ids",
-    "check_png_ids_listed",
+    "check_panoptic_ids",
     "check_segment_ids",
     "check_unique",
     "join_under",
@@ -144,26 +144,6 @@ def read_panoptic_ids(path: str, field: str = "pan_seg_file_name") -> np.ndarray
         return packed & np.uint32(0x00FFFFFF)
 
 
-def check_png_ids_listed(
-    ids: np.ndarray, segments_info: Iterable[Mapping], png_path: str, image_id: Any = None
-) -> None:
-    """Raise ``ValueError`` if a non-zero id in ``ids`` has no entry in ``segments_info``.
-
-    The message names the PNG, the id and its RGB colour (what an annotator sees).
-    """
-    listed = {int(s["id"]) for s in segments_info}
-    present = np.unique(ids)
-    unknown = [int(i) for i in present if i != 0 and int(i) not in listed]
-    if unknown:
-        colours = [tuple(int(c) for c in id2rgb(i)) for i in unknown[:5]]
-        img = f" (image_id {image_id})" if image_id is not None else ""
-        raise ValueError(
-            f"{png_path}{img}: segment id(s) {unknown[:5]} (RGB {colours}) appear in the PNG but "
-            f"not in 'segments_info' (listed ids: {sorted(listed)[:20]}). Every non-zero colour "
-            "of a panoptic PNG must have a segments_info entry; use RGB (0,0,0) for void."
-        )
-
-
 def check_segment_ids(
     present: Iterable[int],
     segments_info: Iterable[Mapping],
@@ -210,6 +190,45 @@ def check_unique(values: Iterable[Any], where: Callable[[int], str], what: str) 
             raise ValueError(
                 f"{where(i)}: {what} {value!r} repeats {where(j)}; each {what} must be unique"
             )
+
+
+def check_panoptic_ids(data: Mapping[str, Any], json_file: str) -> None:
+    """Raise ``ValueError`` (naming ``json_file``, the entry and the id) at a repeated image id
+    (in ``images`` or ``annotations``), PNG name, or segment id within an image of a COCO panoptic
+    JSON ``data``: one would silently be paired with another's files or pixels. Also checks that
+    every annotation has ``file_name``, ``image_id`` and a ``segments_info`` list of entries with
+    ``id`` and ``category_id``."""
+    images, anns = data.get("images", []), data["annotations"]
+    check_unique([img["id"] for img in images], lambda i: f"{json_file}: images[{i}]", "id")
+    for i, ann in enumerate(anns):
+        require_keys(
+            ann, ["file_name", "image_id", "segments_info"], f"{json_file}: annotations[{i}]"
+        )
+    check_unique(
+        [ann["image_id"] for ann in anns], lambda i: f"{json_file}: annotations[{i}]", "image_id"
+    )
+    check_unique(
+        [os.path.normpath(str(ann["file_name"])) for ann in anns],
+        lambda i: f"{json_file}: annotations[{i}]",
+        "file_name",
+    )
+    for i, ann in enumerate(anns):
+        segments = ann["segments_info"]
+        if not isinstance(segments, list):
+            raise ValueError(f"{json_file}: annotations[{i}]: 'segments_info' must be a list")
+        ids = []
+        for j, seg in enumerate(segments):
+            where = f"{json_file}: annotations[{i}] ({ann['file_name']}): segments_info[{j}]"
+            require_keys(seg, ["id", "category_id"], where)
+            ids.append(seg["id"])
+        check_unique(
+            ids,
+            lambda j, i=i, ann=ann: (
+                f"{json_file}: annotations[{i}] (image_id {ann['image_id']!r}, "
+                f"{ann['file_name']}): segments_info[{j}]"
+            ),
+            "segment id",
+        )
 
 
 def join_under(root: str, name: Any, where: str) -> str:

@@ -45,9 +45,17 @@ from tqdm import tqdm
 
 from ..checkpoint.class_names import class_match_key, normalize_class_name
 from ..utils.atomic_io import atomic_directory, atomic_write_json
+from .coco_bounds import check_image_size
+from .dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
 from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
 from .panoptic_conversion import ConversionReport, decode_segmentation, detection_image_to_panoptic
-from .panoptic_io import PanopticPredictionConverter, read_json, require_keys, save_panoptic_png
+from .panoptic_io import (
+    PanopticPredictionConverter,
+    join_under,
+    read_json,
+    require_keys,
+    save_panoptic_png,
+)
 
 __all__ = [
     "StuffMap",
@@ -403,7 +411,8 @@ def _read_instances(instances_json: str, image_root: str):
                 "names clash)"
             )
         stems[stem] = img["id"]
-        path = os.path.join(image_root, img["file_name"])
+        check_image_size(img["height"], img["width"], f"{where} (id {img['id']!r})")
+        path = join_under(image_root, img["file_name"], f"{where} 'file_name'")
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{where}: image not found (file_name {img['file_name']!r}): {path}"
@@ -454,7 +463,7 @@ def add_stuff_from_model(
         stuff_map: optional stuff map file (module docstring); default: the model's stuff classes.
         workers: processes composing and writing the PNGs while the model runs in this process.
         overlap: "resolve" or "error" for overlapping thing annotations (as the detection
-        converter). read_image: path -> BGR image (default: Detectron2's ``read_image``, EXIF-aware,
+        converter). read_image: path -> BGR image (default: ``read_image_checked``, EXIF-aware,
         as training). protected: further input files (config, weights) the output must not contain.
 
     The output JSON has the instances JSON's ``images`` (and ``info``/``licenses``), one annotation
@@ -492,9 +501,7 @@ def add_stuff_from_model(
     categories = things + smap.categories
     by_id = {c["id"]: c for c in categories}
     if read_image is None:
-        from detectron2.data.detection_utils import read_image as d2_read_image
-
-        read_image = lambda path: d2_read_image(path, format="BGR")  # noqa: E731
+        read_image = lambda path: read_image_checked(path, "BGR")  # noqa: E731
 
     summary = StuffFromModelSummary()
     state = {"categories": by_id, "overlap": overlap, "seed": seed, "source": instances_json}

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..panoptic_io import check_unique, join_under, read_json, require_keys
+from ..panoptic_io import check_panoptic_ids, join_under, read_json, require_keys
 from .panoptic_metadata import build_panoptic_metadata
 
 __all__ = [
@@ -76,42 +76,6 @@ def _resolve_image(
     ) else f"{stem}.<{'|'.join(e[1:] for e in IMAGE_EXTENSIONS)}>"
 
 
-def _check_unique_ids(data: Mapping[str, Any], json_file: str) -> None:
-    """Refuse repeated image ids (in ``images`` and ``annotations``), PNG names and segment ids
-    within an image: one would silently be paired with another's files or pixels."""
-    images, anns = data.get("images", []), data["annotations"]
-    check_unique([img["id"] for img in images], lambda i: f"{json_file}: images[{i}]", "id")
-    for i, ann in enumerate(anns):
-        require_keys(
-            ann, ["file_name", "image_id", "segments_info"], f"{json_file}: annotations[{i}]"
-        )
-    check_unique(
-        [ann["image_id"] for ann in anns], lambda i: f"{json_file}: annotations[{i}]", "image_id"
-    )
-    check_unique(
-        [os.path.normpath(str(ann["file_name"])) for ann in anns],
-        lambda i: f"{json_file}: annotations[{i}]",
-        "file_name",
-    )
-    for i, ann in enumerate(anns):
-        segments = ann["segments_info"]
-        if not isinstance(segments, list):
-            raise ValueError(f"{json_file}: annotations[{i}]: 'segments_info' must be a list")
-        ids = []
-        for j, seg in enumerate(segments):
-            where = f"{json_file}: annotations[{i}] ({ann['file_name']}): segments_info[{j}]"
-            require_keys(seg, ["id", "category_id"], where)
-            ids.append(seg["id"])
-        check_unique(
-            ids,
-            lambda j, i=i, ann=ann: (
-                f"{json_file}: annotations[{i}] (image_id {ann['image_id']!r}, "
-                f"{ann['file_name']}): segments_info[{j}]"
-            ),
-            "segment id",
-        )
-
-
 def load_panoptic_json(
     json_file: str,
     image_root: str,
@@ -148,7 +112,7 @@ def load_panoptic_json(
     for i, img in enumerate(data.get("images", [])):
         require_keys(img, ["id"], f"{json_file}: images[{i}]")
         images[img["id"]] = img
-    _check_unique_ids(data, json_file)
+    check_panoptic_ids(data, json_file)
     index = _ImageIndex(image_root)
 
     dicts, missing_images, missing_pngs = [], [], []
