@@ -10,11 +10,8 @@ import torch.nn.functional as F
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 
-from detr_d2.modeling.panoptic_inference import (
-    _sampled_bilinear,
-    panoptic_fusion,
-    pil_nearest_indices,
-)
+from detr_d2.modeling.fusion import pil_nearest_indices, sampled_bilinear
+from detr_d2.modeling.panoptic_inference import panoptic_fusion
 from tests.utils.official_detr import (
     PostProcessPanoptic,
     decode_panoptic_png,
@@ -36,7 +33,7 @@ def test_sampled_bilinear_is_interpolate(shape):
     m = torch.randn(3, hm, wm) * 5
     full = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
     rows, cols = torch.arange(0, h, 3), torch.arange(1, w, 2)
-    out = _sampled_bilinear(m, (h, w), rows, cols)
+    out = sampled_bilinear(m, h, w, rows, cols)
     torch.testing.assert_close(out, full[:, rows][:, :, cols], rtol=1e-6, atol=1e-6)
 
 

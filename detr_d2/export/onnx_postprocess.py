@@ -1,15 +1,13 @@
 """Panoptic fusion of the exported ONNX network's outputs, in numpy only (no torch import; this file
 needs nothing but numpy and can be copied next to an ONNX Runtime deployment).
 
-The same algorithm as :func:`detr_d2.modeling.panoptic_inference.panoptic_fusion` (DETR's
-post-processor): masks of the kept queries cropped to the image's stride-4 cells, bilinear resize to
-the network input size evaluated only at the pixels PIL's NEAREST resize to the output size reads,
-per-pixel argmax of the softmax over the kept masks, first-pass merge of the stuff queries of a
-class into the first one, segments of area <= ``min_segment_area`` dropped and the argmax redone
-until none is, segments 1..N in query order. The bilinear taps and their fused multiply-adds
-reproduce PyTorch's CPU kernel bit for bit (float64 products rounded once to float32); PyTorch's
-float32 exp is not correctly rounded, so a pixel whose two best masks tie to float precision can
-still go the other way (measured: <= 0.01% of the pixels).
+The numpy twin of the one torch fusion, :func:`detr_d2.modeling.fusion.fuse_panoptic` (DETR's
+post-processor; the algorithm is described there): :func:`fuse_panoptic` here mirrors it line for
+line, with the same helpers (``pil_nearest_indices``, ``bilinear_taps``, ``sampled_bilinear``,
+``class_predictions``), and ``tests/test_modeling_fusion_twins.py`` runs both on the same inputs.
+The bilinear taps and their fused multiply-adds reproduce PyTorch's CPU kernel bit for bit (float64
+products rounded once to float32); PyTorch's float32 exp is not correctly rounded, so a pixel whose
+two best masks tie to float precision could still go the other way (none in the tests).
 
 Usage (``outputs`` = ``session.run(None, {"image": image})``)::
 
@@ -26,8 +24,11 @@ __all__ = [
     "METADATA_KEY",
     "OUTPUT_NAMES",
     "PanopticPostprocessor",
-    "pil_nearest_indices",
     "bilinear_taps",
+    "class_predictions",
+    "fuse_panoptic",
+    "pil_nearest_indices",
+    "sampled_bilinear",
 ]
 
 METADATA_KEY = "detr_d2_export"
@@ -63,31 +64,110 @@ def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
 
 
-def _sampled_bilinear(
-    masks: np.ndarray, size: Tuple[int, int], rows: np.ndarray, cols: np.ndarray
+def sampled_bilinear(
+    masks: np.ndarray, height: int, width: int, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
-    """(K, hm, wm) float32 -> (K, len(rows), len(cols)): the bilinear resize to ``size`` read at
-    rows x cols."""
-    _, hm, wm = masks.shape
-    r0, r1, wr0, wr1 = bilinear_taps(hm, size[0], rows)
-    c0, c1, wc0, wc1 = bilinear_taps(wm, size[1], cols)
+    """(K, hm, wm) float32 -> (K, len(rows), len(cols)): the bilinear resize to (height, width)
+    read at rows x cols."""
+    r0, r1, wr0, wr1 = bilinear_taps(masks.shape[1], height, rows)
+    c0, c1, wc0, wc1 = bilinear_taps(masks.shape[2], width, cols)
     t = _fma(masks[:, :, c0], wc0, masks[:, :, c1] * wc1)  # width pass: (K, hm, C)
     return _fma(t[:, r0, :], wr0[:, None], t[:, r1, :] * wr1[:, None])
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     """float32 softmax as PyTorch's CPU kernel: ``exp(x - max)`` (here in float64, rounded once:
-    PyTorch's
-    float32 exp agrees with that on >99.9% of values, numpy's float32 exp on ~55%), summed in order,
-    divided."""
+    PyTorch's float32 exp agrees with that on >99.9% of values, numpy's float32 exp on ~55%),
+    summed in order, divided."""
     e = np.exp((x - x.max(axis, keepdims=True)).astype(np.float64)).astype(np.float32)
     return e / e.sum(axis, keepdims=True)
 
 
-def _argmax_softmax(masks: np.ndarray) -> np.ndarray:
-    """(K, h, w) -> (h, w) int64 index of the largest softmax over K (first one on ties, as
-    DETR)."""
-    return _softmax(masks, 0).argmax(0)
+def class_predictions(logits: np.ndarray, label_map: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of the argmax over all S+1 softmax outputs; labels are contiguous ids
+    through ``label_map`` (S,) slot -> id (-1 unused), S (no-object) stays S."""
+    num_slots = logits.shape[-1] - 1
+    probs = _softmax(logits.astype(np.float32), -1)
+    scores, labels = probs.max(-1), probs.argmax(-1)
+    return scores, np.where(
+        labels < num_slots, label_map[np.minimum(labels, num_slots - 1)], labels
+    )
+
+
+def _empty_result(height: int, width: int) -> Dict[str, np.ndarray]:
+    none = np.zeros(0, dtype=np.int64)
+    return {
+        "panoptic_seg": np.zeros((height, width), dtype=np.int32),
+        "segment_ids": none,
+        "category_ids": none,
+        "isthing": np.zeros(0, dtype=bool),
+        "scores": np.zeros(0, dtype=np.float32),
+        "areas": none,
+    }
+
+
+def fuse_panoptic(
+    logits: np.ndarray,
+    masks: np.ndarray,
+    mask_queries: np.ndarray,
+    image_height: int,
+    image_width: int,
+    output_height: int,
+    output_width: int,
+    is_thing: np.ndarray,
+    label_map: np.ndarray,
+    min_area: int,
+    mask_stride: int,
+    crop_padding: bool,
+) -> Dict[str, np.ndarray]:
+    """:func:`detr_d2.modeling.fusion.fuse_panoptic` in numpy: the same arguments (arrays for
+    tensors) and the same result keys, as arrays."""
+    if len(mask_queries) == 0:
+        return _empty_result(output_height, output_width)
+    scores, labels = class_predictions(logits, label_map)
+    rows_u, rows_inv = np.unique(
+        pil_nearest_indices(image_height, output_height), return_inverse=True
+    )
+    cols_u, cols_inv = np.unique(
+        pil_nearest_indices(image_width, output_width), return_inverse=True
+    )
+    cur_masks = masks.astype(np.float32)
+    if crop_padding:
+        cur_masks = cur_masks[
+            :, : -(-image_height // mask_stride), : -(-image_width // mask_stride)
+        ]
+    cur_masks = sampled_bilinear(cur_masks, image_height, image_width, rows_u, cols_u)
+    cur_classes = labels[mask_queries]
+    cur_scores = scores[mask_queries]
+    cur_thing = is_thing[cur_classes]
+
+    # first pass with the stuff merge: every stuff query -> the first kept query of its class
+    order = np.arange(len(cur_classes))
+    stuff = ~cur_thing
+    same = (cur_classes[:, None] == cur_classes[None, :]) & stuff[:, None] & stuff[None, :]
+    first_of_class = np.where(stuff, same.argmax(1), order)
+    ids = first_of_class[_softmax(cur_masks, 0).argmax(0)]  # first maximal index, as torch
+    alive = order
+    ids_out = ids[rows_inv][:, cols_inv]
+    area = np.bincount(ids_out.ravel(), minlength=len(alive))
+    small = area <= min_area
+    while small.any():
+        sel = np.flatnonzero(~small)
+        alive, cur_masks = alive[sel], cur_masks[sel]
+        if len(alive) == 0:
+            return _empty_result(output_height, output_width)
+        ids = _softmax(cur_masks, 0).argmax(0)
+        ids_out = ids[rows_inv][:, cols_inv]
+        area = np.bincount(ids_out.ravel(), minlength=len(alive))
+        small = area <= min_area
+    return {
+        "panoptic_seg": (ids_out + 1).astype(np.int32),
+        "segment_ids": np.arange(1, len(alive) + 1, dtype=np.int64),
+        "category_ids": cur_classes[alive].astype(np.int64),
+        "isthing": cur_thing[alive],
+        "scores": cur_scores[alive],
+        "areas": area.astype(np.int64),
+    }
 
 
 class PanopticPostprocessor:
@@ -173,53 +253,33 @@ class PanopticPostprocessor:
                 "pred_masks must be (K, Hm, Wm) with K = len(mask_queries) = "
                 f"{len(queries)}, got {masks.shape}"
             )
-        empty = np.zeros((h_out, w_out), dtype=np.int32), []
-        if len(queries) == 0:
-            return empty
-        probs = _softmax(logits.astype(np.float32), -1)
-        scores, labels = probs.max(-1), probs.argmax(-1)
         num_slots = logits.shape[-1] - 1
-        if self.label_map is not None:
-            labels = np.where(
-                labels < num_slots, self.label_map[np.minimum(labels, num_slots - 1)], labels
-            )
-
-        rows_u, rows_inv = np.unique(pil_nearest_indices(h, h_out), return_inverse=True)
-        cols_u, cols_inv = np.unique(pil_nearest_indices(w, w_out), return_inverse=True)
-        cur = masks.astype(np.float32)
-        if self.crop_mask_padding:
-            cur = cur[:, : -(-h // self.mask_stride), : -(-w // self.mask_stride)]
-        cur = _sampled_bilinear(cur, (h, w), rows_u, cols_u)
-        classes, cur_scores = labels[queries], scores[queries]
-        thing = self.is_thing[classes]
-
-        first_of_class = np.arange(len(queries))
-        for c in np.unique(classes[~thing]):
-            members = np.flatnonzero((classes == c) & ~thing)
-            first_of_class[members] = members[0]
-        ids = first_of_class[_argmax_softmax(cur)]
-        alive = np.arange(len(queries))
-        while True:
-            ids_out = ids[rows_inv][:, cols_inv]
-            area = np.bincount(ids_out.ravel(), minlength=len(alive))
-            small = area <= self.min_segment_area
-            if not small.any():
-                break
-            keep = np.flatnonzero(~small)
-            alive, cur = alive[keep], cur[keep]
-            if len(alive) == 0:
-                return empty
-            ids = _argmax_softmax(cur)
+        label_map = (
+            self.label_map if self.label_map is not None else np.arange(num_slots, dtype=np.int64)
+        )
+        result = fuse_panoptic(
+            logits,
+            masks,
+            np.asarray(queries, dtype=np.int64),
+            h,
+            w,
+            h_out,
+            w_out,
+            self.is_thing,
+            label_map,
+            self.min_segment_area,
+            self.mask_stride,
+            self.crop_mask_padding,
+        )
         segments = []
-        for i, q in enumerate(alive.tolist()):
-            s = {
-                "id": i + 1,
-                "category_id": int(classes[q]),
-                "isthing": bool(thing[q]),
-                "score": float(cur_scores[q]),
-                "area": int(area[i]),
-            }
+        for i, c, t, sc, a in zip(
+            *(
+                result[k].tolist()
+                for k in ("segment_ids", "category_ids", "isthing", "scores", "areas")
+            )
+        ):
+            seg = {"id": i, "category_id": c, "isthing": bool(t), "score": sc, "area": a}
             if self.dataset_category_ids is not None:
-                s["dataset_category_id"] = self.dataset_category_ids[s["category_id"]]
-            segments.append(s)
-        return (ids_out + 1).astype(np.int32), segments
+                seg["dataset_category_id"] = self.dataset_category_ids[c]
+            segments.append(seg)
+        return result["panoptic_seg"], segments

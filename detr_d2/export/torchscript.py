@@ -4,9 +4,9 @@ segments.
 The network (:class:`~detr_d2.export.network.PanopticNetwork`: backbone, transformer, heads, mask
 head on the kept queries) is traced -- the Detectron2 backbone with the model's batch-invariance
 hooks, the transformer and the mask head are not scriptable -- and called from a scripted wrapper
-that holds the data-dependent panoptic fusion (:mod:`~detr_d2.export.scripted_fusion`) and the class
-tables. The saved file runs with ``torch.jit.load`` alone (no detr_d2 or Detectron2 import), on the
-device it was exported on.
+that holds the data-dependent panoptic fusion (:func:`~detr_d2.modeling.fusion.fuse_panoptic`, the
+function the eager model runs) and the class tables. The saved file runs with ``torch.jit.load``
+alone (no detr_d2 or Detectron2 import), on the device it was exported on.
 
 ``model(image, output_size=None) -> Dict[str, Tensor]``:
 
@@ -34,10 +34,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..modeling.fusion import fuse_panoptic
 from ..utils.atomic_io import atomic_write
 from .metadata import METADATA_KEY
 from .network import PanopticNetwork, check_image
-from .scripted_fusion import fuse_panoptic
 
 __all__ = ["ScriptedPanopticModel", "export_torchscript", "save_torchscript", "trace_network"]
 
