@@ -8,13 +8,14 @@ kill, no temporary file behind (temporary names start with ``.`` and end with ``
 """
 
 import contextlib
+import errno
 import functools
 import io
 import json
 import os
 import shutil
 import tempfile
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -29,6 +30,7 @@ __all__ = [
     "refuse_overwrite",
     "refuse_replacing_other_files",
     "require_new_or_empty_folder",
+    "write_error",
 ]
 
 
@@ -40,16 +42,61 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+# Errors only a write gives: reported with the path being written (see write_error).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_error(path: str, error: OSError) -> OSError:
+    """``error`` (same ``OSError`` subclass, ``errno`` and cause) given ``path`` as its file: its
+    message is the one line ``[Errno 28] No space left on device: '<path>'``."""
+    if error.errno is None:
+        return type(error)(f"{error}: {path!r}")
+    return type(error)(error.errno, error.strerror or str(error), path)
+
+
+class _WriteRecorder:
+    """A binary file that remembers the first ``OSError`` of a ``write``: ``torch.save`` turns such
+    a failure into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, which
+    names neither the file nor the cause."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a binary temporary file next to ``path``, fsync it, rename it to
     ``path``.
 
     The folder of ``path`` is created if needed. Any exception (also ``KeyboardInterrupt``) removes
-    the temporary file and leaves ``path`` as it was.
+    the temporary file and leaves ``path`` as it was. A failed write (disk full, quota, any
+    ``OSError`` of ``f.write``, also when ``write`` reports it as another exception, as
+    ``torch.save`` does) raises that ``OSError`` naming ``path`` (:func:`write_error`).
     """
     with atomic_file(path, overwrite=True) as tmp:
-        with open(tmp, "wb") as f:
-            write(f)
+        recorder = None
+        try:
+            with open(tmp, "wb") as f:
+                recorder = _WriteRecorder(f)
+                write(recorder)  # type: ignore[arg-type]
+        except OSError as e:
+            if e.filename is not None:  # names its file already
+                raise
+            raise write_error(path, e) from None
+        except Exception as e:
+            if recorder is None or recorder.error is None:
+                raise
+            raise write_error(path, recorder.error) from e
 
 
 def _fsync_directory(directory: str) -> None:
@@ -177,11 +224,19 @@ def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) 
         ) from None
     os.close(fd)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as e:  # a write of the caller's into tmp, unless the error names a file
+            if e.errno in _WRITE_ERRNOS and e.filename is None:
+                raise write_error(path, e) from None
+            raise
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _file_mode())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
