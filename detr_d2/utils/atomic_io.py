@@ -4,7 +4,9 @@ Every writer goes through :func:`atomic_write`: the bytes are written to a tempo
 target's own folder (same filesystem), flushed and ``fsync``-ed, given the permissions a normal
 ``open(path, "w")`` would have, then renamed over the target with ``os.replace`` (atomic on POSIX
 and Windows). A failure or a kill at any point leaves the target untouched and, except for a hard
-kill, no temporary file behind (temporary names start with ``.`` and end with ``.tmp``).
+kill, no temporary file behind. Temporary names are ``.<name>.<host>-<pid>.<random>.tmp``: the next
+:func:`atomic_directory` / :func:`atomic_file` for the same target deletes those whose process was
+killed (:func:`remove_stale_temporaries`).
 """
 
 import contextlib
@@ -12,12 +14,16 @@ import errno
 import functools
 import io
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
-from typing import IO, Any, Callable, Iterable, Iterator, Optional
+from typing import IO, Any, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_write",
@@ -29,6 +35,7 @@ __all__ = [
     "check_new_outputs",
     "refuse_overwrite",
     "refuse_replacing_other_files",
+    "remove_stale_temporaries",
     "require_new_or_empty_folder",
     "write_error",
 ]
@@ -74,6 +81,66 @@ class _WriteRecorder:
         return getattr(self._f, name)
 
 
+def _owner() -> str:
+    """``<host>-<pid>`` of this process, as written into its temporary names."""
+    return f"{socket.gethostname().replace('.', '_').replace('-', '_')}-{os.getpid()}"
+
+
+def _temp_prefix(path: str) -> str:
+    """``.<name>.<host>-<pid>.``: the start of a temporary name for ``path`` (see
+    :func:`remove_stale_temporaries`)."""
+    return f".{os.path.basename(path)}.{_owner()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str) -> List[str]:
+    """Delete the temporary siblings of ``path`` (``.<name>.<host>-<pid>.*.tmp``, files or folders)
+    whose writer was killed: a process of this host that no longer runs. Returns what was
+    deleted (logged as a warning). Temporaries of live processes or other hosts are kept; those
+    with no owner in their name (older versions) are kept and named in a warning."""
+    parent, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    host = _owner().rsplit("-", 1)[0]
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(f".{base}.") and n.endswith(".tmp")]
+    except OSError:
+        return []
+    removed, unknown = [], []
+    for name in names:
+        owner = name[len(base) + 2 : -len(".tmp")].split(".", 1)[0]
+        owner_host, _, pid = owner.rpartition("-")
+        if not pid.isdigit() or not owner_host:
+            unknown.append(name)
+            continue
+        if owner_host != host or _alive(int(pid)):
+            continue
+        full = os.path.join(parent, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+        removed.append(full)
+    if removed:
+        logger.warning(
+            f"removed {len(removed)} temporary output(s) of killed processes: {removed[:5]}"
+        )
+    if unknown:
+        logger.warning(
+            f"{parent} holds temporary output(s) of an interrupted run with no owner in their "
+            f"name: {unknown[:5]}; delete them if no other process is writing {path}"
+        )
+    return removed
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a binary temporary file next to ``path``, fsync it, rename it to
     ``path``.
@@ -83,7 +150,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     ``OSError`` of ``f.write``, also when ``write`` reports it as another exception, as
     ``torch.save`` does) raises that ``OSError`` naming ``path`` (:func:`write_error`).
     """
-    with atomic_file(path, overwrite=True) as tmp:
+    with atomic_file(path, overwrite=True, clean_stale=False) as tmp:
         recorder = None
         try:
             with open(tmp, "wb") as f:
@@ -165,7 +232,8 @@ def atomic_directory(
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    remove_stale_temporaries(path)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         os.chmod(tmp, _dir_mode())
         yield tmp
@@ -198,15 +266,19 @@ def _dir_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) -> Iterator[str]:
+def atomic_file(
+    path: str, overwrite: bool = False, inputs: Iterable[str] = (), clean_stale: bool = True
+) -> Iterator[str]:
     """Write a file all or nothing: yields the path of a new temporary file next to ``path``
     (``.<name>.*.tmp``, created at once, so an unwritable folder fails before any work); when the
     block ends normally the file is fsync-ed and renamed to ``path``, on any exception it is
     deleted.
 
     An existing ``path`` is refused (``FileExistsError``) unless ``overwrite``; ``path`` may not be
-    one of ``inputs`` (``ValueError``). Nest an :func:`atomic_directory` inside to publish a folder
-    and then the file that describes it (e.g. panoptic PNGs, then their JSON).
+    one of ``inputs`` (``ValueError``). ``clean_stale``: first delete temporaries of ``path`` left
+    by killed processes (:func:`remove_stale_temporaries`; one listing of the folder). Nest an
+    :func:`atomic_directory` inside to publish a folder and then the file that describes it (e.g.
+    panoptic PNGs, then their JSON).
     """
     path = os.path.abspath(path)
     refuse_overwrite(path, inputs)
@@ -215,9 +287,9 @@ def atomic_file(path: str, overwrite: bool = False, inputs: Iterable[str] = ()) 
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-        )
+        if clean_stale:
+            remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as e:
         raise type(e)(
             f"cannot write {path}: {e.strerror} (creating a file in {directory})"
