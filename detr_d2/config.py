@@ -13,6 +13,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .config_rules import validate_detr_config
+from .utils.config_file import merge_config_file
 
 __all__ = ["add_detr_config", "get_detr_cfg", "validate_detr_config", "RENAMED_KEYS"]
 
@@ -185,7 +186,7 @@ def get_detr_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
         raise FileNotFoundError(f"--config-file: {config_file} does not exist")
     cfg = get_cfg()
     add_detr_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda"):
         import torch

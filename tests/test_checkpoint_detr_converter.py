@@ -233,10 +233,9 @@ def test_training_checkpoint_with_pickled_args_loads_and_is_unwrapped(tmp_path, 
     )
     with caplog.at_level(logging.WARNING):
         assert torch.equal(extract_state_dict(load_torch_file(plain), plain)["a"], weights["a"])
-        assert not caplog.records  # weights_only=True sufficed
         sd = extract_state_dict(load_torch_file(training), training)
+    assert not caplog.records  # the Namespace passes the restricted unpickler: no fallback
     assert list(sd) == ["a"]
-    assert "weights_only=False" in caplog.text and "trusted" in caplog.text
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth: cannot be read by torch.load"):
         load_torch_file(str(tmp_path / "junk.pth"))

@@ -10,63 +10,19 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ROOT, tiny_detr_cfg
-from detectron2.data import DatasetCatalog
+from conftest import ROOT
 from detectron2.engine import HookBase, default_argument_parser
 
-from detr_d2.data.datasets import register_panoptic_dataset
-from detr_d2.data.datasets.quickstart import QUICKSTART_CATEGORIES, generate_quickstart_dataset
 from detr_d2.engine import DetrTrainer, main
-
-TRAIN, VAL = "_detr_test_tiny_train", "_detr_test_tiny_val"
-
-
-def _register(root):
-    for name, split in ((TRAIN, "train"), (VAL, "val")):
-        if name not in DatasetCatalog.list():
-            register_panoptic_dataset(
-                name,
-                os.path.join(root, split),
-                os.path.join(root, f"panoptic_{split}"),
-                os.path.join(root, f"panoptic_{split}.json"),
-                QUICKSTART_CATEGORIES,
-            )
+from tests.utils.tiny_training import VAL, make_tiny_data, tiny_train_cfg, write_cfg
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny_quickstart"))
-    generate_quickstart_dataset(root, "train", num_images=6, image_size=64, seed=0, workers=1)
-    generate_quickstart_dataset(root, "val", num_images=3, image_size=64, seed=1, workers=1)
-    _register(root)
-    return root
+    return make_tiny_data(str(tmp_path_factory.mktemp("tiny_quickstart")))
 
 
-def _cfg(out_dir, max_iter=4, period=2):
-    cfg = tiny_detr_cfg(num_classes=6)
-    cfg.DATASETS.TRAIN = (TRAIN,)
-    cfg.DATASETS.TEST = (VAL,)
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 64
-    cfg.INPUT.MIN_SIZE_TEST = 64
-    cfg.INPUT.MAX_SIZE_TEST = 64
-    cfg.INPUT.CROP.ENABLED = False
-    cfg.SOLVER.IMS_PER_BATCH = 2
-    cfg.SOLVER.MAX_ITER = max_iter
-    cfg.SOLVER.STEPS = (max_iter - 1,)
-    cfg.SOLVER.CHECKPOINT_PERIOD = period
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.OUTPUT_DIR = str(out_dir)
-    return cfg
-
-
-def _write(cfg, path):
-    with open(path, "w") as f:
-        f.write(cfg.dump())
-    return str(path)
+_cfg, _write = tiny_train_cfg, write_cfg
 
 
 def _args(argv):
@@ -159,8 +115,8 @@ def test_launch_two_cpu_processes_gloo(tiny_data, tmp_path):
         import sys
         sys.path.insert(0, {ROOT!r})
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
-        from test_engine_train_net import _register
-        _register({tiny_data!r})  # module level: re-run in each spawned worker
+        from tests.utils.tiny_training import register_tiny_data
+        register_tiny_data({tiny_data!r})  # module level: re-run in each spawned worker
         if __name__ == "__main__":
             sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
             import train_net

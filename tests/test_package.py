@@ -15,6 +15,7 @@ def test_config_defaults_and_registries():
     from detectron2.modeling import META_ARCH_REGISTRY
 
     import detr_d2
+    from detr_d2.utils.config_file import merge_config_file
 
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
@@ -35,7 +36,8 @@ def test_config_defaults_and_registries():
         if name.endswith(".yaml"):
             c = get_cfg()
             detr_d2.add_detr_config(c)
-            c.merge_from_file(os.path.join(ROOT, "configs", name))  # every shipped YAML loads
+            # every shipped YAML loads as data (no python tags, also in its _BASE_ chain)
+            merge_config_file(c, os.path.join(ROOT, "configs", name))
             assert c.MODEL.META_ARCHITECTURE == "DetrPanoptic", name
     assert "DetrPanoptic" in META_ARCH_REGISTRY
     names = DatasetCatalog.list()

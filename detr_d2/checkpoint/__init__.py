@@ -9,7 +9,9 @@
   crash-safe saves and resume, used by training, the predictor and the tools;
 - stage-2 loading (``weight_loading``: ``MODEL.DETR.FROZEN_WEIGHTS``,
   ``MODEL.DETR.MASK_HEAD_WEIGHTS``, Group DETR queries), used by the model;
-- file I/O of the tools (``checkpoint_io``: read a weight file, write a checkpoint atomically).
+- file I/O of the tools (``checkpoint_io``: read a weight file, write a checkpoint atomically);
+- reading any checkpoint without running code from it (``safe_load``: an allow-list unpickler,
+  opt-in ``DETR_D2_TRUST_CHECKPOINTS=1``), under every read above.
 
 Only what users and the tools call is exported here; everything else is importable from its module
 (e.g. ``from detr_d2.checkpoint.official_layout import official_state_dict_spec``).

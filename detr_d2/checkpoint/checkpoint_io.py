@@ -1,12 +1,10 @@
 """Reading source checkpoints safely and writing converted ones atomically.
 
-Loading policy: ``torch.load(..., weights_only=True)`` first. Published DETR/torchvision weight
-files are plain dicts of tensors and load that way without executing pickled code. Checkpoints
-written by DETR's *training script* also carry ``args`` (a pickled ``argparse.Namespace``) plus
-optimizer state, which ``weights_only=True`` refuses (torch < 2.4 has no allow-list for it). Only
-then do we fall back to ``weights_only=False`` -- which can execute arbitrary code from the file, so
-it is logged as a warning and should only be used for files from a trusted source -- and keep just
-the weights.
+Loading policy: every file is unpickled by :mod:`detr_d2.checkpoint.safe_load`, which admits only
+what weight files hold (tensors, numpy arrays, ``argparse.Namespace``, plain containers; DETR's
+training checkpoints carry their ``args`` as a pickled ``argparse.Namespace`` and load) and refuses
+anything else with an error naming the file, the refused type and the opt-in
+(``DETR_D2_TRUST_CHECKPOINTS=1``). Nothing in a file is run by default.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 
 from ..utils.atomic_io import atomic_write
+from .safe_load import UntrustedCheckpointError, load_pickle_checkpoint, load_torch_checkpoint
 
 __all__ = [
     "check_output_path",
@@ -32,39 +31,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _reason(e: Exception) -> str:
-    """The informative tail of a torch.load error (torch prefixes weights_only errors with
-    advice)."""
-    return str(e).split("WeightsUnpickler error:")[-1].strip()[:300]
-
-
 def load_torch_file(path: str) -> Any:
-    """``torch.load`` on CPU, trying ``weights_only=True`` first (see the module docstring)."""
+    """``torch.load`` on CPU through the restricted unpickler
+    (:func:`detr_d2.checkpoint.safe_load.load_torch_checkpoint`). ``FileNotFoundError`` /
+    ``ValueError`` naming ``path`` when it is missing or not a torch file;
+    :class:`~detr_d2.checkpoint.safe_load.UntrustedCheckpointError` (a ``ValueError``) when it
+    holds more than weights."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported class" not in str(e) and "Unsupported global" not in str(
-            e
-        ):  # corrupt, not refused
-            raise ValueError(
-                f"{path}: cannot be read by torch.load ({type(e).__name__}: {_reason(e)})"
-            ) from e
-        logger.warning(
-            "%s: weights_only=True refused it (%s). Retrying with weights_only=False, which "
-            "runs the "
-            "file's pickled code: only do this for checkpoints from a trusted source (DETR's "
-            "training "
-            "checkpoints contain a pickled argparse.Namespace under 'args').",
-            path,
-            _reason(e),
-        )
-    except Exception as e:  # not a torch file at all: report clearly
-        raise ValueError(f"{path}: cannot be read by torch.load ({type(e).__name__}: {e})") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
+        return load_torch_checkpoint(path)
+    except UntrustedCheckpointError:
+        raise
+    except Exception as e:  # not a torch file at all, or damaged: report clearly
         raise ValueError(f"{path}: cannot be read by torch.load ({type(e).__name__}: {e})") from e
 
 
@@ -105,8 +84,9 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
-            with open(path, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
+            obj = load_pickle_checkpoint(path)
+        except UntrustedCheckpointError:
+            raise
         except Exception as e:
             raise ValueError(
                 f"{path}: cannot be read as a Detectron2 .pkl checkpoint ({type(e).__name__}: {e})"

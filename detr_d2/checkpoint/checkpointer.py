@@ -15,6 +15,14 @@ resume.
   warning. ``has_checkpoint()`` / ``get_checkpoint_file()`` give that same choice, so
   ``DefaultTrainer`` sets its start iteration from the checkpoint actually loaded.
 * A checkpoint file that cannot be read raises an error naming it.
+* Every read (``MODEL.WEIGHTS``, ``--resume``, the fallback scan, Detectron2 / Caffe2 ``.pkl``
+  files) unpickles through :mod:`detr_d2.checkpoint.safe_load`: a file holding more than weights is
+  refused (``UntrustedCheckpointError`` naming it and the opt-in ``DETR_D2_TRUST_CHECKPOINTS=1``),
+  also during the scan, which never skips it silently.
+* ``last_checkpoint`` must name a file inside the folder (Detectron2 writes a base name); a name
+  that leaves it (absolute, ``..``) is refused (``ValueError``).
+* Temporary files of a killed save are removed only while no other live process holds the folder's
+  run lock (:mod:`detr_d2.utils.output_dir`).
 
 Folders that are not local paths (``s3://``...) keep Detectron2's own writes through
 ``PathManager``.
@@ -29,6 +37,12 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_io import atomic_write, atomic_write_bytes
+from ..utils.output_dir import held_by_another_process
+from .safe_load import (
+    UntrustedCheckpointError,
+    load_pickle_checkpoint,
+    load_torch_checkpoint,
+)
 
 __all__ = ["AtomicDetectionCheckpointer"]
 
@@ -109,13 +123,40 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             if _stat_key(path) == key:
                 return data
         try:
-            return super()._torch_load(f)
+            return load_torch_checkpoint(f)
+        except UntrustedCheckpointError:
+            raise
         except Exception as e:
             raise RuntimeError(
                 f"{f}: cannot be read as a checkpoint ({type(e).__name__}: {e}); the file is "
                 "damaged "
                 "(e.g. truncated by an interrupted copy or save) or not a torch checkpoint"
             ) from e
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's ``_load_file`` with its ``.pkl`` / ``.pyth`` branches read through the
+        restricted unpickler (same dict layout as detectron2/checkpoint/detection_checkpoint.py,
+        facebookresearch/detectron2 v0.6+); ``.pth`` goes to :meth:`_torch_load`."""
+        if filename.endswith(".pkl"):
+            data = load_pickle_checkpoint(filename)
+            if "model" in data and "__author__" in data:  # Detectron2 model zoo
+                self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+                return data
+            if "blobs" in data:  # Caffe2 / Detectron1 detection models
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):  # pycls
+            data = load_torch_checkpoint(filename)
+            if "model_state" not in data:
+                raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'")
+            model_state = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
 
     def _complete_checkpoint(self, path: str) -> Tuple[bool, str]:
         """(whether ``path`` is a complete checkpoint, why not). Reads the file unless it was saved
@@ -129,7 +170,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if self._complete.get(path) == key:
             return True, ""
         try:
-            data = torch.load(path, map_location="cpu")
+            data = load_torch_checkpoint(path)
+        except UntrustedCheckpointError:
+            raise  # never skipped silently: a file that holds code is refused, naming it
         except Exception as e:  # truncated zip, EOFError, unpickling error...
             return False, f"unreadable ({type(e).__name__}: {str(e)[:120]})"
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
@@ -169,7 +212,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             if named == "":
                 problems.append(f"{last_path} is empty")
             elif named:
-                path = os.path.join(self.save_dir, named)
+                path = self._inside_folder(named, last_path)
                 ok, why = self._complete_checkpoint(path)
                 if ok:
                     return path
@@ -198,6 +241,17 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             )
         return ""
 
+    def _inside_folder(self, named: str, last_path: str) -> str:
+        """The path ``last_checkpoint`` names, refused when it leaves the folder."""
+        norm = os.path.normpath(named)
+        if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
+            raise ValueError(
+                f"{last_path} names {named!r}, which is outside the output folder "
+                f"{self.save_dir}: it must name a checkpoint file in that folder (Detectron2 "
+                "writes its base name, e.g. model_final.pth); fix or delete that file"
+            )
+        return os.path.join(self.save_dir, norm)
+
     def has_checkpoint(self) -> bool:
         """Whether ``--resume`` finds a complete checkpoint (see :meth:`get_checkpoint_file`)."""
         return bool(self._find_resume_file())
@@ -208,8 +262,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return self._find_resume_file()
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files left by a save that was killed."""
+        """Delete temporary files left by a save that was killed, unless another live process
+        holds the folder's run lock (its save may be under way)."""
         if not os.path.isdir(self.save_dir):
+            return
+        holder = held_by_another_process(self.save_dir)
+        if holder:
+            logger.info(f"Not removing checkpoint temporary files in {self.save_dir}: {holder}")
             return
         stale = glob.glob(os.path.join(self.save_dir, ".model_*.pth.*.tmp"))
         stale += glob.glob(os.path.join(self.save_dir, f".{_LAST}.*.tmp"))

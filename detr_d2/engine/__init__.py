@@ -1,3 +1,3 @@
-from .trainer import DetrTrainer, main, setup
+from .trainer import REFUSALS, DetrTrainer, main, setup
 
-__all__ = ["DetrTrainer", "main", "setup"]
+__all__ = ["REFUSALS", "DetrTrainer", "main", "setup"]

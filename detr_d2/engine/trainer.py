@@ -25,15 +25,32 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
+from ..checkpoint.safe_load import UntrustedCheckpointError
 from ..config import add_detr_config
 from ..config_rules import validate_detr_config
 from ..data.datasets.register_from_file import (
     add_command_line_datasets,
     register_datasets_from_config,
 )
+from ..utils.config_file import UnsafeConfigError, merge_config_file
+from ..utils.output_dir import (
+    OutputDirHasCheckpointsError,
+    OutputDirInUseError,
+    claim_output_dir,
+    release_output_dir,
+)
 from .optimizer import build_detr_optimizer
 
 logger = logging.getLogger(__name__)
+
+# What train_net refuses with one ``error:`` line: files that would run code, a busy or used
+# OUTPUT_DIR.
+REFUSALS = (
+    UntrustedCheckpointError,
+    UnsafeConfigError,
+    OutputDirInUseError,
+    OutputDirHasCheckpointsError,
+)
 
 
 def _build_mapper(cfg: CfgNode, is_train: bool):
@@ -159,38 +176,54 @@ class DetrTrainer(DefaultTrainer):
 
 
 def setup(args) -> CfgNode:
-    """Config from ``args.config_file`` + ``args.opts`` with detr_d2's options; Detectron2's default
-    setup."""
+    """Config from ``args.config_file`` (read as data: :func:`detr_d2.utils.config_file.
+    merge_config_file`) + ``args.opts`` with detr_d2's options; the main process claims OUTPUT_DIR
+    (:func:`detr_d2.utils.output_dir.claim_output_dir`: one run per folder, no fresh run over
+    checkpoints unless ``args.overwrite_output``) before Detectron2's default setup writes there."""
     cfg = get_cfg()
     add_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
-    add_command_line_datasets(
-        cfg, getattr(args, "register_dataset", None)
-    )  # -> DATASETS.REGISTER_FILES
-    cfg.freeze()
-    validate_detr_config(cfg, training=not args.eval_only)  # before anything is written
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
-    register_datasets_from_config(
-        cfg
-    )  # before the model, which reads the classes from the metadata
+    if comm.is_main_process():
+        claim_output_dir(
+            cfg.OUTPUT_DIR,
+            resume=args.resume,
+            eval_only=args.eval_only,
+            overwrite=getattr(args, "overwrite_output", False),
+        )
+    try:
+        add_command_line_datasets(
+            cfg, getattr(args, "register_dataset", None)
+        )  # -> DATASETS.REGISTER_FILES
+        cfg.freeze()
+        validate_detr_config(cfg, training=not args.eval_only)  # before anything else is written
+        default_setup(cfg, args)
+        setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
+        register_datasets_from_config(
+            cfg
+        )  # before the model, which reads the classes from the metadata
+    except BaseException:
+        release_output_dir(cfg.OUTPUT_DIR)
+        raise
     return cfg
 
 
 def main(args):
     """Train (or ``--eval-only`` evaluate) one process; under ``launch`` the process group is torn
-    down after
-    success (left to interpreter shutdown, gloo's threads can abort a worker)."""
-    result = _main(args)
+    down after success (left to interpreter shutdown, gloo's threads can abort a worker). The
+    OUTPUT_DIR lock taken by :func:`setup` is released at the end."""
+    cfg = setup(args)
+    try:
+        result = _main(args, cfg)
+    finally:
+        release_output_dir(cfg.OUTPUT_DIR)
     if comm.get_world_size() > 1 and torch.distributed.is_initialized():
         comm.synchronize()
         torch.distributed.destroy_process_group()
     return result
 
 
-def _main(args):
-    cfg = setup(args)
+def _main(args, cfg):
     if args.eval_only:
         model = DetrTrainer.build_model(cfg)
         AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
