@@ -481,10 +481,11 @@ def build_quickstart(
 
     import detr_d2
     from detr_d2.engine.optimizer import build_detr_optimizer
+    from detr_d2.utils.config_file import merge_config_file
 
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, QUICKSTART_CONFIG))
+    merge_config_file(cfg, os.path.join(REPO_ROOT, QUICKSTART_CONFIG))
     cfg.merge_from_list(list(args.quickstart_opts))
     cfg.MODEL.DEVICE = str(device)
     batch = quickstart_batch(cfg, os.path.join(folder, "quickstart"), args.seed)

@@ -463,10 +463,11 @@ def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[f
     from detectron2.config import get_cfg
 
     import detr_d2
+    from detr_d2.utils.config_file import merge_config_file
 
     cfg = get_cfg()
     detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "Base-DETR.yaml"))
+    merge_config_file(cfg, os.path.join(REPO_ROOT, "configs", "Base-DETR.yaml"))
     cfg.MODEL.DEVICE = str(device)
     cfg.MODEL.RESNETS.DEPTH = arch["depth"]
     if arch["depth"] in (18, 34):
