@@ -129,6 +129,10 @@ def add_detr_config(cfg: CN) -> None:
     # "in_process" only: threads computing each image's PQ statistics while the model runs (0:
     # inline).
     cfg.TEST.PANOPTIC_EVAL_WORKERS = 2
+    # "in_process" only: panoptic error analysis after each evaluation (docs/error_analysis.md):
+    # cause of every FP/FN, PQ gain per cause, chart and the N worst images drawn.
+    cfg.TEST.PANOPTIC_ERROR_ANALYSIS = False
+    cfg.TEST.PANOPTIC_ERROR_WORST_IMAGES = 8
 
     # YAML files of COCO-panoptic datasets to register before the model is built (name, image_root,
     # panoptic_root, panoptic_json[, json_file, missing] per entry;

@@ -156,6 +156,8 @@ class DetrTrainer(DefaultTrainer):
                     output_folder,
                     cfg.TEST.PANOPTIC_WRITE_PREDICTIONS,
                     cfg.TEST.PANOPTIC_EVAL_WORKERS,
+                    cfg.TEST.PANOPTIC_ERROR_ANALYSIS,
+                    cfg.TEST.PANOPTIC_ERROR_WORST_IMAGES,
                 )
             )
         if d.INSTANCE_ON and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):

@@ -34,12 +34,15 @@ def build_panoptic_evaluator(
     output_dir: Optional[str] = None,
     write_predictions: bool = False,
     num_workers: int = 2,
+    error_analysis: bool = False,
+    worst_images: int = 8,
 ) -> DatasetEvaluator:
     """The panoptic evaluator named by ``kind`` ("in_process": PQ computed in process, same numbers
     as panopticapi; "panopticapi": Detectron2's ``COCOPanopticEvaluator`` (PNGs + ``pq_compute``) +
     per-class results). ``write_predictions`` (PNG + JSON kept in ``output_dir``) and
     ``num_workers`` (background
-    threads) are "in_process" options."""
+    threads) and ``error_analysis`` (with ``worst_images`` drawn; docs/error_analysis.md) are
+    "in_process" options."""
     if kind not in PANOPTIC_EVALUATORS:
         raise ValueError(
             f"unknown panoptic evaluator {kind!r} (TEST.PANOPTIC_EVALUATOR); choose from "
@@ -47,7 +50,17 @@ def build_panoptic_evaluator(
         )
     if kind == "in_process":
         return FastCOCOPanopticEvaluator(
-            dataset_name, output_dir, write_predictions=write_predictions, num_workers=num_workers
+            dataset_name,
+            output_dir,
+            write_predictions=write_predictions,
+            num_workers=num_workers,
+            error_analysis=error_analysis,
+            worst_images=worst_images,
+        )
+    if error_analysis:
+        raise ValueError(
+            "TEST.PANOPTIC_ERROR_ANALYSIS is an option of the 'in_process' panoptic evaluator "
+            "(TEST.PANOPTIC_EVALUATOR in_process)"
         )
     if write_predictions:  # the config rule: detr_d2.config_rules (TEST.PANOPTIC_WRITE_PREDICTIONS)
         raise ValueError("write_predictions is an option of the 'in_process' panoptic evaluator")

@@ -28,8 +28,11 @@ from ..data.panoptic_io import (
     prediction_png_name,
 )
 from ..utils.atomic_io import atomic_write_bytes
+from .panoptic_error_analysis import PanopticErrorAnalysis
+from .panoptic_error_report import report_error_analysis
+from .panoptic_errors import classify_errors
 from .panoptic_ground_truth import GROUND_TRUTH_CACHE, PanopticGroundTruth
-from .panoptic_matching import image_pq_stats
+from .panoptic_matching import match_image
 from .panoptic_quality import PQStats, pair_intersections, summarize_pq_stats
 from .per_class_report import report_panoptic_results
 
@@ -67,6 +70,8 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         write_predictions: bool = False,
         cache_ground_truth: bool = True,
         num_workers: int = 2,
+        error_analysis: bool = False,
+        worst_images: int = 8,
     ):
         """
         Args:
@@ -79,6 +84,9 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             cache_ground_truth: keep decoded GT maps in the process-wide cache for later
                 evaluations (bounded, ``GROUND_TRUTH_CACHE.max_bytes``).
             num_workers: background threads computing the per-image statistics (0: in ``process``).
+            error_analysis: also give every FP/FN its cause from the same per-image matching and
+                report them after PQ (:mod:`.panoptic_error_report`; docs/error_analysis.md),
+                drawing the ``worst_images`` images with the most PQ lost into ``output_dir``.
         """
         if num_workers < 0:
             raise ValueError(
@@ -94,6 +102,8 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         self._num_workers = int(num_workers)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Future] = deque()
+        self._error_analysis = bool(error_analysis)
+        self._worst_images = int(worst_images)
         if self._write_predictions and not output_dir:
             raise ValueError(
                 "FastCOCOPanopticEvaluator: write_predictions=True needs an output_dir"
@@ -107,6 +117,9 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         self._image_stats: List[Tuple[Any, PQStats]] = []
         self._predictions: List[Dict[str, Any]] = []  # only with write_predictions
         self._unknown_images = 0
+        self._analysis: Optional[PanopticErrorAnalysis] = None
+        if self._error_analysis:
+            self._analysis = PanopticErrorAnalysis(self._gt.categories, self._worst_images)
         if self._num_workers:
             self._executor = ThreadPoolExecutor(self._num_workers, thread_name_prefix="detr_d2_pq")
 
@@ -140,8 +153,10 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         while self._pending and (self._pending[0].done() or len(self._pending) > max_pending):
             self._collect(self._pending.popleft().result())
 
-    def _collect(self, result: Tuple[Any, Optional[PQStats], Optional[Dict[str, Any]]]) -> None:
-        image_id, stats, prediction = result
+    def _collect(self, result: Tuple[Any, Optional[PQStats], Any, Any]) -> None:
+        image_id, stats, prediction, analysed = result
+        if analysed is not None:
+            self._analysis.add(image_id, *analysed)
         if prediction is not None:
             self._predictions.append(prediction)
         if stats is None:  # pq_compute ignores predictions of images without GT
@@ -155,8 +170,9 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         file_name: Optional[str],
         id_map: np.ndarray,
         segments_info: List[Dict[str, Any]],
-    ) -> Tuple[Any, Optional[PQStats], Optional[Dict[str, Any]]]:
-        """``(image_id, PQStats or None if the image has no GT, prediction to write or None)``."""
+    ) -> Tuple[Any, Optional[PQStats], Optional[Dict[str, Any]], Any]:
+        """``(image_id, PQStats or None if the image has no GT, prediction to write or None,
+        (file_name, ImageMatch, ImageErrors, id_map) with error_analysis or None)``."""
         prediction = None
         if self._write_predictions:
             prediction = {
@@ -167,7 +183,7 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             }
         gt_ann = self._gt.by_image_id.get(image_id)
         if gt_ann is None:
-            return image_id, None, prediction
+            return image_id, None, prediction, None
         gt_map = self._gt.id_map(gt_ann, self._cache)
         try:
             gt_ids, pred_ids, counts = pair_intersections(gt_map, id_map)
@@ -175,7 +191,7 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             raise ValueError(
                 f"image {image_id} ({file_name}): {e} (ground truth {self._gt.png_path(gt_ann)})"
             ) from e
-        stats = image_pq_stats(
+        match = match_image(
             gt_ids,
             pred_ids,
             counts,
@@ -184,7 +200,11 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             self._gt.categories,
             image_id,
         )
-        return image_id, stats, prediction
+        analysed = None
+        if self._error_analysis:
+            errors = classify_errors(match, self._gt.categories)
+            analysed = (file_name, match, errors, id_map)
+        return image_id, match.stats, prediction, analysed
 
     def _write_prediction_files(self, predictions: List[Dict[str, Any]]) -> None:
         pred_dir = os.path.join(self._output_dir, PREDICTIONS_DIR)
@@ -210,6 +230,7 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
         image_stats = list(itertools.chain(*comm.gather(self._image_stats)))
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
         unknown = sum(comm.gather(self._unknown_images))
+        analyses = comm.gather(self._analysis)
         if not comm.is_main_process():
             return None
 
@@ -232,4 +253,10 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
             if ann["image_id"] in per_image:
                 total += per_image[ann["image_id"]]
         pq_res = summarize_pq_stats(total, self._gt.categories)
-        return report_panoptic_results(pq_res, total, self._gt.categories, self._output_dir)
+        results = report_panoptic_results(pq_res, total, self._gt.categories, self._output_dir)
+        if self._error_analysis:
+            analysis = analyses[0]
+            for other in analyses[1:]:
+                analysis.merge(other)
+            report_error_analysis(analysis, total, self._gt, self._metadata, self._output_dir)
+        return results
