@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pred-root",
         default=None,
-        help="folder of the predicted PNGs (default: the JSON's name without .json, as "
-        "pq_compute)",
+        help="folder of the predicted PNGs (default: the JSON's name without .json, as pq_compute)",
     )
     p.add_argument(
         "--images", default=None, help="folder of the images (for the pictures; else gray)"
