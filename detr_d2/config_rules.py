@@ -128,6 +128,17 @@ def _write_predictions(cfg) -> Optional[str]:
     return None
 
 
+def _error_analysis(cfg) -> Optional[str]:
+    t = cfg.TEST
+    if t.PANOPTIC_ERROR_ANALYSIS and t.PANOPTIC_EVALUATOR != "in_process":
+        return (
+            "TEST.PANOPTIC_ERROR_ANALYSIS is an option of TEST.PANOPTIC_EVALUATOR 'in_process' "
+            f"(got {t.PANOPTIC_EVALUATOR!r}), which it shares the per-image matching with: set "
+            "TEST.PANOPTIC_EVALUATOR in_process or TEST.PANOPTIC_ERROR_ANALYSIS False"
+        )
+    return None
+
+
 def _amp_needs_cuda(cfg) -> Optional[str]:
     if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
         return (
@@ -205,6 +216,11 @@ CONFIG_RULES: Tuple[ConfigRule, ...] = (
         ("TEST.PANOPTIC_WRITE_PREDICTIONS", "TEST.PANOPTIC_EVALUATOR"),
         "writing prediction PNGs is an option of the 'in_process' evaluator",
         _write_predictions,
+    ),
+    ConfigRule(
+        ("TEST.PANOPTIC_ERROR_ANALYSIS", "TEST.PANOPTIC_EVALUATOR"),
+        "error analysis is an option of the 'in_process' evaluator",
+        _error_analysis,
     ),
     ConfigRule(
         ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"),

@@ -59,6 +59,7 @@ BREAKS = [
     ),
     _both(_mask_off, _set(MODEL__DETR__MASK_HEAD_WEIGHTS="panoptic.pth")),
     _set(TEST__PANOPTIC_WRITE_PREDICTIONS=True, TEST__PANOPTIC_EVALUATOR="panopticapi"),
+    _set(TEST__PANOPTIC_ERROR_ANALYSIS=True, TEST__PANOPTIC_EVALUATOR="panopticapi"),
     _set(SOLVER__AMP__ENABLED=True, MODEL__DEVICE="cpu"),
     _set(SOLVER__CLIP_GRADIENTS__ENABLED=True, SOLVER__CLIP_GRADIENTS__CLIP_TYPE="full_model"),
     _set(SOLVER__FULL_MODEL_CLIP_GRADIENTS__MAX_NORM=0.0),

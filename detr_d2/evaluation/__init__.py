@@ -57,11 +57,8 @@ def build_panoptic_evaluator(
             error_analysis=error_analysis,
             worst_images=worst_images,
         )
-    if error_analysis:
-        raise ValueError(
-            "TEST.PANOPTIC_ERROR_ANALYSIS is an option of the 'in_process' panoptic evaluator "
-            "(TEST.PANOPTIC_EVALUATOR in_process)"
-        )
+    if error_analysis:  # the config rule: detr_d2.config_rules (TEST.PANOPTIC_ERROR_ANALYSIS)
+        raise ValueError("error_analysis is an option of the 'in_process' panoptic evaluator")
     if write_predictions:  # the config rule: detr_d2.config_rules (TEST.PANOPTIC_WRITE_PREDICTIONS)
         raise ValueError("write_predictions is an option of the 'in_process' panoptic evaluator")
     return COCOPanopticEvaluatorWithPerClass(dataset_name, output_dir)
