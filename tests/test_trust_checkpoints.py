@@ -230,3 +230,28 @@ def test_opt_in_loads_the_trusted_file(tmp_path, monkeypatch, caplog):
     assert torch.equal(loaded["model"]["w"], torch.ones(2))
     assert os.path.exists(marker)  # trusted: loaded with full unpickling, as documented
     assert TRUST_ENV in caplog.text and path in caplog.text
+
+
+# A Detectron2 model-zoo style .pkl written by numpy 1.26 with pickle protocol 2 (as old zoo files):
+# {"model": {"w": float32 [[0, 1], [2, 3]]}, "__author__": "zoo"}; it names
+# numpy.core.multiarray._reconstruct and _codecs.encode, which numpy 2 renamed / Python 3 needs.
+_NUMPY1_ZOO_PKL = (
+    "gAJ9cQAoWAUAAABtb2RlbHEBfXECWAEAAAB3cQNjbnVtcHkuY29yZS5tdWx0aWFycmF5Cl9yZWNvbnN0cnVjdApxBGNu"
+    "dW1weQpuZGFycmF5CnEFSwCFcQZjX2NvZGVjcwplbmNvZGUKcQdYAQAAAGJxCFgGAAAAbGF0aW4xcQmGcQpScQuHcQxS"
+    "cQ0oSwFLAksChnEOY251bXB5CmR0eXBlCnEPWAIAAABmNHEQiYiHcRFScRIoSwNYAQAAADxxE05OTkr/////Sv////9L"
+    "AHRxFGKJaAdYEQAAAAAAAAAAAMKAPwAAAEAAAEBAcRVoCYZxFlJxF3RxGGJzWAoAAABfX2F1dGhvcl9fcRlYAwAAAHpv"
+    "b3EadS4="
+)
+
+
+def test_numpy1_model_zoo_pickle_loads_on_this_numpy(tmp_path):
+    import base64
+    import warnings
+
+    path = tmp_path / "zoo.pkl"
+    path.write_bytes(base64.b64decode(_NUMPY1_ZOO_PKL))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = load_state_dict_file(str(path))
+    assert torch.equal(state["w"], torch.arange(4, dtype=torch.float32).reshape(2, 2))
+    assert not [w for w in caught if "numpy.core" in str(w.message)]

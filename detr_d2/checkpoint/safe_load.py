@@ -99,10 +99,14 @@ def _allowed_global(module: str, name: str) -> Optional[Any]:
         return obj if isinstance(obj, type) else None
     if name not in _ALLOWED.get(module, ()):
         return None
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    # numpy 1 pickles name numpy.core.*, which numpy 2 renamed numpy._core.* (old name: a warning)
+    renamed = module.replace("numpy.core.", "numpy._core.", 1)
+    for candidate in dict.fromkeys((renamed, module)):
+        try:
+            return getattr(importlib.import_module(candidate), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
