@@ -1,10 +1,10 @@
-"""Benchmark tools (tools/benchmark_inference.py, benchmark_training.py, benchmark_evaluation.py)
-and their timing helpers.
+"""Benchmarks (benchmarks/inference.py, training.py, evaluation.py) and their timing helpers.
 
 Smoke tests run each tool's ``main`` at the tiniest settings and check that every figure line is
 printed and that the checks the tools report hold; nothing here is timed.
 """
 
+import importlib
 import logging
 import os
 import re
@@ -13,9 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.utils.scripts import load_script
-
-profiling = load_script("benchmark_utils")
+profiling = importlib.import_module("benchmarks.utils")
 PeakMemory, StageTimer, format_table = (
     profiling.PeakMemory,
     profiling.StageTimer,
@@ -43,7 +41,7 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 
 
 def _load_tool(name: str):
-    return load_script(name)
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _row(text: str, label: str, n: int):
@@ -368,7 +366,7 @@ def _check_inference_output(
 
 
 def test_inference_benchmark_prints_all_figures(capsys):
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     assert tool.main(INFERENCE_TINY + ["--batch-sizes", "1", "2"]) == 0
     out = capsys.readouterr().out
     _check_inference_output(tool, out, (1, 2))
@@ -392,7 +390,7 @@ def test_inference_benchmark_prints_all_figures(capsys):
 
 
 def test_inference_benchmark_fvcore_counter(capsys):
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     rc = tool.main(
         TINY_MODEL
         + [
@@ -424,7 +422,7 @@ def test_inference_benchmark_fvcore_counter(capsys):
 
 
 def test_inference_benchmark_rejects_bad_arguments(capsys):
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     with pytest.raises(SystemExit):
         tool.parse_args(["--input-size", "800by1199"])
     assert "expected HxW" in capsys.readouterr().err
@@ -445,7 +443,7 @@ def test_scene_class_head_keeps_exactly_the_chosen_queries():
     logits, argmax not no-object, score > threshold), one distinct COCO class each, even for nearly
     identical
     decoder outputs; unused slots never win."""
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     g = torch.Generator().manual_seed(1)
     hs = torch.randn(1, 32, generator=g) + 1e-3 * torch.randn(
         20, 32, generator=g
@@ -476,12 +474,11 @@ def test_distinct_query_masks_spreads_the_queries_masks_apart():
     differ (the
     per-pixel spread over queries grows by orders of magnitude) and the image features are
     unchanged."""
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     args = tool.parse_args(
         TINY_MODEL + ["--input-size", "64x96", "--output-size", "64x96", "--pp-kept", "3"]
     )
-    benchmark_utils = load_script("benchmark_utils")
-    ref = benchmark_utils.build_reference_model(benchmark_utils.architecture(args), seed=0).eval()
+    ref = profiling.build_reference_model(profiling.architecture(args), seed=0).eval()
     pipe = tool.OfficialPipeline(ref, None, "cpu")
     image = tool.load_scene_image(args.input_size)
     assert image.shape == (3, 64, 96) and image.dtype == torch.uint8
@@ -511,7 +508,7 @@ def test_distinct_query_masks_spreads_the_queries_masks_apart():
 
 
 def test_synthetic_outputs_keep_exactly_the_requested_queries():
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     things, stuff = list(range(1, 91)), list(range(92, 201))
     out = tool.synthetic_outputs(30, 12, (20, 25), things, stuff, seed=3)
     assert out["pred_logits"].shape == (1, 30, 251) and out["pred_masks"].shape == (1, 30, 20, 25)
@@ -569,7 +566,7 @@ def _check_step_table(tool, section: str, columns=("ours", "official")):
 
 
 def test_training_benchmark_prints_all_figures(capsys):
-    tool = _load_tool("benchmark_training")
+    tool = _load_tool("training")
     assert tool.main(TRAINING_TINY) == 0
     out = capsys.readouterr().out
     stage2 = out.split("== Stage-2 training step")[1].split("quickstart joint step")[0]
@@ -609,7 +606,7 @@ def test_training_benchmark_prints_all_figures(capsys):
 
 
 def test_training_benchmark_rejects_bad_arguments(capsys):
-    tool = _load_tool("benchmark_training")
+    tool = _load_tool("training")
     for argv, message in (
         (["--warmup", "0"], "must be >= 1"),
         (["--amp"], "--amp is float16 autocast on CUDA"),
@@ -621,7 +618,7 @@ def test_training_benchmark_rejects_bad_arguments(capsys):
 
 
 def test_training_batch_targets_are_disjoint_panoptic_segments():
-    tool = _load_tool("benchmark_training")
+    tool = _load_tool("training")
     args = tool.parse_args(["--image-size", "64x96", "--batch-size", "2", "--segments", "5"])
     is_thing = [True] * 80 + [False] * 53
     batch = tool.make_batch(args, is_thing, torch.device("cpu"))
@@ -657,7 +654,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @needs_cuda
 def test_cuda_inference_benchmark_amp(capsys):
-    tool = _load_tool("benchmark_inference")
+    tool = _load_tool("inference")
     assert tool.main(INFERENCE_TINY + ["--device", "cuda", "--amp", "--batch-sizes", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "device cuda" in out and "float16 autocast" in out
@@ -666,7 +663,7 @@ def test_cuda_inference_benchmark_amp(capsys):
 
 @needs_cuda
 def test_cuda_training_benchmark_amp(capsys):
-    tool = _load_tool("benchmark_training")
+    tool = _load_tool("training")
     assert tool.main(TRAINING_TINY + ["--device", "cuda", "--amp"]) == 0
     out = capsys.readouterr().out
     assert "device cuda" in out and "float16 autocast + GradScaler" in out
@@ -679,7 +676,7 @@ def test_cuda_training_benchmark_amp(capsys):
 
 def test_evaluation_benchmark_prints_all_figures(capsys, tmp_path):
     """Tiny sets; the tool itself raises if any method's PQ/SQ/RQ differs from pq_compute's."""
-    tool = _load_tool("benchmark_evaluation")
+    tool = _load_tool("evaluation")
     keep = str(tmp_path / "data")
     tool.main(
         [
@@ -726,7 +723,7 @@ def test_evaluation_benchmark_prints_all_figures(capsys, tmp_path):
 
 
 def test_evaluation_benchmark_rejects_bad_arguments(capsys, tmp_path):
-    tool = _load_tool("benchmark_evaluation")
+    tool = _load_tool("evaluation")
     with pytest.raises(SystemExit):
         tool.main(["--copies", "0", "--synthetic", "0"])
     assert "not both 0" in capsys.readouterr().err

@@ -5,6 +5,7 @@ The exports' parity with the eager model is tested in test_export.py; here the c
 check against the eager model, no silent overwrite, and one ``error:`` line for bad input.
 """
 
+import importlib
 import json
 import os
 
@@ -184,10 +185,10 @@ def test_unknown_format_is_refused_by_the_parser(tool, capsys, tmp_path):
 
 
 def test_benchmark_export_smoke(capsys):
-    """tools/benchmark_export.py end to end on a tiny architecture and image (figures not
+    """benchmarks/export.py end to end on a tiny architecture and image (figures not
     checked)."""
     pytest.importorskip("onnxruntime")
-    bench = load_script("benchmark_export")
+    bench = importlib.import_module("benchmarks.export")
     code = bench.main(
         [
             "--depth",

@@ -8,9 +8,9 @@
 # GPU_CHECK_BUDGET seconds, default 540; a part that no longer fits is skipped):
 #   1. nvidia-smi -L and torch's view of the device
 #   2. the CUDA tests (pytest -k cuda: tiny-model smoke runs of both benchmarks, AMP on; skipped without a GPU)
-#   3. tools/benchmark_inference.py on cuda, real R50 settings (800x1199 -> 427x640, batch 1 and 4, typical
+#   3. benchmarks/inference.py on cuda, real R50 settings (800x1199 -> 427x640, batch 1 and 4, typical
 #      and crowded scenes), float32, then with --amp (float16 autocast)
-#   4. tools/benchmark_training.py on cuda: the stage-2 step (frozen R50 detector, 2 x 512x640) against the
+#   4. benchmarks/training.py on cuda: the stage-2 step (frozen R50 detector, 2 x 512x640) against the
 #      official step, and the quickstart joint step before/after (ALL_QUERY_MASKS True / default)
 #   5. the quickstart training on cuda for 300 iterations with one evaluation
 # Every figure is printed (and kept in $GPU_CHECK_OUT/<part>.log); a summary table ends the run.
@@ -64,9 +64,9 @@ if [[ ${SUMMARY[0]} != device*ok* ]]; then
     exit 1
 fi
 run_part cuda_tests 75 "$PY" -m pytest -q -p no:cacheprovider -rs tests -k cuda
-run_part inference_fp32 120 "$PY" tools/benchmark_inference.py --device cuda --warmup 2 --iters 10
-run_part inference_amp 75 "$PY" tools/benchmark_inference.py --device cuda --amp --warmup 2 --iters 10 --flops off
-run_part training 120 "$PY" tools/benchmark_training.py --device cuda --warmup 2 --iters 10 --quickstart-iters 20
+run_part inference_fp32 120 "$PY" -m benchmarks.inference --device cuda --warmup 2 --iters 10
+run_part inference_amp 75 "$PY" -m benchmarks.inference --device cuda --amp --warmup 2 --iters 10 --flops off
+run_part training 120 "$PY" -m benchmarks.training --device cuda --warmup 2 --iters 10 --quickstart-iters 20
 run_part quickstart_train 135 "$PY" tools/train_net.py --config-file configs/quickstart/detr_r18_quickstart.yaml \
     MODEL.DEVICE cuda SOLVER.MAX_ITER 300 TEST.EVAL_PERIOD 300 OUTPUT_DIR output/gpu_check_quickstart
 

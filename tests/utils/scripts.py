@@ -2,20 +2,13 @@
 
 import importlib.util
 import os
-import sys
 from types import ModuleType
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_script(name: str, folder: str = "tools") -> ModuleType:
-    """The module ``<folder>/<name>.py`` (a fresh import). ``tools/`` is put on ``sys.path`` as when
-    the
-    script runs (``python tools/x.py``), so the benchmarks find their sibling
-    ``benchmark_utils``."""
-    tools = os.path.join(ROOT, "tools")
-    if tools not in sys.path:
-        sys.path.append(tools)
+    """The module ``<folder>/<name>.py`` (a fresh import of a command-line script)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""Measurement helpers for the benchmark tools (``tools/benchmark_*.py``).
+"""Measurement helpers for the benchmarks (``benchmarks/*.py``).
 
 * :class:`StageTimer` attributes wall time (or any other running counter, e.g. FLOPs) to named
   stages without changing the code it measures: forward pre/post hooks on submodules, temporary
@@ -16,9 +16,9 @@
   strictly into ours); :func:`add_architecture_arguments` / :func:`architecture` for their
   command-line sizes.
 
-Benchmarks run from a checkout (``python tools/benchmark_*.py``): this module puts the repository
-root on ``sys.path`` so they can import the test oracle (``tests/utils/official_detr``: the official
-DETR re-implementation) and the synthetic data makers, which are not part of the installed package.
+Benchmarks run from the repository root (``python -m benchmarks.<name>``): they import the test
+oracle (``tests.utils.official_detr``: the official DETR re-implementation) and the synthetic data
+makers as packages of the checkout; neither is part of the installed package.
 """
 
 from __future__ import annotations
@@ -68,8 +68,6 @@ __all__ = [
 DeviceLike = Union[str, torch.device]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)
 
 
 def hw_size(min_side: int = 1) -> Callable[[str], Tuple[int, int]]:

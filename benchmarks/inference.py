@@ -54,8 +54,8 @@ faster than the official code on the typical scene, on CPU with 2 threads and on
 
 Example (the figures in the README)::
 
-    python tools/benchmark_inference.py --device cpu --threads 2
-    python tools/benchmark_inference.py --device cuda --warmup 3 --iters 20 --amp
+    python -m benchmarks.inference --device cpu --threads 2
+    python -m benchmarks.inference --device cuda --warmup 3 --iters 20 --amp
 """
 
 import argparse
@@ -66,11 +66,11 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import (
+from benchmarks.utils import (
     NUM_OFFICIAL_SLOTS,
     hw_size,
     print_done,
-)  # also puts the checkout on sys.path for the test oracle
+)
 
 STAGES = ("preprocess", "backbone", "transformer", "mask head", "postprocess", "other")
 NETWORK_STAGES = ("backbone", "transformer", "mask head")
@@ -86,7 +86,7 @@ MIN_PIXEL_AGREEMENT = (
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from benchmark_utils import add_architecture_arguments
+    from benchmarks.utils import add_architecture_arguments
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,13 +187,14 @@ def build_models(args: argparse.Namespace, device):
     """The official reference model (random weights, non-trivial frozen-BN statistics) and ours with
     its
     converted weights, both in eval mode on ``device``."""
-    from benchmark_utils import (
+    from detectron2.modeling import build_model
+
+    from benchmarks.utils import (
         architecture,
         build_reference_model,
         detr_config,
         load_reference_weights,
     )
-    from detectron2.modeling import build_model
 
     ref = build_reference_model(architecture(args), args.seed).eval().to(device)
     cfg = detr_config(architecture(args), device)
@@ -355,7 +356,7 @@ class OursPipeline:
         return {"mask head": (self.model, "query_masks")}
 
     def instrument(self, timer) -> list:
-        from benchmark_utils import patch_method
+        from benchmarks.utils import patch_method
 
         timer.hook_modules(self.stage_modules())
         timer.wrap_method(self.model, "preprocess_image", "preprocess")
@@ -453,8 +454,8 @@ def load_scene_image(input_size: Tuple[int, int]):
     the official
     transform), a uint8 RGB (3, H, W) tensor."""
     import torchvision.transforms.functional as TF
-    from benchmark_utils import REPO_ROOT
 
+    from benchmarks.utils import REPO_ROOT
     from tests.utils.official_detr import load_rgb_image
 
     path = os.path.join(
@@ -523,7 +524,7 @@ class PipelineRunner:
         self.peak_bytes: Optional[int] = None
 
     def __enter__(self) -> "PipelineRunner":
-        from benchmark_utils import StageTimer
+        from benchmarks.utils import StageTimer
 
         self.timer = StageTimer(self.device)
         self._captures = self.pipeline.instrument(self.timer)
@@ -536,7 +537,8 @@ class PipelineRunner:
 
     def run_pass(self, record: bool = False, measure: bool = False) -> None:
         import torch
-        from benchmark_utils import PeakMemory
+
+        from benchmarks.utils import PeakMemory
 
         with contextlib.ExitStack() as stack:
             if self.amp:
@@ -559,7 +561,7 @@ class PipelineRunner:
     def times(self) -> Dict[str, float]:
         """Mean seconds per stage over the recorded passes, and ``median`` (of the passes'
         totals)."""
-        from benchmark_utils import summarize_iterations
+        from benchmarks.utils import summarize_iterations
 
         return dict(
             summarize_iterations(self.timer.history),
@@ -603,8 +605,9 @@ class _TorchFlopStages:
         self.result: Optional[Dict[str, float]] = None
 
     def __enter__(self):
-        from benchmark_utils import StageTimer
         from torch.utils.flop_counter import FlopCounterMode
+
+        from benchmarks.utils import StageTimer
 
         self._counter = FlopCounterMode(display=False)
         self._meter = StageTimer("cpu", clock=lambda: float(self._counter.get_total_flops()))
@@ -843,7 +846,7 @@ def time_postprocessing(
     image, all
     queries' masks), after one untimed call each; plus kept/segment counts and the agreement of the
     two."""
-    from benchmark_utils import synchronize
+    from benchmarks.utils import synchronize
 
     outputs = {
         k: v[:1].float().to(device)
@@ -893,7 +896,7 @@ def _ratio(a: float, b: float) -> str:
 def print_inference_table(
     title: str, batch: int, args, ours: Dict[str, float], official: Dict[str, float]
 ) -> None:
-    from benchmark_utils import format_table
+    from benchmarks.utils import format_table
 
     rows = [
         [
@@ -940,7 +943,7 @@ def print_flops_table(
     official: Dict[str, float],
     peaks: Tuple[Optional[int], Optional[int]],
 ) -> None:
-    from benchmark_utils import format_table
+    from benchmarks.utils import format_table
 
     unit = (
         "GFLOPs (torch: 2 per multiply-add)"
@@ -999,13 +1002,13 @@ def print_comparison(c: Dict) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
-    from benchmark_utils import (
+
+    from benchmarks.utils import (
         format_table,
         load_reference_weights,
         print_contention_note,
         setup_benchmark_device,
     )
-
     from tests.utils.official_detr import PostProcessPanoptic, official_is_thing_map
 
     device = setup_benchmark_device(args.device, args.threads)

@@ -21,7 +21,7 @@ cuda``: eager and TorchScript on the GPU (the TorchScript file is exported there
 its ``CUDAExecutionProvider`` when the installed onnxruntime has one (``onnxruntime-gpu``), else
 skipped.
 
-    python tools/benchmark_export.py --device cpu --threads 2
+    python -m benchmarks.export --device cpu --threads 2
 """
 
 import argparse
@@ -31,12 +31,12 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import (
+from benchmarks.utils import (
     add_architecture_arguments,
     architecture,
     hw_size,
     print_done,
-)  # puts the checkout on sys.path
+)
 
 PIPELINES = ("eager", "torchscript", "onnxruntime")
 
@@ -86,9 +86,9 @@ def build_model(args: argparse.Namespace, device, image):
     """The random model on ``device`` with its threshold between the ``--kept``-th and the next
     score."""
     import torch
-    from benchmark_utils import detr_config
     from detectron2.modeling import build_model as d2_build_model
 
+    from benchmarks.utils import detr_config
     from detr_d2.export import PanopticNetwork
     from detr_d2.modeling.panoptic_inference import panoptic_queries
 
@@ -194,8 +194,9 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
 def time_pipelines(
     pipelines: Dict[str, Callable], args, device
 ) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
-    from benchmark_utils import synchronize
     from tqdm import tqdm
+
+    from benchmarks.utils import synchronize
 
     names = list(pipelines)
     plan = [(n, False) for _ in range(args.warmup) for n in names]
@@ -217,7 +218,8 @@ def time_pipelines(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
-    from benchmark_utils import format_table, print_contention_note, setup_benchmark_device
+
+    from benchmarks.utils import format_table, print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:

@@ -53,8 +53,8 @@ only).
 
 Example (the figures in the README)::
 
-    python tools/benchmark_training.py --device cpu --threads 2
-    python tools/benchmark_training.py --device cuda --warmup 3 --iters 10
+    python -m benchmarks.training --device cpu --threads 2
+    python -m benchmarks.training --device cuda --warmup 3 --iters 10
 """
 
 import argparse
@@ -65,10 +65,10 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from benchmark_utils import (
+from benchmarks.utils import (
     hw_size,
     print_done,
-)  # also puts the checkout on sys.path for the test oracle
+)
 
 STAGES = ("forward", "mask head", "loss", "backward", "optimizer", "other")
 MASK_LOSSES = ("loss_mask", "loss_dice")
@@ -79,7 +79,7 @@ QUICKSTART_CONFIG = os.path.join("configs", "quickstart", "detr_r18_quickstart.y
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from benchmark_utils import add_architecture_arguments
+    from benchmarks.utils import add_architecture_arguments
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,7 +259,8 @@ class Side:
 
     def __init__(self, name: str, device, amp: bool):
         import torch
-        from benchmark_utils import StageTimer
+
+        from benchmarks.utils import StageTimer
 
         self.name, self.device, self.amp = name, device, amp
         self.timer = StageTimer(device, nesting="inner")
@@ -305,7 +306,7 @@ class Side:
         raise NotImplementedError
 
     def step(self, record: bool = True, measure: bool = False) -> None:
-        from benchmark_utils import PeakMemory
+        from benchmarks.utils import PeakMemory
 
         self.timer.start_iteration()
         with PeakMemory(self.device) if measure else contextlib.nullcontext() as mem:
@@ -319,7 +320,7 @@ class Side:
 
     def times(self) -> Dict[str, float]:
         """Mean seconds per stage over the recorded steps, and ``median`` (of the steps' totals)."""
-        from benchmark_utils import summarize_iterations
+        from benchmarks.utils import summarize_iterations
 
         return dict(
             summarize_iterations(self.timer.history),
@@ -337,7 +338,7 @@ class OursSide(Side):
     do."""
 
     def __init__(self, name: str, model, optimizer, batch: List[Dict], device, amp: bool):
-        from benchmark_utils import patch_method
+        from benchmarks.utils import patch_method
 
         super().__init__(name, device, amp)
         self.model, self.optimizer, self.batch = model, optimizer, batch
@@ -432,15 +433,15 @@ def build_stage2(
     """Both sides of the stage-2 comparison, with the same weights and batch; also the number of
     segments."""
     import torch
-    from benchmark_utils import (
+    from detectron2.modeling import build_model
+
+    from benchmarks.utils import (
         architecture,
         build_reference_model,
         converted_reference_weights,
         detr_config,
         load_reference_weights,
     )
-    from detectron2.modeling import build_model
-
     from detr_d2.engine.optimizer import build_detr_optimizer
     from tests.utils.official_detr.criterion import build_official_criterion
 
@@ -475,11 +476,11 @@ def build_quickstart(
     seed, with
     the same optimiser settings and batch; also the config."""
     import torch
-    from benchmark_utils import REPO_ROOT
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import detr_d2
+    from benchmarks.utils import REPO_ROOT
     from detr_d2.engine.optimizer import build_detr_optimizer
     from detr_d2.utils.config_file import merge_config_file
 
@@ -513,7 +514,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
 def print_step_table(title: str, a: Side, b: Side) -> Tuple[float, Optional[float]]:
     """Stage table of ``a`` (the reference: official / before) and ``b`` (ours / after); returns the
     speed-up (of the median step times) and the memory ratio a/b."""
-    from benchmark_utils import format_table
+    from benchmarks.utils import format_table
 
     ta, tb = a.times(), b.times()
     rows = [
@@ -579,8 +580,9 @@ def print_losses(a: Side, b: Side, keys: Sequence[str], rtol: float) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
-    from benchmark_utils import print_contention_note, setup_benchmark_device
     from detectron2.utils.events import EventStorage
+
+    from benchmarks.utils import print_contention_note, setup_benchmark_device
 
     device = setup_benchmark_device(args.device, args.threads)
     if device is None:

@@ -2,8 +2,8 @@
 """Benchmark panoptic evaluation: Detectron2's COCOPanopticEvaluator vs panopticapi's pq_compute vs
 detr_d2's FastCOCOPanopticEvaluator, per image, on the same predictions.
 
-    python tools/benchmark_evaluation.py       # 50 copies of the COCO sample (100 images)
-    python tools/benchmark_evaluation.py --copies 100 --synthetic 100 --size 480 640
+    python -m benchmarks.evaluation       # 50 copies of the COCO sample (100 images)
+    python -m benchmarks.evaluation --copies 100 --synthetic 100 --size 480 640
 
 Data: every copy of the COCO sample (tests/data/coco_panoptic_sample) gets its own GT PNG file and
 image id and a randomly perturbed prediction (segments dropped, merged, shifted, relabelled, VOID
@@ -41,7 +41,6 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Tuple
 
-import benchmark_utils  # noqa: F401  (puts the checkout on sys.path for tests.utils)
 import numpy as np
 import torch
 from detectron2.data.datasets import register_coco_panoptic
