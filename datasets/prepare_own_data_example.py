@@ -29,8 +29,8 @@ import argparse
 import os
 import sys
 
+from detr_d2.annotation import convert_panoptic_to_detection
 from detr_d2.data.datasets.quickstart import QUICKSTART_CATEGORIES, generate_quickstart_dataset
-from detr_d2.data.panoptic_conversion import convert_panoptic_to_detection
 from detr_d2.data.panoptic_io import read_json
 from detr_d2.utils.atomic_io import atomic_write_bytes, atomic_write_json
 from detr_d2.utils.cli import run_tool, tool_parser

@@ -1,40 +1,14 @@
+"""Fixtures shared by the test files (helpers live in ``tests/utils/``)."""
+
 import os
-import sys
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-COCO_SAMPLE = os.path.join(ROOT, "tests", "data", "coco_panoptic_sample")
-
-
-def tiny_detr_cfg(num_classes: int = 5, mask_on: bool = True):
-    """A small DETR config for CPU tests (ResNet-18, hidden 128, 1+2 layers, 10 queries)."""
-    from detectron2.config import get_cfg
-
-    import detr_d2  # noqa: F401
-
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-DETR.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MASK_ON = mask_on
-    if not mask_on:  # detection only: boxes as instances
-        cfg.TEST.PANOPTIC_ON, cfg.TEST.INSTANCE_ON = False, True
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.DETR.HIDDEN_DIM = 128
-    cfg.MODEL.DETR.DIM_FEEDFORWARD = 128
-    cfg.MODEL.DETR.ENC_LAYERS = 1
-    cfg.MODEL.DETR.DEC_LAYERS = 2
-    cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 10
-    cfg.MODEL.DETR.NUM_CLASSES = num_classes
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    return cfg
+from detr_d2.data.datasets import register_panoptic_dataset
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE, SAMPLE_DATASET
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +19,30 @@ def _seed_and_threads():
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="module")
+def sample_cfg(tmp_path_factory):
+    """A tiny random panoptic model's config (dumped to a YAML) on the COCO sample registered as
+    ``SAMPLE_DATASET``: (cfg, yaml path)."""
+    if SAMPLE_DATASET not in DatasetCatalog.list():
+        register_panoptic_dataset(
+            SAMPLE_DATASET,
+            os.path.join(COCO_SAMPLE, "input_images"),
+            os.path.join(COCO_SAMPLE, "panoptic_examples"),
+            os.path.join(COCO_SAMPLE, "panoptic_examples.json"),
+        )
+    cfg = tiny_detr_cfg(num_classes=133)
+    cfg.DATASETS.TEST = (SAMPLE_DATASET,)
+    cfg.INPUT.MIN_SIZE_TEST = 160
+    cfg.INPUT.MAX_SIZE_TEST = 320
+    cfg.TEST.OBJECT_MASK_THRESHOLD = 0.0  # a random model: keep every query so segments exist
+    torch.manual_seed(0)
+    from detectron2.modeling import build_model
+
+    weights = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    cfg.MODEL.WEIGHTS = str(weights)
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(cfg.dump())
+    return cfg, str(path)

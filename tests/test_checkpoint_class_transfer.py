@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_detr_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
@@ -27,6 +26,7 @@ from detr_d2.checkpoint.class_names import (
 from detr_d2.checkpoint.class_transfer import fresh_class_head, match_classes
 from detr_d2.checkpoint.official_layout import OfficialDETRLayout, official_state_dict_spec
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
+from tests.utils.configs import tiny_detr_cfg
 from tests.utils.scripts import load_script
 
 HIDDEN = 128

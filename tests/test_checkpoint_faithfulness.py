@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import COCO_SAMPLE, ROOT
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -38,6 +37,7 @@ from tests.utils.official_detr import (
     official_is_thing_map,
     randomize_frozen_batchnorm_,
 )
+from tests.utils.paths import COCO_SAMPLE, ROOT
 
 IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 640x427
 IMAGE2 = os.path.join(COCO_SAMPLE, "input_images", "000000439180.jpg")

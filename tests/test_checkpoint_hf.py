@@ -27,13 +27,14 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("timm")
 pytest.importorskip("safetensors")
 
-from conftest import COCO_SAMPLE, tiny_detr_cfg  # noqa: E402
 from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation, ResNetConfig  # noqa: E402
 
 from detr_d2.checkpoint import convert_detr_file, retarget_classes  # noqa: E402
 from detr_d2.checkpoint.class_names import coco_panoptic_class_names  # noqa: E402
 from detr_d2.checkpoint.hf_detr import hf_detr_to_official  # noqa: E402
 from detr_d2.checkpoint.official_layout import OfficialDETRLayout, official_state_dict_spec  # noqa: E402
+from tests.utils.configs import tiny_detr_cfg  # noqa: E402
+from tests.utils.paths import COCO_SAMPLE  # noqa: E402
 from tests.utils.scripts import load_script  # noqa: E402
 
 SMALL = dict(

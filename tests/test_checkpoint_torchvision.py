@@ -7,12 +7,12 @@ import pickle
 import pytest
 import torch
 import torchvision
-from conftest import tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from detr_d2.checkpoint import convert_torchvision_resnet
 from detr_d2.checkpoint.resnet_keys import torchvision_resnet_key_to_d2
+from tests.utils.configs import tiny_detr_cfg
 from tests.utils.scripts import load_script
 
 

@@ -9,7 +9,6 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, tiny_detr_cfg
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
@@ -17,6 +16,8 @@ import detr_d2
 from detr_d2.config import RENAMED_KEYS, get_detr_cfg
 from detr_d2.config_rules import CONFIG_RULES, config_problems, validate_detr_config
 from detr_d2.engine import DetrTrainer, setup
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import ROOT
 
 
 def _mask_off(cfg):

@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 import yaml
-from conftest import COCO_SAMPLE, tiny_detr_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detr_d2.data.datasets.register_from_file import (
@@ -18,6 +17,8 @@ from detr_d2.data.datasets.register_from_file import (
     register_dataset_file,
     register_datasets_from_config,
 )
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE
 from tests.utils.scripts import load_script
 
 SAMPLE_ENTRY = {

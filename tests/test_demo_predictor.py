@@ -10,40 +10,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_SAMPLE, tiny_detr_cfg
-from detectron2.data import DatasetCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from detr_d2.data.datasets import register_panoptic_dataset
+from tests.utils.paths import COCO_SAMPLE
 from tests.utils.scripts import load_script
-
-NAME = "_detr_test_coco_sample_demo"
-
-
-@pytest.fixture(scope="module")
-def sample_cfg(tmp_path_factory):
-    if NAME not in DatasetCatalog.list():
-        register_panoptic_dataset(
-            NAME,
-            os.path.join(COCO_SAMPLE, "input_images"),
-            os.path.join(COCO_SAMPLE, "panoptic_examples"),
-            os.path.join(COCO_SAMPLE, "panoptic_examples.json"),
-        )
-    cfg = tiny_detr_cfg(num_classes=133)
-    cfg.DATASETS.TEST = (NAME,)
-    cfg.INPUT.MIN_SIZE_TEST = 160
-    cfg.INPUT.MAX_SIZE_TEST = 320
-    cfg.TEST.OBJECT_MASK_THRESHOLD = 0.0  # a random model: keep every query so segments exist
-    torch.manual_seed(0)
-    from detectron2.modeling import build_model
-
-    weights = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save({"model": build_model(cfg).state_dict()}, weights)
-    cfg.MODEL.WEIGHTS = str(weights)
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(cfg.dump())
-    return cfg, str(path)
 
 
 def test_predictor_outputs_at_image_size(sample_cfg):

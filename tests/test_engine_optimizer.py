@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT
 from detectron2.config import get_cfg
 from detectron2.solver import build_optimizer
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 import detr_d2
 from detr_d2.engine.optimizer import build_detr_optimizer
 from tests.utils.old_optimizer import old_build_detr_optimizer
+from tests.utils.paths import ROOT
 
 
 class _Net(nn.Module):

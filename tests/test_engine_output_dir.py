@@ -17,7 +17,6 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT
 
 from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.utils.output_dir import (
@@ -28,6 +27,7 @@ from detr_d2.utils.output_dir import (
     claim_output_dir,
     held_by_another_process,
 )
+from tests.utils.paths import ROOT
 from tests.utils.scripts import load_script
 from tests.utils.tiny_training import make_tiny_data, tiny_train_cfg, write_cfg
 

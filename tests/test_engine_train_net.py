@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ROOT
 from detectron2.engine import HookBase, default_argument_parser
 
 from detr_d2.engine import DetrTrainer, main
+from tests.utils.paths import ROOT
 from tests.utils.tiny_training import VAL, make_tiny_data, tiny_train_cfg, write_cfg
 
 
@@ -114,7 +114,6 @@ def test_launch_two_cpu_processes_gloo(tiny_data, tmp_path):
         textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {ROOT!r})
-        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         from tests.utils.tiny_training import register_tiny_data
         register_tiny_data({tiny_data!r})  # module level: re-run in each spawned worker
         if __name__ == "__main__":

@@ -14,7 +14,14 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import COCOPanopticEvaluator, inference_on_dataset
 from PIL import Image
-from test_evaluation_support import (
+
+from detr_d2.data.panoptic_io import read_panoptic_ids
+from detr_d2.evaluation import (
+    COCOPanopticEvaluatorWithPerClass,
+    FastCOCOPanopticEvaluator,
+    build_panoptic_evaluator,
+)
+from tests.utils.evaluation import (
     COCO_SAMPLE,
     COCO_SAMPLE_JSON,
     COCO_SAMPLE_PNGS,
@@ -27,13 +34,6 @@ from test_evaluation_support import (
     register_panoptic,
     synthetic_categories,
     write_synthetic_dataset,
-)
-
-from detr_d2.data.panoptic_io import read_panoptic_ids
-from detr_d2.evaluation import (
-    COCOPanopticEvaluatorWithPerClass,
-    FastCOCOPanopticEvaluator,
-    build_panoptic_evaluator,
 )
 from tests.utils.synthetic_panoptic import perturb_prediction
 

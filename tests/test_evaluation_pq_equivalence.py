@@ -10,7 +10,6 @@ import pytest
 from panopticapi.evaluation import PQStat, pq_compute_single_core
 from panopticapi.utils import rgb2id
 from PIL import Image
-from test_evaluation_support import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
 from detr_d2.evaluation.panoptic_matching import image_pq_stats
@@ -21,6 +20,7 @@ from detr_d2.evaluation.panoptic_quality import (
     pair_intersections,
     summarize_pq_stats,
 )
+from tests.utils.evaluation import COCO_SAMPLE_PNGS, coco_sample, synthetic_categories
 from tests.utils.synthetic_panoptic import (
     PERTURBATIONS,
     make_synthetic_panoptic_gt,

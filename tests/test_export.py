@@ -25,7 +25,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -45,6 +44,8 @@ from detr_d2.export.network import PanopticNetwork
 from detr_d2.modeling import fusion
 from detr_d2.modeling.panoptic_inference import panoptic_fusion
 from tests.utils import legacy_fusion
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE, ROOT
 
 IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 427x640
 ONNX_TOLERANCES = {

@@ -12,8 +12,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_SAMPLE, ROOT
 
+from tests.utils.paths import COCO_SAMPLE, ROOT
 from tests.utils.scripts import load_script
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart", "detr_r18_quickstart.yaml")

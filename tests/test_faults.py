@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
 
+from detr_d2.annotation import convert_detection_to_panoptic, convert_panoptic_to_detection
 from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.data import DetrPanopticDatasetMapper
 from detr_d2.data.dataset_mappers.corrupt_samples import TooManyCorruptSamplesError
@@ -32,10 +32,8 @@ from detr_d2.data.datasets import (
     quickstart,
     register_panoptic_dataset,
 )
-from detr_d2.data.panoptic_conversion import (
-    convert_detection_to_panoptic,
-    convert_panoptic_to_detection,
-)
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE, ROOT
 from tests.utils.scripts import load_script
 
 PAN_JSON = os.path.join(COCO_SAMPLE, "panoptic_examples.json")
@@ -605,7 +603,7 @@ def test_detection_to_panoptic_unwritable_json_folder_fails_before_any_png(tmp_p
 
 _KILL_TOOL = """
 import os, runpy, sys, time
-import detr_d2.data.panoptic_conversion as conversion
+import detr_d2.annotation.detection_to_panoptic as conversion
 save = conversion.save_panoptic_png
 def slow(path, ids):
     save(path, ids)

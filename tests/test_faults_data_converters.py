@@ -12,13 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import COCO_SAMPLE, ROOT
 
+from detr_d2.annotation import convert_detection_to_panoptic, convert_panoptic_to_detection
 from detr_d2.data.coco_bounds import MAX_PIXELS, check_image_size, check_segmentation
-from detr_d2.data.panoptic_conversion import (
-    convert_detection_to_panoptic,
-    convert_panoptic_to_detection,
-)
+from tests.utils.paths import COCO_SAMPLE, ROOT
 from tests.utils.scripts import load_script
 
 DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")

@@ -15,11 +15,11 @@ import subprocess
 
 import pytest
 import torch
-from conftest import COCO_SAMPLE
 
 from detr_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
 from detr_d2.utils import atomic_io
 from detr_d2.utils.atomic_io import atomic_file, atomic_write_bytes
+from tests.utils.paths import COCO_SAMPLE
 from tests.utils.scripts import load_script
 
 DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")

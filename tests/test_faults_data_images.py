@@ -9,11 +9,11 @@ import os
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_detr_cfg
 from detectron2.data import detection_utils
 from PIL import Image
 
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
+from tests.utils.configs import tiny_detr_cfg
 from tests.utils.scripts import load_script
 
 

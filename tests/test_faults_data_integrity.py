@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
-from test_evaluation_support import (
+
+from detr_d2.data import DetrPanopticDatasetMapper
+from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json
+from detr_d2.data.panoptic_io import id2rgb, join_under, prediction_png_name, read_panoptic_ids
+from detr_d2.evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
+from tests.utils.evaluation import (
     COCO_SAMPLE,
     COCO_SAMPLE_JSON,
     COCO_SAMPLE_PNGS,
@@ -21,11 +26,6 @@ from test_evaluation_support import (
     quiet_pq_compute,
     register_panoptic,
 )
-
-from detr_d2.data import DetrPanopticDatasetMapper
-from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json
-from detr_d2.data.panoptic_io import id2rgb, join_under, prediction_png_name, read_panoptic_ids
-from detr_d2.evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator
 
 IMAGES = os.path.join(COCO_SAMPLE, "input_images")
 

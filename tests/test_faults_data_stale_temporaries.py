@@ -11,9 +11,8 @@ import socket
 import subprocess
 import sys
 
-from conftest import COCO_SAMPLE, ROOT
-
 from detr_d2.utils.atomic_io import atomic_directory, remove_stale_temporaries
+from tests.utils.paths import COCO_SAMPLE, ROOT
 from tests.utils.scripts import load_script
 
 DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")

@@ -13,26 +13,26 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_modeling_group_detr import (
-    K,
-    _group_slice,
-    _random_outputs_and_targets,
-    _stage1_checkpoint,
-    _stage2_cfg,
-    grouped_cfg,
-    train_batch,
-)
 from torchvision.ops import box_convert, box_iou
 
 import detr_d2
 from detr_d2.modeling.criterion import SetCriterion
 from detr_d2.modeling.matcher import HungarianMatcher
+from tests.utils.group_detr import (
+    K,
+    group_slice,
+    grouped_cfg,
+    random_outputs_and_targets,
+    stage1_checkpoint,
+    stage2_cfg,
+    train_batch,
+)
+from tests.utils.paths import ROOT
 
-NUM_CLASSES = 3  # the classes of _random_outputs_and_targets
+NUM_CLASSES = 3  # the classes of random_outputs_and_targets
 
 
 def _criterion(dup_weight=None, iou=0.5, eos=0.1):
@@ -63,7 +63,7 @@ def test_ordinary_weight_equals_detr_loss(seed, num_groups):
     """With the duplicate weight equal to the no-object weight, the per-query weighted form gives
     DETR's loss
     (F.cross_entropy with class weights, the old computation) in every decoder layer."""
-    outputs, targets = _random_outputs_and_targets(seed)
+    outputs, targets = random_outputs_and_targets(seed)
     outputs = _with_duplicates(outputs, targets)
     old = _criterion()(outputs, targets, num_groups=num_groups)
     new = _criterion(dup_weight=0.1)(outputs, targets, num_groups=num_groups)
@@ -78,7 +78,7 @@ def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
     duplicate weight
     for unmatched queries whose box has IoU >= threshold with a target box of their image, 1 for
     matched."""
-    outputs, targets = _random_outputs_and_targets(0)
+    outputs, targets = random_outputs_and_targets(0)
     outputs = _with_duplicates(outputs, targets)
     outputs = {
         key: outputs[key][:, :4] for key in ("pred_logits", "pred_boxes")
@@ -134,10 +134,10 @@ def test_duplicates_get_a_larger_push_to_no_object():
 
 @pytest.mark.parametrize("seed", range(2))
 def test_grouped_loss_is_mean_of_single_group_losses(seed):
-    outputs, targets = _random_outputs_and_targets(seed)
+    outputs, targets = random_outputs_and_targets(seed)
     outputs = _with_duplicates(outputs, targets)
     crit = _criterion(dup_weight=1.0)
-    singles = [crit(_group_slice(outputs, k), targets) for k in range(K)]
+    singles = [crit(group_slice(outputs, k), targets) for k in range(K)]
     grouped = crit(outputs, targets, num_groups=K)
     for key in grouped:
         expected = torch.stack([s[key] for s in singles]).mean()
@@ -183,8 +183,8 @@ def test_model_and_inference_are_the_plain_model():
 def test_stage2_refuses_it(tmp_path):
     """Stage 2 freezes the class head: the option would change nothing, so the config is refused."""
     path = tmp_path / "stage1.pth"
-    _stage1_checkpoint(path, 1)
-    cfg = _stage2_cfg(path, 1)
+    stage1_checkpoint(path, 1)
+    cfg = stage2_cfg(path, 1)
     build_model(cfg)  # without the option: fine
     cfg.MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED = True
     with pytest.raises(
@@ -211,7 +211,7 @@ def test_official_recipes_keep_duplicate_suppression_off(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_loss_equals_cpu_loss():
-    outputs, targets = _random_outputs_and_targets(0)
+    outputs, targets = random_outputs_and_targets(0)
     outputs = _with_duplicates(outputs, targets)
     crit = _criterion(dup_weight=1.0)
     cpu = crit(outputs, targets, num_groups=K)

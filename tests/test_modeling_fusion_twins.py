@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import COCO_SAMPLE
 from panopticapi.utils import rgb2id
 from PIL import Image
 
@@ -26,6 +25,7 @@ from detr_d2.export import onnx_postprocess
 from detr_d2.modeling import fusion
 from detr_d2.modeling.panoptic_inference import panoptic_fusion, panoptic_queries
 from tests.utils import legacy_fusion
+from tests.utils.paths import COCO_SAMPLE
 
 SCRIPTED = torch.jit.script(fusion.fuse_panoptic)
 

@@ -14,19 +14,27 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT, tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_modeling_meta_arch import make_input
 
 import detr_d2
 from detr_d2.modeling.criterion import SetCriterion
 from detr_d2.modeling.matcher import HungarianMatcher
 from detr_d2.modeling.transformer import Transformer, group_attention_mask
-
-K, Q = 3, 4
+from tests.utils.group_detr import (
+    K,
+    Q,
+    group_slice,
+    grouped_cfg,
+    random_outputs_and_targets,
+    stage1_checkpoint,
+    stage2_cfg,
+    train_batch,
+)
+from tests.utils.model_inputs import make_input
+from tests.utils.paths import ROOT
 
 
 @contextlib.contextmanager
@@ -48,23 +56,6 @@ def captured_log(names=("detr_d2.checkpoint.weight_loading",)):
         for log, level in zip(logs, old_levels):
             log.removeHandler(handler)
             log.setLevel(level)
-
-
-def grouped_cfg(num_groups=K, **detr):
-    cfg = tiny_detr_cfg()
-    cfg.MODEL.DETR.DROPOUT = 0.0
-    cfg.MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS = num_groups
-    for k, v in detr.items():
-        setattr(cfg.MODEL.DETR, k, v)
-    return cfg
-
-
-def train_batch():
-    return [
-        make_input(64, 80, 3, seed=1),
-        make_input(48, 64, 0, seed=2),
-        make_input(56, 40, 2, seed=3),
-    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,62 +105,12 @@ def test_group_attention_mask_isolates_groups(pre_norm):
 
 # ----------------------------------------------------------------------------------------------
 # matching and losses
-def _rand_boxes(n, g):
-    return torch.cat(
-        [torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], 1
-    )
-
-
-def _random_outputs_and_targets(seed, num_classes=3, hm=6, wm=7):
-    """Outputs of K groups of Q queries (with masks and 2 auxiliary layers) and 3 images' targets: 2
-    segments,
-    none, and more segments (Q + 2) than a group has queries."""
-    g = torch.Generator().manual_seed(seed)
-    b, n = 3, K * Q
-
-    def layer():
-        return {
-            "pred_logits": torch.randn(b, n, num_classes + 1, generator=g),
-            "pred_boxes": _rand_boxes(b * n, g).view(b, n, 4),
-        }
-
-    outputs = {
-        **layer(),
-        "pred_masks": torch.randn(b, n, hm, wm, generator=g),
-        "aux_outputs": [layer(), layer()],
-    }
-    targets = []
-    for count, (h, w) in zip(
-        [2, 0, Q + 2], [(4 * hm, 4 * wm), (4 * hm - 3, 4 * wm), (4 * hm, 4 * wm - 5)]
-    ):
-        targets.append(
-            {
-                "labels": torch.randint(0, num_classes, (count,), generator=g),
-                "boxes": _rand_boxes(count, g),
-                "masks": torch.rand(count, h, w, generator=g) > 0.5,
-            }
-        )
-    return outputs, targets
-
-
-def _group_slice(outputs, k):
-    sl = slice(k * Q, (k + 1) * Q)
-    out = {
-        key: outputs[key][:, sl]
-        for key in ("pred_logits", "pred_boxes", "pred_masks")
-        if key in outputs
-    }
-    if "aux_outputs" in outputs:
-        out["aux_outputs"] = [{key: a[key][:, sl] for key in a} for a in outputs["aux_outputs"]]
-    return out
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_group_matching_equals_single_group_matching(seed):
-    outputs, targets = _random_outputs_and_targets(seed)
+    outputs, targets = random_outputs_and_targets(seed)
     matcher = HungarianMatcher(1.0, 5.0, 2.0)
     grouped = matcher(outputs, targets, num_groups=K)
-    singles = [matcher(_group_slice(outputs, k), targets) for k in range(K)]
+    singles = [matcher(group_slice(outputs, k), targets) for k in range(K)]
     for i, (src, tgt) in enumerate(grouped):
         assert torch.equal(src, torch.cat([s[i][0] + k * Q for k, s in enumerate(singles)]))
         assert torch.equal(tgt, torch.cat([s[i][1] for s in singles]))
@@ -205,9 +146,9 @@ def test_group_losses_equal_average_of_single_group_losses(seed, masks_from):
     single-group
     criteria on the groups' slices; with ``mask_fn``, one call gets the matched queries of all
     groups."""
-    outputs, targets = _random_outputs_and_targets(seed)
+    outputs, targets = random_outputs_and_targets(seed)
     crit = _criterion()
-    singles = [crit(_group_slice(outputs, k), targets) for k in range(K)]
+    singles = [crit(group_slice(outputs, k), targets) for k in range(K)]
     calls = []
     if masks_from == "mask_fn":
         pred_masks = outputs.pop("pred_masks")
@@ -378,18 +319,6 @@ def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # config
-def _stage1_checkpoint(path, num_groups):
-    """A detection (stage 1, no mask head) checkpoint of a model with ``num_groups`` groups, as
-    train_net saves it."""
-    stage1 = build_model(grouped_cfg(num_groups=num_groups, MASK_ON=False))
-    torch.save({"model": stage1.state_dict()}, path)
-    return stage1
-
-
-def _stage2_cfg(path, num_groups):
-    return grouped_cfg(num_groups=num_groups, FROZEN_WEIGHTS=str(path), DEEP_SUPERVISION=False)
-
-
 @pytest.mark.parametrize("stage2_groups", [1, K])
 def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
     """A stage 1 trained with K groups feeds a plain stage 2 (its extra groups ignored) and a
@@ -397,8 +326,8 @@ def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
     trained groups frozen with the detector: the mask head learns from the matched queries of every
     group)."""
     path = tmp_path / "stage1.pth"
-    stage1 = _stage1_checkpoint(path, K)
-    model = build_model(_stage2_cfg(path, stage2_groups)).train()
+    stage1 = stage1_checkpoint(path, K)
+    model = build_model(stage2_cfg(path, stage2_groups)).train()
     trainable = sorted({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad})
     assert trainable == ["bbox_attention", "mask_head"]
     for k, v in stage1.state_dict().items():
@@ -422,13 +351,13 @@ def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
 def test_grouped_stage2_needs_a_detector_trained_with_the_same_groups(tmp_path):
     for stage1_groups, found in ((1, "None"), (2, "(10, 128)")):
         path = tmp_path / f"stage1_g{stage1_groups}.pth"
-        _stage1_checkpoint(path, stage1_groups)
+        stage1_checkpoint(path, stage1_groups)
         with pytest.raises(
             ValueError,
             match=rf"FROZEN_WEIGHTS=.*stage1_g{stage1_groups}.pth.*NUM_QUERY_GROUPS=3.*"
             rf"group_query_embed.weight of shape \(20, 128\) \(found {re.escape(found)}\)",
         ):
-            build_model(_stage2_cfg(path, K))
+            build_model(stage2_cfg(path, K))
 
 
 def test_bad_number_of_groups_refused():

@@ -16,13 +16,13 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_detr_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from detr_d2.modeling.mask_head import MaskHeadSmallConv
 from detr_d2.modeling.panoptic_inference import panoptic_queries
+from tests.utils.configs import tiny_detr_cfg
 
 
 def make_image(h, w, seed):

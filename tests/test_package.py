@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+
+from tests.utils.paths import ROOT
 
 
 def test_config_defaults_and_registries():

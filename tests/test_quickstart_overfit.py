@@ -5,7 +5,6 @@ evaluator)."""
 
 import os
 
-from conftest import ROOT
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
@@ -14,6 +13,7 @@ import detr_d2
 from detr_d2.data.datasets import register_panoptic_dataset
 from detr_d2.data.datasets.quickstart import QUICKSTART_CATEGORIES, generate_quickstart_dataset
 from detr_d2.engine import main
+from tests.utils.paths import ROOT
 
 NAME = "_detr_test_overfit"
 

@@ -20,11 +20,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 
 from detr_d2.checkpoint.class_names import coco_detection_class_names
 from detr_d2.data.panoptic_io import read_panoptic_ids
 from tests.utils.official_detr import build_official_detr, randomize_frozen_batchnorm_
+from tests.utils.paths import ROOT
 from tests.utils.scripts import load_script
 
 OFFICIAL = dict(

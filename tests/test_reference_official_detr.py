@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import COCO_SAMPLE
 from PIL import Image
 
 from tests.utils.official_detr import (
@@ -31,6 +30,7 @@ from tests.utils.official_detr.model import (
     PositionEmbeddingSine,
     Transformer,
 )
+from tests.utils.paths import COCO_SAMPLE
 
 SAMPLE_IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 640x427 (WxH)
 

@@ -1,8 +1,8 @@
-"""Stuff from a model (``detr_d2.data.stuff_from_model``, ``tools/add_stuff_from_model.py``): thing
-segments are the annotations' exactly, other pixels the model's (mapped) stuff, unannotated model
-things void; coverage, workers, all-or-nothing output, untouched inputs, bad input named. The model
-is a fake with a
-known output here; tests/test_recipe_own_data.py runs the tool with a real (random) DETR."""
+"""Stuff from a model (``detr_d2.annotation.stuff_from_model``, ``tools/add_stuff_from_model.py``):
+thing segments are the annotations' exactly, other pixels the model's (mapped) stuff, unannotated
+model things void; coverage, workers, all-or-nothing output, untouched inputs, bad input named. The
+model is a fake with a known output here; tests/test_recipe_own_data.py runs the tool with a real
+(random) DETR."""
 
 import hashlib
 import json
@@ -15,14 +15,10 @@ import pytest
 import torch
 from detectron2.data.catalog import Metadata
 
+from detr_d2.annotation import add_stuff_from_model, convert_detection_to_panoptic
+from detr_d2.annotation.stuff_map import load_stuff_map, model_stuff_categories
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
-from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
 from detr_d2.data.panoptic_io import read_panoptic_ids
-from detr_d2.data.stuff_from_model import (
-    add_stuff_from_model,
-    load_stuff_map,
-    model_stuff_categories,
-)
 from tests.utils.scripts import load_script
 
 H, W = 32, 40

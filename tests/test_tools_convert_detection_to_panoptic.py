@@ -1,4 +1,4 @@
-"""tools/convert_detection_to_panoptic.py and detr_d2.data.panoptic_conversion (det -> pan)."""
+"""tools/convert_detection_to_panoptic.py and detr_d2.annotation (``detection_to_panoptic``)."""
 
 import json
 import os
@@ -11,10 +11,9 @@ import pytest
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 
-from detr_d2.data.panoptic_conversion import (
-    convert_detection_to_panoptic,
-    detection_image_to_panoptic,
-)
+from detr_d2.annotation import convert_detection_to_panoptic
+from detr_d2.annotation.detection_to_panoptic import detection_image_to_panoptic
+from tests.utils.scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "tests", "data", "coco_panoptic_sample")
@@ -85,11 +84,7 @@ def test_cli_with_workers_matches_in_process_output(tmp_path):
 
 
 def test_help_and_cli_error_exit(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import convert_detection_to_panoptic as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_script("convert_detection_to_panoptic")
     with pytest.raises(SystemExit) as e:
         tool.main(["--help"])
     assert e.value.code == 0 and "--overlap" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""tools/convert_panoptic_to_detection.py and detr_d2.data.panoptic_conversion (pan -> det)."""
+"""tools/convert_panoptic_to_detection.py and detr_d2.annotation (``panoptic_to_detection``)."""
 
 import json
 import os
@@ -12,10 +12,8 @@ import pytest
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from detr_d2.data.panoptic_conversion import (
-    convert_detection_to_panoptic,
-    convert_panoptic_to_detection,
-)
+from detr_d2.annotation import convert_detection_to_panoptic, convert_panoptic_to_detection
+from tests.utils.scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "tests", "data", "coco_panoptic_sample")
@@ -110,11 +108,7 @@ def test_cli(tmp_path):
 
 
 def test_help_and_cli_error_exit(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import convert_panoptic_to_detection as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_script("convert_panoptic_to_detection")
     with pytest.raises(SystemExit) as e:
         tool.main(["--help"])
     assert e.value.code == 0 and "--include-stuff" in capsys.readouterr().out

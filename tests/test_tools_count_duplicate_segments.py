@@ -8,9 +8,8 @@ import re
 
 import numpy as np
 import pytest
-from conftest import COCO_SAMPLE
-from test_demo_predictor import NAME, sample_cfg  # noqa: F401  (fixture)
 
+from tests.utils.paths import COCO_SAMPLE, SAMPLE_DATASET
 from tests.utils.scripts import load_script
 
 tool = load_script("count_duplicate_segments")
@@ -89,9 +88,14 @@ def test_counts_equal_brute_force_on_random_maps(seed):
     )
 
 
-def test_command_on_coco_sample(sample_cfg, capsys):  # noqa: F811
+def test_command_on_coco_sample(sample_cfg, capsys):
     cfg, path = sample_cfg
-    assert tool.main(["--config-file", path, "--dataset", NAME, "--first", "1", "--per-image"]) == 0
+    assert (
+        tool.main(
+            ["--config-file", path, "--dataset", SAMPLE_DATASET, "--first", "1", "--per-image"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     gt = json.load(open(os.path.join(COCO_SAMPLE, "panoptic_examples.json")))
     thing_ids = {c["id"] for c in gt["categories"] if c["isthing"]}
@@ -112,7 +116,7 @@ def test_command_on_coco_sample(sample_cfg, capsys):  # noqa: F811
     assert re.search(r"^first 1: 1 images, ", out, re.M)
 
 
-def test_unknown_dataset_is_an_error(sample_cfg, capsys):  # noqa: F811
+def test_unknown_dataset_is_an_error(sample_cfg, capsys):
     _, path = sample_cfg
     assert tool.main(["--config-file", path, "--dataset", "no_such_dataset"]) == 1
     assert "error: --dataset 'no_such_dataset' is not registered" in capsys.readouterr().err

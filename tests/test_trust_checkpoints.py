@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_detr_cfg
 
 from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.checkpoint.checkpoint_io import load_state_dict_file, load_torch_file
 from detr_d2.checkpoint.safe_load import TRUST_ENV, UntrustedCheckpointError
+from tests.utils.configs import tiny_detr_cfg
 from tests.utils.scripts import load_script
 from tests.utils.tiny_training import make_tiny_data, tiny_train_cfg, write_cfg
 

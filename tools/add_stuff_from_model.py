@@ -35,8 +35,8 @@ import argparse
 import os
 import sys
 
+from detr_d2.annotation import add_stuff_from_model
 from detr_d2.config import get_detr_cfg
-from detr_d2.data.stuff_from_model import add_stuff_from_model
 from detr_d2.predictor import DetrPanopticPredictor
 from detr_d2.utils.cli import run_tool, tool_parser
 

@@ -6,7 +6,7 @@ PNG folder is filled under a temporary name and renamed when complete, the JSON 
 nothing is left behind. Existing outputs are refused unless ``--overwrite``. Overlapping
 annotations are resolved (things over stuff, then smaller over larger, then first listed) and
 reported; ``--overlap error`` refuses them instead, as panopticapi's converter does. See
-``detr_d2.data.panoptic_conversion`` for all rules.
+``detr_d2.annotation.detection_to_panoptic`` for all rules.
 
 Example (the COCO sample shipped with the tests)::
 
@@ -20,7 +20,7 @@ Example (the COCO sample shipped with the tests)::
 import argparse
 import sys
 
-from detr_d2.data.panoptic_conversion import convert_detection_to_panoptic
+from detr_d2.annotation import convert_detection_to_panoptic
 from detr_d2.utils.cli import run_tool, tool_parser
 
 

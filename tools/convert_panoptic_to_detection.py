@@ -4,7 +4,7 @@
 For Detectron2's instance tools (``register_coco_instances``, ``COCOEvaluator``) or box-only
 training. ``--include-stuff`` also exports stuff segments. Boxes and areas come from the PNG;
 crowd segments keep ``iscrowd=1``. The JSON is written atomically; an existing one is refused
-unless ``--overwrite``. See ``detr_d2.data.panoptic_conversion``.
+unless ``--overwrite``. See ``detr_d2.annotation.panoptic_to_detection``.
 
 Example (the COCO sample shipped with the tests)::
 
@@ -17,7 +17,7 @@ Example (the COCO sample shipped with the tests)::
 import argparse
 import sys
 
-from detr_d2.data.panoptic_conversion import convert_panoptic_to_detection
+from detr_d2.annotation import convert_panoptic_to_detection
 from detr_d2.utils.cli import run_tool, tool_parser
 
 

@@ -7,6 +7,7 @@ from detectron2.data import DatasetCatalog
 
 from detr_d2.data.datasets import register_panoptic_dataset
 from detr_d2.data.datasets.quickstart import QUICKSTART_CATEGORIES, generate_quickstart_dataset
+from tests.utils.configs import tiny_detr_cfg
 
 TRAIN, VAL = "_detr_test_tiny_train", "_detr_test_tiny_val"
 
@@ -34,8 +35,6 @@ def register_tiny_data(root: str) -> None:
 
 def tiny_train_cfg(out_dir, max_iter: int = 4, period: int = 2):
     """``tiny_detr_cfg`` training on TRAIN (64 px, batch 2, no workers) into ``out_dir``."""
-    from conftest import tiny_detr_cfg
-
     cfg = tiny_detr_cfg(num_classes=6)
     cfg.DATASETS.TRAIN = (TRAIN,)
     cfg.DATASETS.TEST = (VAL,)

@@ -5,10 +5,10 @@ callable ``BGR image -> Detectron2 output dict`` with ``panoptic_seg``, e.g.
 ``DetrPanopticPredictor``, plus the metadata of its classes). Output: COCO panoptic PNGs + JSON
 where
 
-* **thing segments come from the annotations exactly**: they are rasterised and their overlaps
-  resolved by :func:`~detr_d2.data.panoptic_conversion.detection_image_to_panoptic`, the rules of
-  ``tools/convert_detection_to_panoptic.py`` (things before stuff, then smaller before larger, then
-  the first listed; crowd kept). The model never moves, adds or removes a thing pixel;
+* **thing segments come from the annotations exactly**: rasterised, overlaps resolved by the rules
+  of ``tools/convert_detection_to_panoptic.py`` (``detection_image_to_panoptic``: things before
+  stuff, then smaller before larger, then the first listed; crowd kept). The model never moves, adds
+  or removes a thing pixel;
 * every other pixel takes the model's **stuff** prediction: one segment per stuff category and
   image, either the model's own stuff classes (ids, names, colours of its metadata) or, through a
   *stuff map* file, a coarser set of output categories;
@@ -16,233 +16,43 @@ where
   unannotated object is never turned into an invented instance nor into stuff. Pixels the model
   leaves void, or gives a stuff class the stuff map does not map, are void too.
 
-Stuff map file (YAML or JSON)::
-
-    categories:                 # the output stuff categories (COCO panoptic fields; isthing 0
-    implied)
-      - {id: 4, name: sky, color: [135, 200, 240]}
-      - {id: 5, name: vegetation}
-    map:                        # model stuff class name -> output category name (null: void)
-      sky-other-merged: sky
-      grass-merged: vegetation
-      tree-merged: vegetation
-
-Model class names are matched ignoring case and separators (``Sky_Other-Merged`` =
-``sky-other-merged``); an unknown name is an error that suggests the closest ones. Model stuff
-classes the map does not list become void. Output ids must not clash with the thing category ids.
+The stuff map file: :mod:`detr_d2.annotation.stuff_map`.
 """
 
-import difflib
-import logging
 import os
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
-from tqdm import tqdm
 
-from ..checkpoint.class_names import class_match_key, normalize_class_name
-from ..utils.atomic_io import atomic_directory, atomic_write_json
-from .coco_bounds import check_image_size
-from .dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
-from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
-from .panoptic_conversion import ConversionReport, decode_segmentation, detection_image_to_panoptic
-from .panoptic_io import (
-    PanopticPredictionConverter,
+from ..data.coco_bounds import check_image_size
+from ..data.dataset_mappers.detr_panoptic_dataset_mapper import read_image_checked
+from ..data.datasets.panoptic_metadata import validate_categories
+from ..data.panoptic_io import (
     join_under,
     read_json,
     require_keys,
     save_panoptic_png,
 )
+from ..utils.atomic_io import atomic_directory, atomic_write_json
+from .detection_to_panoptic import (
+    ConversionReport,
+    decode_segmentation,
+    detection_image_to_panoptic,
+)
+from .stuff_coverage import ImageCoverage, StuffFromModelSummary, summarise
+from .stuff_map import (
+    MODEL_THING,
+    identity_stuff_map,
+    load_stuff_map,
+    model_label_map,
+    model_stuff_categories,
+    with_colors,
+)
+from .worker_pool import run_in_workers, worker_state
 
-__all__ = [
-    "StuffMap",
-    "ImageCoverage",
-    "StuffFromModelSummary",
-    "model_stuff_categories",
-    "load_stuff_map",
-    "model_label_map",
-    "compose_image",
-    "add_stuff_from_model",
-]
-
-logger = logging.getLogger(__name__)
-
-# model_label_map values besides output stuff ids (> 0)
-VOID, MODEL_THING = 0, -1
-
-
-@dataclass(frozen=True)
-class StuffMap:
-    """Output stuff ``categories`` (validated, isthing 0, with colours) and, per model stuff dataset
-    id,
-    the output category id it becomes (None: void)."""
-
-    categories: List[Dict[str, Any]]
-    model_to_output: Dict[int, Optional[int]]
-
-
-def model_stuff_categories(metadata: Any) -> List[Dict[str, Any]]:
-    """The stuff categories of a model's Detectron2 panoptic metadata: ``id`` (dataset id),
-    ``name``,
-    ``color``, ``isthing`` 0, sorted by id. Raises ``ValueError`` if it has none."""
-    stuff = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", None) or {})
-    if not stuff:
-        raise ValueError(
-            f"the model's dataset {getattr(metadata, 'name', '?')!r} has no stuff classes "
-            "(metadata stuff_dataset_id_to_contiguous_id is empty): a panoptic model with "
-            "stuff is needed"
-        )
-    names = list(getattr(metadata, "stuff_classes", None) or [])
-    colors = list(getattr(metadata, "stuff_colors", None) or [])
-    cats = []
-    for ds_id, c in sorted(stuff.items()):
-        if c >= len(names):
-            raise ValueError(
-                f"the model's dataset {getattr(metadata, 'name', '?')!r}: stuff_classes has "
-                f"{len(names)} names "
-                f"but stuff class {ds_id} has contiguous id {c} (standard panoptic metadata "
-                "lists all classes)"
-            )
-        cat = {"id": int(ds_id), "name": names[c], "isthing": 0}
-        if c < len(colors):
-            cat["color"] = [int(v) for v in colors[c]]
-        cats.append(cat)
-    return cats
-
-
-def _with_colors(categories: Sequence[Mapping[str, Any]], source: str) -> List[Dict[str, Any]]:
-    """Validated categories, each with a colour (palette colour when missing)."""
-    meta = build_panoptic_metadata(categories, source)
-    return [dict(c, color=list(col)) for c, col in zip(meta["categories"], meta["stuff_colors"])]
-
-
-def _read_mapping_file(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if path.lower().endswith(".json"):
-        return read_json(path, what)
-    import yaml
-
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: {what} cannot be parsed as YAML: {e}") from e
-
-
-def load_stuff_map(path: str, model_stuff: Sequence[Mapping[str, Any]]) -> StuffMap:
-    """Read a stuff map file (format in the module docstring) against the model's stuff categories
-    (:func:`model_stuff_categories`). Errors name the file and the field."""
-    data = _read_mapping_file(path, "stuff map file")
-    require_keys(data, ["categories", "map"], path)
-    unknown = sorted(set(data) - {"categories", "map"})
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown field(s) {unknown} (the fields are 'categories' and 'map')"
-        )
-    raw = data["categories"]
-    if not isinstance(raw, list):
-        raise ValueError(
-            f"{path}: 'categories' must be a list of {{id, name[, color]}}, got {raw!r:.80}"
-        )
-    for i, cat in enumerate(raw):
-        if isinstance(cat, Mapping) and cat.get("isthing", 0) not in (0, False):
-            raise ValueError(
-                f"{path}: categories[{i}] ({cat.get('name')}): output categories are stuff "
-                "(isthing 0)"
-            )
-    categories = _with_colors(
-        [dict(c, isthing=0) if isinstance(c, Mapping) else c for c in raw], f"{path}: 'categories'"
-    )
-    by_name: Dict[str, int] = {}
-    for cat in categories:
-        if cat["id"] < 1:
-            raise ValueError(
-                f"{path}: category {cat['name']!r} has id {cat['id']}; ids must be >= 1 (0 is void)"
-            )
-        key = normalize_class_name(cat["name"])
-        if key in by_name:
-            raise ValueError(f"{path}: 'categories' has two categories named {cat['name']!r}")
-        by_name[key] = cat["id"]
-    mapping = data["map"]
-    if not isinstance(mapping, Mapping) or not mapping:
-        raise ValueError(
-            f"{path}: 'map' must be a non-empty mapping "
-            "{model stuff class: output category or null}"
-        )
-    model_by_name = {normalize_class_name(c["name"]): c for c in model_stuff}
-    model_to_output: Dict[int, Optional[int]] = {c["id"]: None for c in model_stuff}
-    seen: Dict[int, str] = {}
-    for src, dst in mapping.items():
-        where = f"{path}: map[{src!r}]"
-        model_cat = model_by_name.get(normalize_class_name(src)) if isinstance(src, str) else None
-        if model_cat is None:
-            names = [c["name"] for c in model_stuff]
-            same_key = [n for n in names if class_match_key(n) == class_match_key(str(src))]
-            close = same_key or difflib.get_close_matches(str(src), names, n=3, cutoff=0.5)
-            hint = f"; did you mean {close}?" if close else ""
-            raise ValueError(
-                f"{where}: {src!r} is not a stuff class of the model ({len(model_stuff)} "
-                f"stuff classes{hint})"
-            )
-        if model_cat["id"] in seen:
-            raise ValueError(
-                f"{where}: model class {model_cat['name']!r} is already mapped by "
-                f"map[{seen[model_cat['id']]!r}]"
-            )
-        seen[model_cat["id"]] = src
-        if dst is None:
-            continue
-        if not isinstance(dst, str) or normalize_class_name(dst) not in by_name:
-            raise ValueError(
-                f"{where}: {dst!r} is not one of the output categories "
-                f"{[c['name'] for c in categories]} "
-                "(declare it under 'categories', or write null for void)"
-            )
-        model_to_output[model_cat["id"]] = by_name[normalize_class_name(dst)]
-    return StuffMap(categories, model_to_output)
-
-
-def _identity_stuff_map(model_stuff: Sequence[Mapping[str, Any]], source: str) -> StuffMap:
-    categories = _with_colors(model_stuff, source)
-    return StuffMap(categories, {c["id"]: c["id"] for c in categories})
-
-
-def model_label_map(
-    panoptic_seg: Tuple[Any, Optional[List[Dict[str, Any]]]], metadata: Any, stuff_map: StuffMap
-) -> np.ndarray:
-    """A model's ``panoptic_seg`` -> int32 HxW map: output stuff category id (> 0) where the model
-    predicts a mapped stuff class, ``MODEL_THING`` (-1) where it predicts a thing, ``VOID`` (0)
-    elsewhere."""
-    ids, segments = PanopticPredictionConverter(metadata)(panoptic_seg)  # dataset category ids
-    thing_ids = set(metadata.thing_dataset_id_to_contiguous_id)
-    out = np.zeros(ids.shape, np.int32)
-    for seg in segments:
-        cat = int(seg["category_id"])
-        if cat in thing_ids:
-            value = MODEL_THING
-        else:
-            value = stuff_map.model_to_output.get(cat) or VOID
-        if value != VOID:
-            out[ids == seg["id"]] = value
-    return out
-
-
-@dataclass
-class ImageCoverage:
-    """Pixel shares of one output image (percent of its pixels)."""
-
-    image_id: Any
-    file_name: str
-    pixels: int
-    things: float  # annotated thing segments
-    stuff: float  # the model's (mapped) stuff
-    void: float  # everything else:
-    void_model_thing: float  # ... of which the model calls a thing that no annotation covers
-    void_other: float  # ... of which the model leaves void or gives an unmapped stuff class
+__all__ = ["compose_image", "add_stuff_from_model"]
 
 
 def compose_image(
@@ -308,56 +118,9 @@ def compose_image(
     return ids, segments, coverage, report
 
 
-@dataclass
-class StuffFromModelSummary:
-    """What :func:`add_stuff_from_model` wrote, and the pixel shares over all images (percent)."""
-
-    images: int = 0
-    segments: int = 0
-    things: float = 0.0
-    stuff: float = 0.0
-    void: float = 0.0
-    void_model_thing: float = 0.0
-    void_other: float = 0.0
-    coverage: List[ImageCoverage] = field(default_factory=list)
-    report: ConversionReport = field(default_factory=ConversionReport)
-
-    def text(self, worst: int = 5) -> str:
-        lines = [
-            f"{self.images} images, {self.segments} segments; pixels: annotated things "
-            f"{self.things:.1f}%, "
-            f"model stuff {self.stuff:.1f}%, void {self.void:.1f}% (model thing without annotation "
-            f"{self.void_model_thing:.1f}%, model void or unmapped stuff {self.void_other:.1f}%)"
-        ]
-        if self.coverage:
-            voids = np.array([c.void for c in self.coverage])
-            lines.append(
-                f"void per image: min {voids.min():.1f}%, mean {voids.mean():.1f}%, max "
-                f"{voids.max():.1f}%"
-            )
-            for c in sorted(self.coverage, key=lambda c: -c.void)[:worst]:
-                lines.append(
-                    f"  {c.file_name}: things {c.things:.1f}%, stuff {c.stuff:.1f}%, void "
-                    f"{c.void:.1f}% "
-                    f"(model thing {c.void_model_thing:.1f}%)"
-                )
-        if self.report.images_with_overlap or self.report.dropped:
-            lines.append("annotations: " + self.report.summary())
-        return "\n".join(lines)
-
-
-# Worker state (set once per process by the pool initializer).
-_WORKER: Dict[str, Any] = {}
-
-
-def _init_worker(state: Dict[str, Any]) -> None:
-    _WORKER.clear()
-    _WORKER.update(state)
-
-
 def _compose_task(task):
     index, image, anns, label_map, png_path = task
-    st = _WORKER
+    st = worker_state()
     ids, segments, coverage, report = compose_image(
         image,
         anns,
@@ -394,7 +157,7 @@ def _read_instances(instances_json: str, image_root: str):
                 "tools/convert_detection_to_panoptic.py"
             )
         cats.append(dict(cat, isthing=1))
-    things = _with_colors(
+    things = with_colors(
         validate_categories(cats, f"{instances_json}: 'categories'"), instances_json
     )
     thing_ids = {c["id"] for c in things}
@@ -476,7 +239,7 @@ def add_stuff_from_model(
     smap = (
         load_stuff_map(stuff_map, model_stuff)
         if stuff_map
-        else _identity_stuff_map(
+        else identity_stuff_map(
             model_stuff, f"the model's dataset {getattr(metadata, 'name', '?')!r}"
         )
     )
@@ -512,7 +275,9 @@ def add_stuff_from_model(
         png_dir = os.path.join(tmp, "panoptic")
         os.makedirs(png_dir)
         tasks = _model_tasks(images, anns, image_root, png_dir, predict, metadata, smap, read_image)
-        results = _run(tasks, state, workers, len(images))
+        results = run_in_workers(
+            _compose_task, tasks, state, workers, "stuff from model", total=len(images), chunksize=1
+        )
         annotations = []
         for ann, coverage, report in results:
             annotations.append(ann)
@@ -521,7 +286,7 @@ def add_stuff_from_model(
         out = {k: data[k] for k in ("info", "licenses") if k in data}
         out.update(images=list(images.values()), annotations=annotations, categories=categories)
         atomic_write_json(os.path.join(tmp, "panoptic.json"), out)
-        _summarise(summary)
+        summarise(summary)
         atomic_write_json(
             os.path.join(tmp, "coverage.json"),
             {
@@ -575,44 +340,3 @@ def _model_tasks(images, anns, image_root, png_dir, predict, metadata, smap, rea
             png_dir, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png"
         )
         yield index, img, anns[image_id], label_map, png
-
-
-def _run(tasks, state: Dict[str, Any], workers: int, total: int) -> List:
-    """Compose the images in order: in this process, or in ``workers`` processes while the model
-    runs."""
-    bar = tqdm(total=total, desc="stuff from model", unit="img")
-    try:
-        if workers <= 1:
-            _init_worker(state)
-            out = []
-            for t in tasks:
-                out.append(_compose_task(t))
-                bar.update()
-            return out
-        ctx = get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
-            pending, out = [], []
-            for t in tasks:
-                pending.append(pool.apply_async(_compose_task, (t,)))
-                while len(pending) > 2 * workers or (pending and pending[0].ready()):
-                    out.append(pending.pop(0).get())
-                    bar.update()
-            for p in pending:
-                out.append(p.get())
-                bar.update()
-            return out
-    finally:
-        bar.close()
-
-
-def _summarise(summary: StuffFromModelSummary) -> None:
-    cov = summary.coverage
-    total = sum(c.pixels for c in cov) or 1
-    summary.images = len(cov)
-    summary.segments = summary.report.segments
-
-    def share(key: str) -> float:
-        return round(sum(getattr(c, key) * c.pixels for c in cov) / total, 3)
-
-    for key in ("things", "stuff", "void", "void_model_thing", "void_other"):
-        setattr(summary, key, share(key))

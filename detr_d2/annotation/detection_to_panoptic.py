@@ -1,4 +1,4 @@
-"""Convert between COCO detection format (masks per annotation) and COCO panoptic format.
+"""COCO detection format (masks per annotation) -> COCO panoptic format.
 
 Detection -> panoptic (:func:`convert_detection_to_panoptic`): each annotation's segmentation
 (polygons, uncompressed or compressed RLE) becomes a segment of the image's panoptic PNG.
@@ -16,10 +16,6 @@ Rules, all reported in the returned :class:`ConversionReport`:
   seeded per image; see :class:`~detr_d2.data.segment_ids.SegmentIdGenerator`); ``"sequential"``
   numbers the segments of each image 1, 2, ...
 
-Panoptic -> detection (:func:`convert_panoptic_to_detection`): one annotation per thing segment
-(stuff too with ``include_stuff``) with a compressed RLE mask, ``area`` and ``bbox`` from the
-PNG, ``iscrowd`` from ``segments_info``; annotation ids 1, 2, ... over the whole file.
-
 Both read every input with checks (errors name the file and field) and write their outputs all or
 nothing: the PNG folder is filled under a temporary name and renamed into place, then the JSON is
 renamed into place (a failure or Ctrl-C leaves the previous outputs as they were). Existing outputs
@@ -32,36 +28,31 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
-from tqdm import tqdm
 
-from ..utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
-from .coco_bounds import check_image_size, check_segmentation
-from .datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
-from .panoptic_io import (
-    check_panoptic_ids,
-    check_segment_ids,
+from ..data.coco_bounds import check_image_size, check_segmentation
+from ..data.datasets.panoptic_metadata import build_panoptic_metadata, validate_categories
+from ..data.panoptic_io import (
     check_unique,
-    join_under,
     read_json,
-    read_panoptic_ids,
     require_keys,
     save_panoptic_png,
 )
-from .segment_ids import SegmentIdGenerator
+from ..data.segment_ids import SegmentIdGenerator
+from ..utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
+from .worker_pool import run_in_workers, worker_state
 
 __all__ = [
     "ConversionReport",
+    "bbox_xywh",
     "load_categories",
     "decode_segmentation",
     "detection_image_to_panoptic",
     "convert_detection_to_panoptic",
-    "panoptic_image_to_detection",
-    "convert_panoptic_to_detection",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,7 +125,7 @@ def decode_segmentation(segm: Any, height: int, width: int, where: str) -> np.nd
     return mask_util.decode(rle).astype(bool)
 
 
-def _bbox_xywh(mask: np.ndarray) -> List[int]:
+def bbox_xywh(mask: np.ndarray) -> List[int]:
     rows, cols = np.nonzero(mask)
     x0, y0 = int(cols.min()), int(rows.min())
     return [x0, y0, int(cols.max()) - x0 + 1, int(rows.max()) - y0 + 1]
@@ -223,7 +214,7 @@ def detection_image_to_panoptic(
                 "id": int(seg_id),
                 "category_id": p["category_id"],
                 "iscrowd": p["iscrowd"],
-                "bbox": _bbox_xywh(final),
+                "bbox": bbox_xywh(final),
                 "area": area,
             }
         )
@@ -231,18 +222,9 @@ def detection_image_to_panoptic(
     return ids, segments, report
 
 
-# Worker state (set once per process by the pool initializer, to avoid pickling per task).
-_WORKER: Dict[str, Any] = {}
-
-
-def _init_worker(state: Dict[str, Any]) -> None:
-    _WORKER.clear()
-    _WORKER.update(state)
-
-
 def _detection_task(task):
     index, image, anns, png_path = task
-    st = _WORKER
+    st = worker_state()
     ids, segments, report = detection_image_to_panoptic(
         image,
         anns,
@@ -258,22 +240,6 @@ def _detection_task(task):
         "file_name": os.path.basename(png_path),
         "segments_info": segments,
     }, report
-
-
-def _run_tasks(fn, tasks: List, state: Dict[str, Any], workers: int, desc: str) -> List:
-    """Run ``fn`` over ``tasks`` in order, in ``workers`` processes (1 = in this process). The
-    progress
-    bar is closed before an error propagates, so the tool's ``error:`` line gets a line of its
-    own."""
-    if workers <= 1 or len(tasks) < 2:
-        _init_worker(state)
-        with tqdm(tasks, desc=desc, unit="img") as bar:
-            return [fn(t) for t in bar]
-    ctx = get_context("fork" if hasattr(os, "fork") else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
-        it = pool.imap(fn, tasks, chunksize=max(1, min(64, len(tasks) // (8 * workers))))
-        with tqdm(it, total=len(tasks), desc=desc, unit="img") as bar:
-            return list(bar)
 
 
 def _check_stuff_colors(categories: Sequence[Mapping[str, Any]], source: str) -> None:
@@ -371,140 +337,22 @@ def convert_detection_to_panoptic(
                     root_tmp, os.path.splitext(os.path.basename(img["file_name"]))[0] + ".png"
                 )
                 tasks.append((index, img, anns_by_image.get(image_id, []), png))
-            results = _run_tasks(_detection_task, tasks, state, workers, "detection -> panoptic")
+            results = run_in_workers(
+                _detection_task, tasks, state, workers, "detection -> panoptic"
+            )
             annotations = []
             for ann, rep in results:
                 annotations.append(ann)
                 report.add(rep)
             out = {k: data[k] for k in ("info", "licenses") if k in data}
             out.update(images=list(images.values()), annotations=annotations, categories=categories)
-            _write_json(json_tmp, out)
+            write_json(json_tmp, out)
         # the PNG folder is in place; leaving the outer block puts the JSON in place
     if report.images_with_overlap or report.dropped or report.merged_stuff:
         logger.warning(f"{detection_json}: {report.summary()}")
     return report
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
-
-
-def panoptic_image_to_detection(
-    png_path: str,
-    segments_info: Sequence[Mapping[str, Any]],
-    categories: Mapping[int, Mapping[str, Any]],
-    image: Mapping[str, Any],
-    *,
-    include_stuff: bool = False,
-    source: str = "panoptic JSON",
-) -> Tuple[List[Dict[str, Any]], ConversionReport]:
-    """One panoptic PNG + its ``segments_info`` -> detection annotations (without ``id``).
-
-    Each kept segment gives ``image_id``, ``category_id`` (dataset id), ``segmentation``
-    (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. The ids
-    of the PNG and of ``segments_info`` must be the same (``check_segment_ids``).
-    """
-    ids = read_panoptic_ids(png_path).astype(np.int64)
-    if "height" in image and "width" in image and ids.shape != (image["height"], image["width"]):
-        raise ValueError(
-            f"{png_path} (pan_seg_file_name) is {ids.shape[1]}x{ids.shape[0]} but 'images' says "
-            f"{image['width']}x{image['height']} (WxH) for image_id {image['id']}"
-        )
-    check_segment_ids(np.unique(ids), segments_info, png_path, image["id"], source)
-    report = ConversionReport(images=1)
-    anns = []
-    for j, seg in enumerate(segments_info):
-        cat = seg["category_id"]
-        if cat not in categories:
-            raise ValueError(
-                f"{source}: image_id {image['id']}: segments_info[{j}] has category_id {cat!r}, "
-                f"which is not in the categories (known ids: {sorted(categories)})"
-            )
-        if not categories[cat]["isthing"] and not include_stuff:
-            continue
-        mask = ids == int(seg["id"])
-        rle = mask_util.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
-        rle["counts"] = rle["counts"].decode("ascii")
-        anns.append(
-            {
-                "image_id": image["id"],
-                "category_id": cat,
-                "segmentation": rle,
-                "area": int(mask.sum()),
-                "bbox": _bbox_xywh(mask),
-                "iscrowd": int(seg.get("iscrowd", 0)),
-            }
-        )
-    report.segments = len(anns)
-    return anns, report
-
-
-def _panoptic_task(task):
-    png_path, segments_info, image = task
-    st = _WORKER
-    return panoptic_image_to_detection(
-        png_path,
-        segments_info,
-        st["categories"],
-        image,
-        include_stuff=st["include_stuff"],
-        source=st["source"],
-    )
-
-
-def convert_panoptic_to_detection(
-    panoptic_json: str,
-    panoptic_root: str,
-    output_json: str,
-    *,
-    include_stuff: bool = False,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> ConversionReport:
-    """Panoptic JSON + PNGs -> a COCO instances JSON (RLE masks) of the thing segments.
-
-    The output keeps ``info``/``licenses``/``images`` and lists the thing categories (all
-    categories with ``include_stuff``), so Detectron2's ``register_coco_instances`` can load it.
-    An existing ``output_json`` is refused unless ``overwrite``; it is written atomically.
-    """
-    with atomic_file(
-        output_json, overwrite, [panoptic_json]
-    ) as json_tmp:  # fails now if unwritable
-        data = read_json(panoptic_json, "panoptic JSON")
-        require_keys(data, ["images", "annotations", "categories"], panoptic_json)
-        categories = validate_categories(data["categories"], panoptic_json)
-        by_id = {c["id"]: c for c in categories}
-        images = {}
-        for i, img in enumerate(data["images"]):
-            require_keys(img, ["id", "file_name"], f"{panoptic_json}: images[{i}]")
-            images[img["id"]] = img
-        check_panoptic_ids(data, panoptic_json)
-        tasks = []
-        for i, ann in enumerate(data["annotations"]):
-            where = f"{panoptic_json}: annotations[{i}]"
-            require_keys(ann, ["image_id", "file_name", "segments_info"], where)
-            if ann["image_id"] not in images:
-                raise ValueError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
-            for j, seg in enumerate(ann["segments_info"]):
-                require_keys(seg, ["id", "category_id"], f"{where}: segments_info[{j}]")
-            png = join_under(panoptic_root, ann["file_name"], f"{where} 'file_name'")
-            if not os.path.isfile(png):
-                raise FileNotFoundError(f"{where}: panoptic PNG not found (file_name): {png}")
-            tasks.append((png, ann["segments_info"], images[ann["image_id"]]))
-
-        state = {"categories": by_id, "include_stuff": include_stuff, "source": panoptic_json}
-        results = _run_tasks(_panoptic_task, tasks, state, workers, "panoptic -> detection")
-        report = ConversionReport()
-        annotations = []
-        for anns, rep in results:
-            report.add(rep)
-            for ann in anns:
-                annotations.append(dict(ann, id=len(annotations) + 1))
-        out = {k: data[k] for k in ("info", "licenses") if k in data}
-        kept = [c for c in categories if include_stuff or c["isthing"]]
-        out.update(images=list(images.values()), annotations=annotations, categories=kept)
-        _write_json(json_tmp, out)
-    if report.dropped:
-        logger.warning(f"{panoptic_json}: {report.summary()}")
-    return report

@@ -1,4 +1,4 @@
-"""Helpers shared by the evaluation tests (this module holds no tests).
+"""Helpers shared by the evaluation tests.
 
 Registers the real COCO sample (``tests/data/coco_panoptic_sample``) and synthetic panoptic datasets
 with Detectron2, and provides a model that returns the ground truth as its panoptic output.
@@ -18,13 +18,12 @@ from torch import nn
 
 from detr_d2.data.datasets.panoptic_metadata import build_panoptic_metadata
 from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
+from tests.utils.paths import COCO_SAMPLE, ROOT  # noqa: F401  (ROOT: for the importers)
 from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
     write_panoptic_json,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COCO_SAMPLE = os.path.join(ROOT, "tests", "data", "coco_panoptic_sample")
 COCO_SAMPLE_JSON = os.path.join(COCO_SAMPLE, "panoptic_examples.json")
 COCO_SAMPLE_PNGS = os.path.join(COCO_SAMPLE, "panoptic_examples")
 COCO_SAMPLE_DATASET = "detr_d2_test_evaluation_coco_sample"
