@@ -9,8 +9,6 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
-from test_evaluation_evaluators import _perturbed_outputs, _run
-from test_evaluation_support import COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, register_coco_sample
 
 from detr_d2.evaluation import FastCOCOPanopticEvaluator, build_panoptic_evaluator
 from detr_d2.evaluation.panoptic_error_analysis import PanopticErrorAnalysis
@@ -19,6 +17,13 @@ from detr_d2.evaluation.panoptic_errors import FN_CAUSES, FP_CAUSES, classify_er
 from detr_d2.evaluation.panoptic_ground_truth import PanopticGroundTruth
 from detr_d2.evaluation.panoptic_matching import match_image
 from detr_d2.evaluation.panoptic_quality import PQStats, pair_intersections
+from tests.utils.evaluation import (
+    COCO_SAMPLE_JSON,
+    COCO_SAMPLE_PNGS,
+    perturbed_outputs,
+    register_coco_sample,
+    run_evaluator,
+)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -26,13 +31,13 @@ def test_error_counts_agree_with_the_evaluator(tmp_path, num_workers):
     name = register_coco_sample()
     rng = np.random.default_rng(3)
     for round_ in range(2):
-        inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
-        plain = _run(FastCOCOPanopticEvaluator(name, None, num_workers=0), inputs, outputs)
+        inputs, outputs = perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
+        plain = run_evaluator(FastCOCOPanopticEvaluator(name, None, num_workers=0), inputs, outputs)
         out = tmp_path / f"{num_workers}_{round_}"
         evaluator = FastCOCOPanopticEvaluator(
             name, str(out), num_workers=num_workers, error_analysis=True, worst_images=1
         )
-        res = _run(evaluator, inputs, outputs)
+        res = run_evaluator(evaluator, inputs, outputs)
         assert res == plain  # the analysis changes no PQ number
         report = json.loads((out / ERRORS_JSON).read_text())
         per_class = json.loads((out / "panoptic_per_class.json").read_text())["per_class"]
@@ -70,7 +75,7 @@ def _sample_images():
     name = register_coco_sample()
     gt = PanopticGroundTruth(COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS)
     rng = np.random.default_rng(11)
-    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
+    inputs, outputs = perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
     items = []
     for x, y in zip(inputs, outputs):
         ann = gt.by_image_id[x["image_id"]]

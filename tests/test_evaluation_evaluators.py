@@ -28,44 +28,16 @@ from tests.utils.evaluation import (
     GroundTruthEchoModel,
     assert_same_pq,
     coco_sample,
-    contiguous_output,
+    perturbed_outputs,
     quiet_pq_compute,
     register_coco_sample,
     register_panoptic,
+    run_evaluator,
     synthetic_categories,
     write_synthetic_dataset,
 )
-from tests.utils.synthetic_panoptic import perturb_prediction
 
 D2_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
-
-
-def _run(evaluator, inputs, outputs):
-    evaluator.reset()
-    for x, y in zip(inputs, outputs):
-        evaluator.process([x], [copy.deepcopy(y)])  # D2's evaluator mutates segments_info
-    return evaluator.evaluate()
-
-
-def _perturbed_outputs(dataset_name, gt_json, png_root, rng, ops=None, category_ids=None):
-    """Inputs (file_name, image_id) and model-style outputs (contiguous ids) for every GT image;
-    relabelled / extra segments take ``category_ids`` (default: all categories)."""
-    metadata = MetadataCatalog.get(dataset_name)
-    with open(gt_json) as f:
-        gt = json.load(f)
-    category_ids = category_ids or [c["id"] for c in gt["categories"]]
-    inputs, outputs = [], []
-    for ann in gt["annotations"]:
-        gt_map = read_panoptic_ids(os.path.join(png_root, ann["file_name"]))
-        pred, segments = perturb_prediction(gt_map, ann["segments_info"], category_ids, rng, ops)
-        inputs.append(
-            {
-                "file_name": os.path.splitext(ann["file_name"])[0] + ".jpg",
-                "image_id": ann["image_id"],
-            }
-        )
-        outputs.append(contiguous_output(pred, segments, metadata))
-    return inputs, outputs
 
 
 def _set_json_categories(json_path, categories):
@@ -104,13 +76,13 @@ def test_fast_equals_d2_and_pq_compute_on_perturbed_coco_sample(tmp_path):
     name = register_coco_sample()
     rng = np.random.default_rng(7)
     for round_ in range(4):
-        inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
+        inputs, outputs = perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng)
         out_dir = tmp_path / f"round{round_}"
-        fast = _run(
+        fast = run_evaluator(
             FastCOCOPanopticEvaluator(name, str(out_dir), write_predictions=True), inputs, outputs
         )
-        d2 = _run(COCOPanopticEvaluator(name), inputs, outputs)
-        per_class = _run(
+        d2 = run_evaluator(COCOPanopticEvaluator(name), inputs, outputs)
+        per_class = run_evaluator(
             COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "pc")), inputs, outputs
         )
         for key in D2_KEYS:
@@ -153,11 +125,11 @@ def test_synthetic_dataset_with_crowd_and_unused_categories(tmp_path):
     name = register_panoptic(
         f"detr_d2_test_eval_synth_{uuid.uuid4().hex}", json_path, png_root, str(tmp_path)
     )
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, json_path, png_root, np.random.default_rng(4), category_ids=[c["id"] for c in used]
     )
     out_dir = tmp_path / "out"
-    results = _run(
+    results = run_evaluator(
         FastCOCOPanopticEvaluator(name, str(out_dir), write_predictions=True), inputs, outputs
     )
     ref = quiet_pq_compute(
@@ -189,7 +161,7 @@ def test_category_group_absent_does_not_crash(tmp_path):
     name = register_panoptic(
         f"detr_d2_test_eval_nostuff_{uuid.uuid4().hex}", json_path, png_root, str(tmp_path)
     )
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name,
         json_path,
         png_root,
@@ -198,12 +170,12 @@ def test_category_group_absent_does_not_crash(tmp_path):
         category_ids=[c["id"] for c in things_only],
     )
     with pytest.raises(ZeroDivisionError):
-        _run(COCOPanopticEvaluator(name), inputs, outputs)
+        run_evaluator(COCOPanopticEvaluator(name), inputs, outputs)
     for evaluator in (
         FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
         COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "d2")),
     ):
-        res = _run(evaluator, inputs, outputs)["panoptic_seg"]
+        res = run_evaluator(evaluator, inputs, outputs)["panoptic_seg"]
         assert np.isnan(res["PQ_st"]) and res["PQ"] == res["PQ_th"] and 0 < res["PQ"] <= 100
     with open(tmp_path / "fast" / "panoptic_per_class.json") as f:
         report = json.load(f)
@@ -212,13 +184,13 @@ def test_category_group_absent_does_not_crash(tmp_path):
 
 def test_per_class_json_and_plot_are_written(tmp_path):
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(1)
     )
     gt, categories = coco_sample()
     for cls in (FastCOCOPanopticEvaluator, COCOPanopticEvaluatorWithPerClass):
         out_dir = tmp_path / cls.__name__
-        results = _run(cls(name, str(out_dir)), inputs, outputs)["panoptic_seg"]
+        results = run_evaluator(cls(name, str(out_dir)), inputs, outputs)["panoptic_seg"]
         with open(out_dir / "panoptic_per_class.json") as f:
             report = json.load(f)
         assert report["units"] == "percent"
@@ -241,10 +213,10 @@ def test_write_predictions_round_trip(tmp_path):
     """The written PNG + JSON are the standard format: pq_compute reads and scores them like ours,
     and the PNGs hold the predicted ids."""
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(2)
     )
-    results = _run(
+    results = run_evaluator(
         FastCOCOPanopticEvaluator(name, str(tmp_path), write_predictions=True), inputs, outputs
     )
     with open(tmp_path / "predictions.json") as f:
@@ -268,7 +240,7 @@ def test_label_divisor_outputs_match_detectron2(tmp_path):
     VOID."""
     name = register_coco_sample()
     metadata = MetadataCatalog.get(name)
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(9)
     )
     encoded = []
@@ -281,8 +253,8 @@ def test_label_divisor_outputs_match_detectron2(tmp_path):
                 k if s["isthing"] else 0
             )
         encoded.append({"panoptic_seg": (torch.from_numpy(out), None)})
-    fast = _run(FastCOCOPanopticEvaluator(name), inputs, encoded)
-    d2 = _run(COCOPanopticEvaluator(name), inputs, encoded)
+    fast = run_evaluator(FastCOCOPanopticEvaluator(name), inputs, encoded)
+    d2 = run_evaluator(COCOPanopticEvaluator(name), inputs, encoded)
     for key in D2_KEYS:
         assert fast["panoptic_seg"][key] == pytest.approx(d2["panoptic_seg"][key], abs=1e-9), key
     before = [y["panoptic_seg"][0].clone() for y in encoded]
@@ -292,7 +264,7 @@ def test_label_divisor_outputs_match_detectron2(tmp_path):
 
 def test_evaluator_errors_name_the_problem(tmp_path):
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(0), ops=()
     )
     evaluator = FastCOCOPanopticEvaluator(name)
@@ -327,7 +299,7 @@ def _distributed_eval(result_path):
     from detectron2.utils import comm
 
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(11)
     )
     evaluator = FastCOCOPanopticEvaluator(name)
@@ -358,10 +330,10 @@ def test_two_process_gather_equals_single_process(tmp_path):
     with open(result_path) as f:
         distributed = json.load(f)
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(11)
     )
-    single = _run(FastCOCOPanopticEvaluator(name), inputs, outputs)["panoptic_seg"]
+    single = run_evaluator(FastCOCOPanopticEvaluator(name), inputs, outputs)["panoptic_seg"]
     assert distributed == pytest.approx(single, abs=1e-12)
 
 
@@ -379,8 +351,8 @@ def test_background_workers_equal_in_process_and_keep_order(tmp_path):
         f"detr_d2_test_eval_async_{uuid.uuid4().hex}", json_path, png_root, str(tmp_path)
     )
     rng = np.random.default_rng(22)
-    first_inputs, first = _perturbed_outputs(name, json_path, png_root, rng)
-    inputs, second = _perturbed_outputs(name, json_path, png_root, rng)
+    first_inputs, first = perturbed_outputs(name, json_path, png_root, rng)
+    inputs, second = perturbed_outputs(name, json_path, png_root, rng)
     order = rng.permutation(len(inputs)).tolist()
     sequence = [(first_inputs[i], first[i]) for i in order] + [
         (inputs[i], second[i]) for i in order
@@ -399,11 +371,11 @@ def test_background_workers_equal_in_process_and_keep_order(tmp_path):
     background = run(2, clobber=True)
     in_process = run(0, clobber=False)
     assert background == in_process
-    only_second = _run(FastCOCOPanopticEvaluator(name, num_workers=0), inputs, second)[
+    only_second = run_evaluator(FastCOCOPanopticEvaluator(name, num_workers=0), inputs, second)[
         "panoptic_seg"
     ]
     assert background == only_second
-    only_first = _run(FastCOCOPanopticEvaluator(name, num_workers=0), first_inputs, first)[
+    only_first = run_evaluator(FastCOCOPanopticEvaluator(name, num_workers=0), first_inputs, first)[
         "panoptic_seg"
     ]
     assert only_first != only_second  # the two rounds differ, so "the later one counts" is tested
@@ -414,7 +386,7 @@ def test_background_worker_errors_reach_the_caller(tmp_path):
     and
     the evaluator works again after reset."""
     name = register_coco_sample()
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(0), ops=()
     )
     evaluator = FastCOCOPanopticEvaluator(name, num_workers=2)
@@ -423,7 +395,7 @@ def test_background_worker_errors_reach_the_caller(tmp_path):
         evaluator.process(inputs[:1], [small])
         evaluator.process(inputs[1:], outputs[1:])
         evaluator.evaluate()
-    results = _run(evaluator, inputs, outputs)["panoptic_seg"]
+    results = run_evaluator(evaluator, inputs, outputs)["panoptic_seg"]
     assert results["PQ"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         FastCOCOPanopticEvaluator(name, num_workers=-1)
@@ -446,7 +418,7 @@ def test_dataset_registered_with_skipped_pngs_is_evaluated_on_its_images(tmp_pat
         name, os.path.join(COCO_SAMPLE, "input_images"), str(pngs), COCO_SAMPLE_JSON, missing="skip"
     )
     assert [d["image_id"] for d in DatasetCatalog.get(name)] == [142238]
-    inputs, outputs = _perturbed_outputs(
+    inputs, outputs = perturbed_outputs(
         register_coco_sample(), COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(5)
     )
     with open(COCO_SAMPLE_JSON) as f:
@@ -455,7 +427,7 @@ def test_dataset_registered_with_skipped_pngs_is_evaluated_on_its_images(tmp_pat
     one_image_json = str(tmp_path / "one.json")
     with open(one_image_json, "w") as f:
         json.dump(gt, f)
-    reference = _run(
+    reference = run_evaluator(
         FastCOCOPanopticEvaluator(
             register_panoptic(
                 f"detr_d2_test_eval_one_{uuid.uuid4().hex}",
@@ -472,10 +444,10 @@ def test_dataset_registered_with_skipped_pngs_is_evaluated_on_its_images(tmp_pat
         FastCOCOPanopticEvaluator(name),
         COCOPanopticEvaluatorWithPerClass(name, str(tmp_path / "d2")),
     ):
-        result = _run(evaluator, inputs[:1], outputs[:1])["panoptic_seg"]
+        result = run_evaluator(evaluator, inputs[:1], outputs[:1])["panoptic_seg"]
         assert result.keys() == reference.keys()
         assert all(abs(result[k] - reference[k]) <= 1e-9 for k in reference), (result, reference)
     with pytest.raises(
         ValueError, match=r"no prediction for 1 of the 2 images"
     ):  # PNG present: still an error
-        _run(FastCOCOPanopticEvaluator(register_coco_sample()), inputs[:1], outputs[:1])
+        run_evaluator(FastCOCOPanopticEvaluator(register_coco_sample()), inputs[:1], outputs[:1])

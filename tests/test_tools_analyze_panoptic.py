@@ -5,16 +5,17 @@ import json
 import os
 
 import numpy as np
-from test_evaluation_evaluators import _perturbed_outputs, _run
-from test_evaluation_support import (
-    COCO_SAMPLE,
-    COCO_SAMPLE_JSON,
-    COCO_SAMPLE_PNGS,
-    register_coco_sample,
-)
 
 from detr_d2.evaluation import FastCOCOPanopticEvaluator
 from detr_d2.evaluation.panoptic_error_report import ERRORS_JSON, ERRORS_PLOT, WORST_DIR
+from tests.utils.evaluation import (
+    COCO_SAMPLE,
+    COCO_SAMPLE_JSON,
+    COCO_SAMPLE_PNGS,
+    perturbed_outputs,
+    register_coco_sample,
+    run_evaluator,
+)
 from tests.utils.scripts import load_script
 
 tool = load_script("analyze_panoptic")
@@ -24,14 +25,14 @@ OPS = ("drop", "merge", "shift", "relabel", "void", "crowd_overlap", "extra")
 def _evaluated(tmp_path):
     name = register_coco_sample()
     rng = np.random.default_rng(5)
-    inputs, outputs = _perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng, OPS)
+    inputs, outputs = perturbed_outputs(name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, rng, OPS)
     for x in inputs:
         x["file_name"] = os.path.join(COCO_SAMPLE, "input_images", x["file_name"])
     ev_dir = tmp_path / "eval"
     evaluator = FastCOCOPanopticEvaluator(
         name, str(ev_dir), write_predictions=True, error_analysis=True, worst_images=1
     )
-    _run(evaluator, inputs, outputs)
+    run_evaluator(evaluator, inputs, outputs)
     return ev_dir
 
 

@@ -5,6 +5,7 @@ with Detectron2, and provides a model that returns the ground truth as its panop
 """
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic
 from torch import nn
 
@@ -21,6 +22,7 @@ from detr_d2.data.panoptic_io import read_panoptic_ids, save_panoptic_png
 from tests.utils.paths import COCO_SAMPLE, ROOT  # noqa: F401  (ROOT: for the importers)
 from tests.utils.synthetic_panoptic import (
     make_synthetic_panoptic_gt,
+    perturb_prediction,
     write_panoptic_json,
 )
 
@@ -154,3 +156,32 @@ def assert_same_pq(ours: Dict[str, Any], ref: Dict[str, Any], tol: float = 1e-9)
     for cat, values in ref["per_class"].items():
         for key in ("pq", "sq", "rq"):
             assert abs(ours["per_class"][cat][key] - values[key]) <= tol, (cat, key)
+
+
+def run_evaluator(evaluator, inputs, outputs):
+    """``evaluator``'s result on (inputs, outputs) fed one image at a time."""
+    evaluator.reset()
+    for x, y in zip(inputs, outputs):
+        evaluator.process([x], [copy.deepcopy(y)])  # D2's evaluator mutates segments_info
+    return evaluator.evaluate()
+
+
+def perturbed_outputs(dataset_name, gt_json, png_root, rng, ops=None, category_ids=None):
+    """Inputs (file_name, image_id) and model-style outputs (contiguous ids) for every GT image;
+    relabelled / extra segments take ``category_ids`` (default: all categories)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    with open(gt_json) as f:
+        gt = json.load(f)
+    category_ids = category_ids or [c["id"] for c in gt["categories"]]
+    inputs, outputs = [], []
+    for ann in gt["annotations"]:
+        gt_map = read_panoptic_ids(os.path.join(png_root, ann["file_name"]))
+        pred, segments = perturb_prediction(gt_map, ann["segments_info"], category_ids, rng, ops)
+        inputs.append(
+            {
+                "file_name": os.path.splitext(ann["file_name"])[0] + ".jpg",
+                "image_id": ann["image_id"],
+            }
+        )
+        outputs.append(contiguous_output(pred, segments, metadata))
+    return inputs, outputs
