@@ -120,6 +120,11 @@ def add_detr_config(cfg: CN) -> None:
     # Crop each image's batch padding from the mask grid before resizing (correct for batches).
     # False: DETR's post-processor as published, for comparison.
     cfg.TEST.CROP_MASK_PADDING = True
+    # True: panoptic_seg's segments_info is a dict of per-segment tensors (segment_ids,
+    # category_ids, isthing, scores, areas) instead of Detectron2's list of dicts: the format under
+    # torch.jit.trace, for Detectron2's tools/deploy/export_model.py --export-method tracing, whose
+    # trace check also runs the model eagerly (docs/export.md). Evaluators, Visualizer need False.
+    cfg.TEST.PANOPTIC_SEGMENTS_AS_TENSORS = False
     # Panoptic evaluator: "in_process" (same numbers as panopticapi, much faster) or "panopticapi"
     # (Detectron2's COCOPanopticEvaluator + per-class results).
     cfg.TEST.PANOPTIC_EVALUATOR = "in_process"

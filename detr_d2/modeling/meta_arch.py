@@ -57,13 +57,14 @@ from ..config_rules import validate_detr_config
 from ..data.datasets.panoptic_metadata import class_slots
 from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
 from .criterion import SetCriterion
+from .fusion import segments_info_from_tensors
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .matcher import HungarianMatcher
 from .mlp import MLP
 from .panoptic_inference import (
     instance_inference,
     instance_queries,
-    panoptic_fusion,
+    panoptic_fusion_tensors,
     panoptic_queries,
     semantic_inference,
 )
@@ -111,6 +112,7 @@ class DetrPanoptic(nn.Module):
         semantic_on: bool = False,
         instance_score_threshold: float = 0.0,
         crop_mask_padding: bool = True,
+        segments_as_tensors: bool = False,
         mask_head_feature_norm: bool = False,
         batch_invariant: bool = True,
         all_query_masks: bool = False,
@@ -134,6 +136,8 @@ class DetrPanoptic(nn.Module):
                 (0: every thing query, as DETR's COCO detection evaluation).
             crop_mask_padding: crop each image's padding from the mask grid before resizing (False =
                 DETR's published post-processor, wrong for padded batches).
+            segments_as_tensors: ``panoptic_seg``'s segments as a dict of per-segment tensors (the
+                format under ``torch.jit.trace``; ``TEST.PANOPTIC_SEGMENTS_AS_TENSORS``).
             batch_invariant: an image gives the same outputs alone and in a padded batch (see
                 ``batch_invariance.py``); single images are unaffected (DETR's numbers are
                 single-image).
@@ -200,6 +204,7 @@ class DetrPanoptic(nn.Module):
         self.semantic_on = semantic_on
         self.instance_score_threshold = instance_score_threshold
         self.crop_mask_padding = crop_mask_padding
+        self.segments_as_tensors = segments_as_tensors
         self.all_query_masks = all_query_masks
         self.frozen_weights = frozen_weights
         if frozen_weights:
@@ -277,6 +282,7 @@ class DetrPanoptic(nn.Module):
             "semantic_on": t.SEMANTIC_ON,
             "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
             "crop_mask_padding": t.CROP_MASK_PADDING,
+            "segments_as_tensors": t.PANOPTIC_SEGMENTS_AS_TENSORS,
             "mask_head_feature_norm": d.MASK_HEAD_FEATURE_NORM,
             "batch_invariant": d.BATCH_INVARIANT,
             "all_query_masks": d.ALL_QUERY_MASKS,
@@ -588,7 +594,9 @@ class DetrPanoptic(nn.Module):
         ``mask_queries[i]``."""
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
-            out_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
+            out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
+            if not torch.jit.is_tracing():  # traced: sizes stay (tensor) inputs of the graph
+                out_size = (int(out_size[0]), int(out_size[1]))
             logits = outputs["pred_logits"][i]
             if masks is not None:
                 m, q = masks[i], mask_queries[i]
@@ -596,7 +604,7 @@ class DetrPanoptic(nn.Module):
                 m, q = (outputs["pred_masks"][i] if self.mask_on else None), None
             r: Dict = {}
             if self.panoptic_on:
-                r["panoptic_seg"] = panoptic_fusion(
+                fused = panoptic_fusion_tensors(
                     logits,
                     m,
                     image_size,
@@ -609,6 +617,11 @@ class DetrPanoptic(nn.Module):
                     label_map=self.label_map,
                     mask_queries=q,
                 )
+                # traced: always the per-segment tensors (a traceable structure; docs/export.md)
+                segments = {k: v for k, v in fused.items() if k != "panoptic_seg"}
+                if not (self.segments_as_tensors or torch.jit.is_tracing()):
+                    segments = segments_info_from_tensors(fused)
+                r["panoptic_seg"] = (fused["panoptic_seg"], segments)
             if self.instance_on:
                 r["instances"] = instance_inference(
                     logits,
