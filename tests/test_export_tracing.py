@@ -22,7 +22,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import COCO_SAMPLE, tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
@@ -37,6 +36,8 @@ from detectron2.utils.analysis import (
 from fvcore.nn import flop_count_table
 
 from detr_d2.modeling.fusion import segments_info_from_tensors
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE
 
 IMAGES = [
     os.path.join(COCO_SAMPLE, "input_images", f) for f in ("000000142238.jpg", "000000439180.jpg")
