@@ -255,3 +255,15 @@ def test_numpy1_model_zoo_pickle_loads_on_this_numpy(tmp_path):
         state = load_state_dict_file(str(path))
     assert torch.equal(state["w"], torch.arange(4, dtype=torch.float32).reshape(2, 2))
     assert not [w for w in caught if "numpy.core" in str(w.message)]
+
+
+def test_opt_in_through_train_net(tiny_state, tmp_path, monkeypatch, capsys):
+    """The same hostile MODEL.WEIGHTS, trusted explicitly: train_net --eval-only loads it."""
+    marker = tmp_path / "MARKER"
+    path = _hostile(tmp_path / "trusted.pth", marker, tiny_state)
+    cfg = tiny_detr_cfg(num_classes=6)
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    yaml = write_cfg(cfg, tmp_path / "cfg.yaml")
+    monkeypatch.setenv(TRUST_ENV, "1")
+    load_script("train_net").cli(["--config-file", yaml, "--eval-only", "MODEL.WEIGHTS", path])
+    assert os.path.exists(marker)
