@@ -23,7 +23,7 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 quickstart: setup
-	$(PYTHON_VENV) tools/train_net.py --config-file $(QUICKSTART_CFG) OUTPUT_DIR $(QUICKSTART_OUT)
+	$(PYTHON_VENV) tools/train_net.py --config-file $(QUICKSTART_CFG) --resume OUTPUT_DIR $(QUICKSTART_OUT)
 	images=$$(ls $(QUICKSTART_VAL_IMAGES)/*.jpg | head -n 8) && \
 	$(PYTHON_VENV) tools/demo.py --config-file $(QUICKSTART_CFG) --input $$images \
 		--output $(QUICKSTART_EVAL)/overlays --overwrite --opts MODEL.WEIGHTS $(QUICKSTART_OUT)/model_final.pth
