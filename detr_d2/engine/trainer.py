@@ -186,6 +186,7 @@ def setup(args) -> CfgNode:
     add_detr_config(cfg)
     merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
+    validate_detr_config(cfg, training=not args.eval_only)  # before anything is written
     if comm.is_main_process():
         claim_output_dir(
             cfg.OUTPUT_DIR,
@@ -198,7 +199,6 @@ def setup(args) -> CfgNode:
             cfg, getattr(args, "register_dataset", None)
         )  # -> DATASETS.REGISTER_FILES
         cfg.freeze()
-        validate_detr_config(cfg, training=not args.eval_only)  # before anything else is written
         default_setup(cfg, args)
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
         register_datasets_from_config(
