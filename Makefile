@@ -30,5 +30,6 @@ quickstart: setup
 	@echo "quickstart done:"
 	@echo "  PQ table:              $(QUICKSTART_OUT)/log.txt (end)"
 	@echo "  per-class PQ chart:    $(QUICKSTART_EVAL)/panoptic_per_class_pq.png"
+	@echo "  training curves:       $(QUICKSTART_OUT)/training_curves.png (redraw: tools/plot_training.py $(QUICKSTART_OUT))"
 	@echo "  overlays (8 val imgs): $(QUICKSTART_EVAL)/overlays/"
 	@echo "  model:                 $(QUICKSTART_OUT)/model_final.pth"

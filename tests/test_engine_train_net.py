@@ -2,6 +2,7 @@
 after a
 kill, eval-only through the panoptic evaluator, and 2 CPU processes with gloo through ``launch``."""
 
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from detectron2.engine import HookBase, default_argument_parser
 
 from detr_d2.engine import DetrTrainer, main
+from detr_d2.engine.training_curves import load_metrics
 from tests.utils.paths import ROOT
 from tests.utils.tiny_training import VAL, make_tiny_data, tiny_train_cfg, write_cfg
 
@@ -60,6 +62,10 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
     resumed.train()
     assert resumed.iter == 6  # Detectron2 leaves iter at max_iter after the loop
     assert os.path.exists(tmp_path / "run" / "model_final.pth")
+    # the training curves are drawn at the end, the killed and the resumed part as one run
+    assert os.path.exists(tmp_path / "run" / "training_curves.png")
+    iterations = [r["iteration"] for r in load_metrics(str(tmp_path / "run" / "metrics.json"))]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 6  # trainer.iter at the end
 
     # eval-only through tools/train_net's main(): PQ table, per-class JSON + chart
     yaml = _write(cfg, tmp_path / "cfg.yaml")
@@ -71,6 +77,10 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
                 "--eval-only",
                 "MODEL.WEIGHTS",
                 str(tmp_path / "run" / "model_final.pth"),
+                "TEST.PANOPTIC_ERROR_ANALYSIS",
+                "True",
+                "TEST.PANOPTIC_ERROR_WORST_IMAGES",
+                "1",
             ]
         )
     )
@@ -81,6 +91,8 @@ def test_train_kill_resume_then_eval_only(tiny_data, tmp_path):
     assert (out / "panoptic_per_class.json").exists() and (
         out / "panoptic_per_class_pq.png"
     ).exists()
+    errors = json.loads((out / "panoptic_errors.json").read_text())  # the error analysis
+    assert errors["images"] == 3 and (out / "panoptic_errors_pq_lost.png").exists()
 
     # the evaluator options reach the evaluator
     from detr_d2.evaluation import COCOPanopticEvaluatorWithPerClass, FastCOCOPanopticEvaluator

@@ -40,6 +40,7 @@ from ..utils.output_dir import (
     release_output_dir,
 )
 from .optimizer import build_detr_optimizer
+from .training_curves import TrainingCurvesHook
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +109,14 @@ class DetrTrainer(DefaultTrainer):
         by ``PeriodicCheckpointer`` and ``resume_or_load``) replaced by an
         :class:`AtomicDetectionCheckpointer` over the same model and checkpointables: atomic saves,
         and a resume that survives a damaged
-        last checkpoint."""
+        last checkpoint; plus, last (after the writers flush ``metrics.json``), a
+        :class:`TrainingCurvesHook` drawing ``OUTPUT_DIR/training_curves.png``."""
         old = self.checkpointer
         if not isinstance(old, AtomicDetectionCheckpointer):
             self.checkpointer = AtomicDetectionCheckpointer(
                 old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
             )
-        return super().build_hooks()
+        return super().build_hooks() + [TrainingCurvesHook(self.cfg.OUTPUT_DIR)]
 
     @classmethod
     def build_train_loader(cls, cfg):
