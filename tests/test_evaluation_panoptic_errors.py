@@ -170,3 +170,15 @@ def test_crowd_and_void_are_ignored_not_errors():
     pred = _pred((1, CAT, (slice(0, 4), ALL)), (2, DOG, (BOTTOM, ALL)))
     match, errors = _analyse(gt, pred)
     assert _causes(errors) == ([], []) and errors.ignored == 2 and errors.crowd == 1
+
+
+def test_prediction_where_no_ground_truth_segment_is_background():
+    # Only a crowd segment is listed; the dog lies on GT pixels of an unlisted id (neither VOID nor
+    # a segment): an FP with no GT to compare with.
+    gt_map, gt_info = _gt((1, CAT, (TOP, ALL), 1))
+    gt_map[BOTTOM, :] = 9
+    match, errors = _analyse((gt_map, gt_info), _pred((2, DOG, (BOTTOM, ALL))))
+    assert _causes(errors) == (["background"], []) and errors.fp[2] == ("background", None)
+    # Fixed, no class is left to average: PQ is undefined (None in the report), not 100.
+    assert _gain(match, errors, "background") is None
+    assert image_pq_lost(match.stats, errors) == pytest.approx(100.0)  # image PQ 0 -> empty = 1

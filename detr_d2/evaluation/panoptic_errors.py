@@ -128,8 +128,7 @@ def classify_errors(match: ImageMatch, categories: Mapping[int, Mapping[str, Any
     gt_inside = inter > 0.5 * np.maximum(gt_pixels, 1)[:, None]  # GT lies in pred
     gt_cat = np.array([match.gt_segments[g]["category_id"] for g in gt_list])
     pred_cat = np.array([match.pred_segments[p]["category_id"] for p in pred_list])
-    same = gt_cat[:, None] == pred_cat[None, :] if gt_list and pred_list else np.zeros((0, 0))
-    same = same.astype(bool).reshape(len(gt_list), len(pred_list))
+    same = np.equal.outer(gt_cat, pred_cat).reshape(len(gt_list), len(pred_list))  # same class
     matched_gt = {g for g, _, _ in match.matches}
     gi = {g: i for i, g in enumerate(gt_list)}
     pj = {p: j for j, p in enumerate(pred_list)}
@@ -202,13 +201,14 @@ def oracle_stats(total: PQStats, delta: PQStats) -> PQStats:
     return fixed
 
 
-def _mean_pq(stats: PQStats) -> float:
+def _image_pq(stats: PQStats) -> float:
+    """PQ of one image alone; 1 for an image with no segment at all (nothing to get wrong)."""
     values = [
         iou / (tp + 0.5 * fp + 0.5 * fn)
         for iou, tp, fp, fn in stats.per_category.values()
         if tp + fp + fn > 0
     ]
-    return float(np.mean(values)) if values else float("nan")
+    return float(np.mean(values)) if values else 1.0
 
 
 def image_pq_lost(stats: PQStats, errors: ImageErrors) -> float:
@@ -218,7 +218,7 @@ def image_pq_lost(stats: PQStats, errors: ImageErrors) -> float:
     fixed = oracle_stats(stats, PQStats())
     for delta in errors.deltas.values():
         fixed += delta
-    return 100.0 * (_mean_pq(fixed) - _mean_pq(stats))
+    return 100.0 * (_image_pq(fixed) - _image_pq(stats))
 
 
 def summarize_oracles(
