@@ -18,7 +18,20 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 from . import data, evaluation, modeling  # noqa: E402,F401
 from .config import add_detr_config  # noqa: E402
 from .config_rules import validate_detr_config  # noqa: E402
+from .data.build import build_detr_test_loader, build_detr_train_loader  # noqa: E402
+from .data.datasets.register_from_file import register_datasets_from_config  # noqa: E402
 from .engine import DetrTrainer  # noqa: E402
+from .engine.optimizer import build_detr_optimizer  # noqa: E402
+from .evaluation.build import build_detr_evaluator  # noqa: E402
 
-__all__ = ["add_detr_config", "validate_detr_config", "DetrTrainer"]
+__all__ = [
+    "add_detr_config",
+    "validate_detr_config",
+    "DetrTrainer",
+    "build_detr_train_loader",
+    "build_detr_test_loader",
+    "build_detr_optimizer",
+    "build_detr_evaluator",
+    "register_datasets_from_config",
+]
 __version__ = "0.1.0"

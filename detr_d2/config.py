@@ -38,6 +38,10 @@ def add_detr_config(cfg: CN) -> None:
     # 0: derive it from the metadata of the datasets in DATASETS.TRAIN/TEST.
     cfg.MODEL.DETR.NUM_CLASSES = 133
     cfg.MODEL.DETR.CLASS_SLOTS = "contiguous"  # "contiguous" | "dataset_id"
+    # When no dataset in DATASETS.TRAIN/TEST has panoptic metadata (none registered), building the
+    # model is an error; True builds NUM_CLASSES classes that are all things instead (e.g. a model
+    # built only to load or convert a checkpoint).
+    cfg.MODEL.DETR.ALL_THINGS_WITHOUT_METADATA = False
     # Backbone outputs the model reads, strides 4, 8, 16, 32 (the mask head uses all four, the
     # transformer the last); any Detectron2 backbone with these outputs works.
     cfg.MODEL.DETR.IN_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -139,10 +143,12 @@ def add_detr_config(cfg: CN) -> None:
     cfg.TEST.PANOPTIC_ERROR_ANALYSIS = False
     cfg.TEST.PANOPTIC_ERROR_WORST_IMAGES = 8
 
-    # YAML files of COCO-panoptic datasets to register before the model is built (name, image_root,
-    # panoptic_root, panoptic_json[, json_file, missing] per entry;
-    # detr_d2/data/datasets/register_from_file.py), so DATASETS.TRAIN/TEST can name them. Paths of
-    # the files: relative to the working directory.
+    # YAML files of COCO-panoptic datasets (name, image_root, panoptic_root, panoptic_json[,
+    # json_file, missing] per entry; detr_d2/data/datasets/register_from_file.py), so
+    # DATASETS.TRAIN/TEST can name them. Registered (once) wherever the config builds something:
+    # the model (its classes), DefaultPredictor, build_detr_train_loader / build_detr_test_loader,
+    # build_detr_evaluator, tools/train_net.py. Paths of the files: relative to the working
+    # directory.
     cfg.DATASETS.REGISTER_FILES = ()
 
     # Training data (the detr_panoptic mapper): a sample whose image or panoptic PNG cannot be used

@@ -1,26 +1,15 @@
-"""``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators) and
-the
-``setup`` / ``main`` used by ``tools/train_net.py``."""
+"""``DetrTrainer`` (Detectron2 ``DefaultTrainer`` with DETR's data, optimiser and evaluators: the
+public builders ``build_detr_train_loader`` / ``build_detr_test_loader`` / ``build_detr_optimizer``
+/ ``build_detr_evaluator``, which any Detectron2 loop can call) and the ``setup`` / ``main`` used by
+``tools/train_net.py``."""
 
 import contextlib
 import logging
-import os
-from typing import List
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import (
-    DatasetEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-    verify_results,
-)
+from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -28,10 +17,12 @@ from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
 from ..checkpoint.safe_load import UntrustedCheckpointError
 from ..config import add_detr_config
 from ..config_rules import validate_detr_config
+from ..data.build import build_detr_test_loader, build_detr_train_loader
 from ..data.datasets.register_from_file import (
     add_command_line_datasets,
     register_datasets_from_config,
 )
+from ..evaluation.build import build_detr_evaluator
 from ..utils.config_file import UnsafeConfigError, merge_config_file
 from ..utils.output_dir import (
     OutputDirHasCheckpointsError,
@@ -52,19 +43,6 @@ REFUSALS = (
     OutputDirInUseError,
     OutputDirHasCheckpointsError,
 )
-
-
-def _build_mapper(cfg: CfgNode, is_train: bool):
-    name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name == "detr_panoptic":
-        from ..data.dataset_mappers import DetrPanopticDatasetMapper
-
-        return DetrPanopticDatasetMapper(cfg, is_train)
-    if name == "default":
-        return None  # Detectron2's DatasetMapper
-    raise ValueError(
-        f"INPUT.DATASET_MAPPER_NAME must be 'detr_panoptic' or 'default', got {name!r}"
-    )
 
 
 @contextlib.contextmanager
@@ -120,11 +98,11 @@ class DetrTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=_build_mapper(cfg, True))
+        return build_detr_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=_build_mapper(cfg, False))
+        return build_detr_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -132,51 +110,7 @@ class DetrTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None) -> DatasetEvaluator:
-        """Dispatch on the dataset's ``evaluator_type``: ``coco_panoptic_seg`` -> the in-process PQ
-        evaluator (``TEST.PANOPTIC_EVALUATOR in_process``) or Detectron2's ``COCOPanopticEvaluator``
-        with per-class results (``panopticapi``); plus ``COCOEvaluator`` for things when instance
-        outputs are on and the dataset has
-        an instance JSON, and ``SemSegEvaluator`` when semantic outputs are on and it has
-        ``sem_seg_root``."""
-        from ..evaluation import build_panoptic_evaluator
-        from ..evaluation.things_coco_evaluation import PanopticThingsCOCOEvaluator
-
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        ev_type = getattr(meta, "evaluator_type", None)
-        evaluators: List[DatasetEvaluator] = []
-        d = cfg.TEST
-        if (
-            ev_type in ("coco_panoptic_seg", "coco_panoptic_seg_standard")
-            and cfg.MODEL.MASK_ON
-            and d.PANOPTIC_ON
-        ):
-            evaluators.append(
-                build_panoptic_evaluator(
-                    cfg.TEST.PANOPTIC_EVALUATOR,
-                    dataset_name,
-                    output_folder,
-                    cfg.TEST.PANOPTIC_WRITE_PREDICTIONS,
-                    cfg.TEST.PANOPTIC_EVAL_WORKERS,
-                    cfg.TEST.PANOPTIC_ERROR_ANALYSIS,
-                    cfg.TEST.PANOPTIC_ERROR_WORST_IMAGES,
-                )
-            )
-        if d.INSTANCE_ON and getattr(meta, "json_file", None) and os.path.exists(meta.json_file):
-            tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-            # COCOEvaluator on the things' view of the (standard panoptic) metadata
-            evaluators.append(PanopticThingsCOCOEvaluator(dataset_name, tasks, True, output_folder))
-        if d.SEMANTIC_ON and cfg.MODEL.MASK_ON and getattr(meta, "sem_seg_root", None):
-            evaluators.append(
-                SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-            )
-        if not evaluators:
-            raise NotImplementedError(
-                f"no evaluator for dataset '{dataset_name}' (evaluator_type={ev_type!r}, "
-                "MODEL.MASK_ON="
-                f"{cfg.MODEL.MASK_ON}); panoptic datasets need evaluator_type 'coco_panoptic_seg'"
-            )
-        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+        return build_detr_evaluator(cfg, dataset_name, output_folder)
 
 
 def setup(args) -> CfgNode:

@@ -55,6 +55,7 @@ from ..checkpoint.weight_loading import (
 )
 from ..config_rules import validate_detr_config
 from ..data.datasets.panoptic_metadata import class_slots
+from ..data.datasets.register_from_file import register_datasets_from_config
 from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
 from .criterion import SetCriterion
 from .fusion import segments_info_from_tensors
@@ -218,8 +219,12 @@ class DetrPanoptic(nn.Module):
         d = cfg.MODEL.DETR
         backbone = build_backbone(cfg)
         in_features = list(d.IN_FEATURES) if cfg.MODEL.MASK_ON else [d.IN_FEATURES[-1]]
+        register_datasets_from_config(cfg)  # DATASETS.REGISTER_FILES: where the classes are read
         slots = class_slots(
-            d.NUM_CLASSES, d.CLASS_SLOTS, list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+            d.NUM_CLASSES,
+            d.CLASS_SLOTS,
+            list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN),
+            all_things_without_metadata=d.ALL_THINGS_WITHOUT_METADATA,
         )
         transformer = Transformer(
             d_model=d.HIDDEN_DIM,

@@ -28,4 +28,5 @@ def tiny_detr_cfg(num_classes: int = 5, mask_on: bool = True):
     cfg.MODEL.DETR.NUM_CLASSES = num_classes
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
+    cfg.MODEL.DETR.ALL_THINGS_WITHOUT_METADATA = True  # no dataset: num_classes things
     return cfg

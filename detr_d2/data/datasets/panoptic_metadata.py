@@ -178,7 +178,12 @@ class ClassSlots:
     label_map: Optional[List[int]] = None
 
 
-def class_slots(num_classes: int, slots: str, dataset_names: Sequence[str]) -> ClassSlots:
+def class_slots(
+    num_classes: int,
+    slots: str,
+    dataset_names: Sequence[str],
+    all_things_without_metadata: bool = False,
+) -> ClassSlots:
     """The classifier layout for ``MODEL.DETR.NUM_CLASSES`` / ``CLASS_SLOTS`` and the datasets'
     metadata.
 
@@ -186,8 +191,10 @@ def class_slots(num_classes: int, slots: str, dataset_names: Sequence[str]) -> C
     first one defines them). ``slots="contiguous"``: ``num_classes`` must equal the number of
     classes (0 derives it). ``slots="dataset_id"`` (logit index = dataset category id, as the
     official checkpoints): ``num_classes`` must exceed the largest dataset id (0 derives it).
-    Without any dataset metadata, ``num_classes`` contiguous classes, all things. Errors give both
-    numbers and the config key.
+    Without any dataset metadata: an error (a model whose classes are all things, with a warning,
+    was a silently different model), unless ``all_things_without_metadata``
+    (``MODEL.DETR.ALL_THINGS_WITHOUT_METADATA``): then ``num_classes`` contiguous classes, all
+    things. Errors give both numbers and the config key.
     """
     if slots not in ("contiguous", "dataset_id"):
         raise ValueError(
@@ -202,19 +209,32 @@ def class_slots(num_classes: int, slots: str, dataset_names: Sequence[str]) -> C
         ):
             infos.append((name, class_info_from_metadata(md)))
     if not infos:
+        register = (
+            "register them before the model is built: list their YAML file in "
+            "DATASETS.REGISTER_FILES (or call detr_d2.data.register_panoptic_dataset)"
+        )
         if num_classes <= 0:
             raise ValueError(
                 "MODEL.DETR.NUM_CLASSES <= 0 asks to derive it from the dataset metadata, "
-                "but no dataset in "
-                f"DATASETS.TRAIN/TEST ({names}) has panoptic id mappings"
+                f"but no dataset in DATASETS.TRAIN/TEST ({names}) has panoptic id mappings: "
+                f"{register}"
             )
         if slots == "dataset_id":
             raise ValueError(
                 "MODEL.DETR.CLASS_SLOTS 'dataset_id' needs a dataset with panoptic metadata "
-                "in DATASETS"
+                f"in DATASETS: {register}"
             )
-        logger.warning(
-            "No panoptic metadata in DATASETS; treating all %d classes as things", num_classes
+        if not all_things_without_metadata:
+            raise ValueError(
+                f"no dataset in DATASETS.TRAIN/TEST ({names}) is registered with panoptic "
+                "metadata, so the model cannot know which classes are things and which stuff: "
+                f"{register}, or set MODEL.DETR.ALL_THINGS_WITHOUT_METADATA True to build "
+                f"{num_classes} classes that are all things"
+            )
+        logger.info(
+            "MODEL.DETR.ALL_THINGS_WITHOUT_METADATA: no panoptic metadata in DATASETS; %d "
+            "classes, all things",
+            num_classes,
         )
         return ClassSlots(num_classes, [True] * num_classes)
     name, (num_contig, is_thing, ds_to_contig) = infos[0]
