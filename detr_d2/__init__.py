@@ -18,7 +18,11 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 from . import data, evaluation, modeling  # noqa: E402,F401
 from .config import add_detr_config  # noqa: E402
 from .config_rules import validate_detr_config  # noqa: E402
-from .data.build import build_detr_test_loader, build_detr_train_loader  # noqa: E402
+from .data.build import (  # noqa: E402
+    build_detr_mapper,
+    build_detr_test_loader,
+    build_detr_train_loader,
+)
 from .data.datasets.register_from_file import register_datasets_from_config  # noqa: E402
 from .engine import DetrTrainer  # noqa: E402
 from .engine.optimizer import build_detr_optimizer  # noqa: E402
@@ -29,6 +33,7 @@ __all__ = [
     "validate_detr_config",
     "DetrTrainer",
     "build_detr_train_loader",
+    "build_detr_mapper",
     "build_detr_test_loader",
     "build_detr_optimizer",
     "build_detr_evaluator",

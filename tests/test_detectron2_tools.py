@@ -29,7 +29,6 @@ from detectron2.utils.analysis import parameter_count_table
 from detectron2.utils.visualizer import Visualizer
 
 import detr_d2
-from detr_d2.data.build import build_detr_mapper
 from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
 from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
 
@@ -95,7 +94,9 @@ def test_benchmark_data_measures_detr_mapper_with_one_line(config_file):
     kwargs = build_detection_train_loader.from_config(cfg)
     assert not isinstance(kwargs["mapper"], DetrPanopticDatasetMapper)  # upstream: Detectron2's
     # the line of the table: our mapper in create_data_benchmark
-    kwargs = build_detection_train_loader.from_config(cfg, mapper=build_detr_mapper(cfg, True))
+    kwargs = build_detection_train_loader.from_config(
+        cfg, mapper=detr_d2.build_detr_mapper(cfg, True)
+    )
     kwargs.pop("aspect_ratio_grouping", None)
     kwargs["_target_"] = DataLoaderBenchmark
     benchmark = instantiate(kwargs)
