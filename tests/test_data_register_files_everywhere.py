@@ -13,8 +13,10 @@ import uuid
 
 import pytest
 import yaml
-from conftest import COCO_SAMPLE, ROOT, tiny_detr_cfg
 from detectron2.modeling import build_model
+
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import COCO_SAMPLE, ROOT
 
 
 @pytest.fixture(scope="module")

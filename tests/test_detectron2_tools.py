@@ -11,7 +11,6 @@ import uuid
 import pytest
 import torch
 import yaml
-from conftest import tiny_detr_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg, instantiate
 from detectron2.data import (
@@ -31,6 +30,7 @@ from detectron2.utils.visualizer import Visualizer
 import detr_d2
 from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
 from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
+from tests.utils.configs import tiny_detr_cfg
 
 
 @pytest.fixture(scope="module")

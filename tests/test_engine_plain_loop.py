@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import yaml
-from conftest import ROOT, tiny_detr_cfg
 
 from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import ROOT
 
 MARKER = "<!-- plain-loop -->\n```python\n"
 

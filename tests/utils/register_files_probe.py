@@ -16,7 +16,7 @@ def main(what: str, datasets_yaml: str, name: str) -> dict:
     from detectron2.modeling import build_model
 
     import detr_d2
-    from tests.conftest import tiny_detr_cfg
+    from tests.utils.configs import tiny_detr_cfg
 
     cfg = tiny_detr_cfg(num_classes=0)  # 0: derive it from the dataset's metadata
     cfg.MODEL.DETR.ALL_THINGS_WITHOUT_METADATA = False
