@@ -11,7 +11,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .checkpoint.checkpointer import AtomicDetectionCheckpointer
+from .checkpoint.load_checks import load_inference_weights
 from .data.dataset_mappers.detr_panoptic_dataset_mapper import check_image_array
 from .data.datasets.register_from_file import register_datasets_from_config
 from .data.panoptic_io import PanopticPredictionConverter, save_panoptic_png
@@ -43,10 +43,8 @@ class DetrPanopticPredictor:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         else:
             self.metadata = MetadataCatalog.get("__unused")
-        if cfg.MODEL.WEIGHTS:
-            AtomicDetectionCheckpointer(self.model).load(
-                cfg.MODEL.WEIGHTS
-            )  # a damaged file: error naming it
+        if cfg.MODEL.WEIGHTS:  # all of it or an error naming the file (load_checks)
+            load_inference_weights(self.model, cfg.MODEL.WEIGHTS)
         self.aug = T.AugmentationList(build_detr_test_augmentation(cfg))
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):

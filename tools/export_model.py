@@ -45,8 +45,8 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from detr_d2.checkpoint import AtomicDetectionCheckpointer
 from detr_d2.checkpoint.checkpoint_io import check_output_path
+from detr_d2.checkpoint.load_checks import load_inference_weights
 from detr_d2.config import get_detr_cfg
 from detr_d2.data.datasets.register_from_file import register_datasets_from_config
 from detr_d2.data.transforms import build_detr_test_augmentation
@@ -204,10 +204,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = build_model(cfg)
     check_exportable(model)
-    if cfg.MODEL.WEIGHTS:
-        AtomicDetectionCheckpointer(model).load(
-            cfg.MODEL.WEIGHTS
-        )  # a damaged file: error naming it
+    if cfg.MODEL.WEIGHTS:  # all of it or an error naming the file (load_checks)
+        load_inference_weights(model, cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
     model.eval()

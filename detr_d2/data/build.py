@@ -10,7 +10,11 @@ panoptic samples no ``instances``; these builders pass the mapper named by
 
 from typing import Any, Optional
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 
 from .datasets.register_from_file import register_datasets_from_config
 
@@ -36,7 +40,22 @@ def build_detr_train_loader(cfg: Any):
     """Detectron2's infinite training loader over ``DATASETS.TRAIN`` with detr_d2's mapper: batches
     of ``SOLVER.IMS_PER_BATCH`` dicts with ``image`` (C, H, W) and ``instances``."""
     register_datasets_from_config(cfg)
-    return build_detection_train_loader(cfg, mapper=build_detr_mapper(cfg, True))
+    mapper = build_detr_mapper(cfg, True)
+    dataset = None
+    if getattr(mapper, "corrupt_samples", None) is not None:
+        # DATALOADER.SKIP_CORRUPT_SAMPLES: the dicts Detectron2's _train_loader_from_config would
+        # build (same arguments), so the mapper knows their number and can stop when all of them
+        # are corrupt (MapDataset would fail with "Sample larger than population").
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        mapper.corrupt_samples.dataset_size = len(dataset)
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
 
 def build_detr_test_loader(cfg: Any, dataset_name: str):

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
+from ..checkpoint.load_checks import load_inference_weights
 from ..checkpoint.safe_load import UntrustedCheckpointError
 from ..config import add_detr_config
 from ..config_rules import validate_detr_config
@@ -164,9 +165,14 @@ def main(args):
 def _main(args, cfg):
     if args.eval_only:
         model = DetrTrainer.build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        weights = cfg.MODEL.WEIGHTS
+        if args.resume and checkpointer.has_checkpoint():
+            weights = checkpointer.get_checkpoint_file()
+        if weights:  # all of it, or an error naming the file (e.g. another class count)
+            load_inference_weights(model, weights)
+        else:
+            logger.warning("--eval-only with no MODEL.WEIGHTS: evaluating a random model")
         res = DetrTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

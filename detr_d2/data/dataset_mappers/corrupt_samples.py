@@ -9,6 +9,7 @@ tolerated at the start, then ``max_fraction`` of everything read.
 """
 
 import logging
+from typing import Hashable, Optional, Set
 
 import torch
 
@@ -37,21 +38,33 @@ class CorruptSampleCounter:
 
     MIN_READS = 1000
 
-    def __init__(self, max_fraction: float):
+    def __init__(self, max_fraction: float, dataset_size: Optional[int] = None):
         if not 0.0 <= max_fraction < 1.0:
             raise ValueError(
                 f"DATALOADER.MAX_CORRUPT_FRACTION must be in [0, 1), got {max_fraction}"
             )
         self.max_fraction = float(max_fraction)
+        # Samples of the dataset: when every one of them is corrupt, Detectron2's MapDataset
+        # has nothing left to draw ("ValueError: Sample larger than population"); we stop first.
+        self.dataset_size = dataset_size
         self.reads = 0
         self.corrupt = 0
+        self._corrupt_keys: Set[Hashable] = set()
 
     def read(self) -> None:
         self.reads += 1
 
-    def skip(self, error: BaseException) -> None:
-        """Count one corrupt sample (``error`` names its file); raise past the limit."""
+    def skip(self, error: BaseException, key: Hashable = None) -> None:
+        """Count one corrupt sample (``error`` names its file, ``key`` identifies the sample);
+        raise past the limit, or when all ``dataset_size`` samples have been found corrupt."""
         self.corrupt += 1
+        if key is not None:
+            self._corrupt_keys.add(key)
+        if self.dataset_size is not None and len(self._corrupt_keys) >= self.dataset_size:
+            raise TooManyCorruptSamplesError(
+                f"all {self.dataset_size} training samples are corrupt (found by "
+                f"{_process_name()}); nothing is left to train on. Last one: {error}"
+            ) from error
         allowed = self.max_fraction * max(self.reads, self.MIN_READS)
         counts = f"{self.corrupt} corrupt of {self.reads} samples read by {_process_name()}"
         if self.corrupt > allowed:

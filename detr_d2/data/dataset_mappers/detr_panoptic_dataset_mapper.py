@@ -198,7 +198,8 @@ class DetrPanopticDatasetMapper:
             try:
                 image, pan_rgb = self._read(dataset_dict)
             except (OSError, ValueError) as e:  # the messages name the file
-                self.corrupt_samples.skip(e)
+                key = (dataset_dict.get("image_id"), dataset_dict.get("file_name"))
+                self.corrupt_samples.skip(e, key)
                 return None
         return self._map(dataset_dict, image, pan_rgb)
 
