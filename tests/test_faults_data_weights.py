@@ -21,7 +21,8 @@ from conftest import tiny_detr_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 
-from detr_d2.checkpoint.load_checks import foreign_layout, load_inference_weights
+from detr_d2.checkpoint.foreign import foreign_layout
+from detr_d2.checkpoint.load_checks import load_inference_weights
 from detr_d2.engine import main
 from tests.utils.scripts import load_script
 
@@ -109,6 +110,21 @@ def test_foreign_layouts_are_recognised_and_our_own_is_not():
     hf = ["model.backbone.conv_encoder.model.conv1.weight", "class_labels_classifier.weight"]
     assert "Hugging Face" in foreign_layout(hf)
     assert foreign_layout(["res2.0.conv1.weight"]) is None  # Detectron2 names (model zoo)
+    # a DETR transformer behind another Detectron2 backbone is still ours
+    ours = ["backbone.bottom_up.stem.conv1.weight", "transformer.encoder.layers.0.linear1.weight"]
+    assert foreign_layout(ours) is None
+
+
+def test_torchvision_resnet_as_training_weights_is_refused(files, tmp_path):
+    """train_net with a torchvision file as MODEL.WEIGHTS trained from scratch after "not found"
+    warnings; the checkpointer every load goes through now refuses it."""
+    from detr_d2.checkpoint import AtomicDetectionCheckpointer
+
+    model = build_model(tiny_detr_cfg(num_classes=6))
+    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path))
+    with pytest.raises(ValueError, match="convert_torchvision_to_d2.py") as e:
+        checkpointer.resume_or_load(files["torchvision"], resume=False)
+    assert files["torchvision"] in str(e.value)
 
 
 def _error_lines(err):

@@ -38,6 +38,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_io import atomic_write, atomic_write_bytes
 from ..utils.output_dir import held_by_another_process
+from .foreign import check_not_foreign
 from .safe_load import (
     UntrustedCheckpointError,
     load_pickle_checkpoint,
@@ -157,6 +158,19 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             }
             return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
         return super()._load_file(filename)
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        """Detectron2's, but a torchvision / official DETR / Hugging Face file is refused naming
+        its converter (:mod:`.foreign`) instead of loading none of its tensors."""
+        check_not_foreign(checkpoint, getattr(self, "_loading", None) or "the checkpoint")
+        return super()._load_model(checkpoint)
 
     def _complete_checkpoint(self, path: str) -> Tuple[bool, str]:
         """(whether ``path`` is a complete checkpoint, why not). Reads the file unless it was saved

@@ -10,80 +10,33 @@ Detectron2's checkpointer loads whatever matches and only *warns* about the rest
   a PQ table, and one whose file lacks parameters (e.g. a detection-only checkpoint with
   ``MODEL.MASK_ON``) uses random ones.
 
-:func:`foreign_layout` recognises those files by their tensor names and names the converter;
-:func:`load_inference_weights` loads weights for inference and refuses any missing, unexpected or
-mis-shaped tensor (naming the checkpoint's and the config's class counts for the class head). Every
-error is a ``ValueError`` / ``FileNotFoundError`` naming the file, so the tools print it as their
-one ``error:`` line.
+:func:`~detr_d2.checkpoint.foreign.foreign_layout` recognises those files by their tensor names
+and names the converter (``AtomicDetectionCheckpointer`` refuses them in every load, training
+included); :func:`load_inference_weights` loads weights for inference and refuses any missing,
+unexpected or mis-shaped tensor (naming the checkpoint's and the config's class counts for the
+class head). Every error is a ``ValueError`` / ``FileNotFoundError`` naming the file, so the tools
+print it as their one ``error:`` line.
 """
 
 import os
-from typing import Iterable, List, Optional
+from typing import List
 
 import torch
 
 from .checkpointer import AtomicDetectionCheckpointer
-from .hf_detr import is_hf_detr_state_dict
 from .layout import format_list
 
-__all__ = ["foreign_layout", "load_inference_weights", "check_not_foreign"]
-
-_DETR_CONVERT = "python tools/convert_detr_checkpoint.py --source {path} --output detr_d2.pth"
-_TORCHVISION_CONVERT = (
-    "python tools/convert_torchvision_to_d2.py --source {path} --output r50_torchvision.pkl"
-)
-
-
-def foreign_layout(keys: Iterable[str]) -> Optional[str]:
-    """What a state dict with these tensor names is and the command that converts it, when it is a
-    torchvision ResNet, an official DETR or a Hugging Face DETR checkpoint; None otherwise (also for
-    detr_d2's own names)."""
-    keys = list(keys)
-    if not keys or any(k.startswith(("backbone.res", "backbone.stem.")) for k in keys):
-        return None  # detr_d2 / Detectron2 names
-    if is_hf_detr_state_dict(keys):
-        return "a Hugging Face transformers DETR checkpoint; convert it with " + _DETR_CONVERT
-    if any(
-        k.startswith(("transformer.encoder.", "detr.transformer.", "backbone.0.body."))
-        for k in keys
-    ):
-        return (
-            "an official DETR checkpoint (facebookresearch/detr); convert it with " + _DETR_CONVERT
-        )
-    if "conv1.weight" in keys and any(k.startswith("layer1.0.") for k in keys):
-        return "a torchvision ResNet state dict; convert it with " + _TORCHVISION_CONVERT
-    return None
-
-
-def check_not_foreign(checkpoint: dict, path: str) -> None:
-    """Raise ``ValueError`` if ``checkpoint["model"]`` (a loaded checkpoint, before Detectron2
-    matches its names) is in a layout of :func:`foreign_layout`. Detectron2 model-zoo ``.pkl``
-    files (``matching_heuristics``) are matched by name suffix and left alone."""
-    if checkpoint.get("matching_heuristics", False) or not isinstance(
-        checkpoint.get("model"), dict
-    ):
-        return
-    found = foreign_layout(checkpoint["model"].keys())
-    if found is not None:
-        raise ValueError(
-            f"{path}: this is {found.format(path=path)}; loaded as it is, none of its tensors "
-            "would reach the model"
-        )
+__all__ = ["load_inference_weights"]
 
 
 class _CheckedCheckpointer(AtomicDetectionCheckpointer):
-    """Keeps the incompatible keys of its last load and refuses foreign layouts."""
+    """Keeps the incompatible keys of its last load (foreign layouts are refused by the base)."""
 
     incompatible = None
 
     def _load_model(self, checkpoint):
-        check_not_foreign(checkpoint, self._path)
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
-
-    def load(self, path, *args, **kwargs):
-        self._path = path
-        return super().load(path, *args, **kwargs)
 
 
 def _class_count(shape) -> int:
