@@ -22,7 +22,7 @@ import shutil
 import sys
 from typing import Optional
 
-from detr_d2.data.panoptic_io import read_json, require_keys
+from detr_d2.data.panoptic_io import check_panoptic_ids, join_under, read_json, require_keys
 from detr_d2.utils.atomic_io import atomic_directory, atomic_file, check_new_outputs
 from detr_d2.utils.cli import run_tool, tool_parser
 
@@ -42,10 +42,12 @@ def make_subset(
     replace_root = check_new_outputs(output_json, output_root, overwrite, [panoptic_json])
     data = read_json(panoptic_json, "panoptic JSON")
     require_keys(data, ["annotations", "categories"], panoptic_json)
+    check_panoptic_ids(data, panoptic_json)  # repeated ids / PNG names: refused, named
     anns = sorted(data["annotations"], key=lambda a: a["image_id"])[:num_images]
     keep = {a["image_id"] for a in anns}
     for ann in anns:
-        src = os.path.join(panoptic_root, ann["file_name"])
+        where = f"{panoptic_json}: annotation of image_id {ann['image_id']!r} 'file_name'"
+        src = join_under(panoptic_root, ann["file_name"], where)  # never outside the roots
         if not os.path.isfile(src):
             raise FileNotFoundError(f"{panoptic_json}: panoptic PNG not found (file_name): {src}")
     out = dict(data, annotations=anns)

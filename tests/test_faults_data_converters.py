@@ -225,3 +225,19 @@ def test_the_sample_still_converts(tmp_path):
         DET_JSON, CATS_JSON, str(tmp_path / "p.json"), str(tmp_path / "png")
     )
     assert report.images == 2 and report.segments == 50
+
+
+@pytest.mark.parametrize("name", ["../panoptic_examples/000000142238.png", "/etc/passwd"])
+def test_prepare_subset_refuses_names_leaving_the_png_folder(tmp_path, pan, capsys, name):
+    """The subset tool copied ``panoptic_root/<file_name>`` to ``output_root/<file_name>``: a name
+    with ``..`` read and wrote outside both folders."""
+    pan["annotations"][0]["file_name"] = name
+    path = tmp_path / "pan.json"
+    path.write_text(json.dumps(pan))
+    tool = load_script("prepare_coco_panoptic_subset", "datasets")
+    argv = ["--panoptic-json", str(path), "--panoptic-root", PAN_ROOT]
+    argv += ["--output-json", str(tmp_path / "out.json"), "--output-root", str(tmp_path / "out")]
+    rc = tool.main(argv + ["--num-images", "2"])
+    line = _error_line(capsys.readouterr().err)
+    assert rc == 1 and f"{name!r} leaves its folder" in line and "pan.json" in line
+    assert sorted(os.listdir(tmp_path)) == ["pan.json"]
