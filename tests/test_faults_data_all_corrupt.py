@@ -8,7 +8,6 @@ import os
 import uuid
 
 import pytest
-from conftest import tiny_detr_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.common import DatasetFromList, MapDataset
 
@@ -19,6 +18,7 @@ from detr_d2.data.dataset_mappers.corrupt_samples import (
 )
 from detr_d2.data.datasets import quickstart, register_panoptic_dataset
 from detr_d2.engine import DetrTrainer
+from tests.utils.configs import tiny_detr_cfg
 
 
 def _corrupt_all(folder):

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import tiny_detr_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 
 from detr_d2.checkpoint.foreign import foreign_layout
 from detr_d2.checkpoint.load_checks import load_inference_weights
 from detr_d2.engine import main
+from tests.utils.configs import tiny_detr_cfg
 from tests.utils.scripts import load_script
 
 
