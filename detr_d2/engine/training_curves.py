@@ -106,6 +106,7 @@ def plot_training_curves(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    last = records[-1]["iteration"] if records else 0
     fig = Figure(figsize=(13, 7.5), dpi=90)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, 3)
@@ -141,7 +142,8 @@ def plot_training_curves(
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
-    last = records[-1]["iteration"] if records else 0
+    for ax in fig.axes:  # one iteration axis for all panels (a single evaluation included)
+        ax.set_xlim(0, max(last, 1) * 1.02)
     fig.suptitle(
         f"{title}  (up to iteration {last}{'' if evaluated else ', not evaluated'})".strip()
     )
