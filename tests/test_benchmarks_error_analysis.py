@@ -1,4 +1,4 @@
-"""benchmarks.error_analysis runs and prints every variant with its ratio (smoke test; not timed)."""
+"""benchmarks.error_analysis runs and prints every variant with its ratio (a smoke test)."""
 
 import importlib
 
