@@ -1,4 +1,5 @@
-"""Benchmarks (benchmarks/inference.py, training.py, evaluation.py) and their timing helpers.
+"""Benchmarks (benchmarks/inference.py, training.py, evaluation.py, fusion.py) and their timing
+helpers.
 
 Smoke tests run each tool's ``main`` at the tiniest settings and check that every figure line is
 printed and that the checks the tools report hold; nothing here is timed.
@@ -733,3 +734,15 @@ def test_evaluation_benchmark_rejects_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):
         tool.main(["--keep", str(tmp_path)])
     assert "already exists" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- fusion
+def test_fusion_benchmark_prints_all_scenes(capsys):
+    """benchmarks/fusion.py: the fusion now vs before on every scene (it checks they agree)."""
+    _load_tool("fusion").main(["--threads", "1", "--iters", "1"])
+    out = capsys.readouterr().out
+    for label in ("COCO sample 0, 20 kept", "COCO sample 1, 34 kept"):
+        _row(out, label, 3)
+    for kept in (15, 45):
+        _row(out, f"random, {kept} of 100 kept", 3)
+    assert "identical maps and segments" in out

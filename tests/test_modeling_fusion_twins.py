@@ -11,21 +11,15 @@ its real shape as mask, at the test resize's 800-pixel input and the original ou
 133 classes in the official 250 slots).
 """
 
-import json
-import os
-
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from panopticapi.utils import rgb2id
-from PIL import Image
 
 from detr_d2.export import onnx_postprocess
 from detr_d2.modeling import fusion
 from detr_d2.modeling.panoptic_inference import panoptic_fusion, panoptic_queries
 from tests.utils import legacy_fusion
-from tests.utils.paths import COCO_SAMPLE
+from tests.utils.fusion_inputs import coco_sample_fusion_inputs
 
 SCRIPTED = torch.jit.script(fusion.fuse_panoptic)
 
@@ -107,45 +101,9 @@ def test_torch_and_numpy_fusions_equal_the_old_one_on_random_outputs():
     assert found["removed"] >= 10 and found["merged"] >= 10, found
 
 
-def _coco_sample_outputs(index: int):
-    """Outputs built from the real annotation of sample image ``index``: one query per segment (its
-    category's slot, the official layout's dataset-id slots), two duplicated stuff queries and
-    no-object queries; mask logits +-6 from the segment's real shape on the stride-4 grid of the
-    800-pixel test input, with noise."""
-    with open(os.path.join(COCO_SAMPLE, "panoptic_examples.json")) as f:
-        data = json.load(f)
-    ann, info = data["annotations"][index], data["images"][index]
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    label_map = torch.full((250,), -1, dtype=torch.int64)
-    for i, c in enumerate(categories):
-        label_map[c["id"]] = i
-    is_thing = torch.tensor([bool(c["isthing"]) for c in categories])
-    png = os.path.join(COCO_SAMPLE, "panoptic_examples", ann["file_name"])
-    seg_ids = torch.from_numpy(rgb2id(np.asarray(Image.open(png).convert("RGB"))).astype(np.int64))
-    orig = (info["height"], info["width"])
-    scale = 800 / min(orig)
-    h, w = int(orig[0] * scale + 0.5), int(orig[1] * scale + 0.5)
-    grid = (-(-h // 4), -(-w // 4))
-    segments = list(ann["segments_info"])
-    stuff = [s for s in segments if not categories[int(label_map[s["category_id"]])]["isthing"]]
-    segments += stuff[:2]  # duplicated stuff queries: merged into the first one
-    g = torch.Generator().manual_seed(index)
-    logits = torch.randn(len(segments) + 5, 251, generator=g)
-    logits[:, 250] += 12  # no object, but for the segments' queries
-    masks = torch.randn(len(segments) + 5, *grid, generator=g)
-    for q, s in enumerate(segments):
-        logits[q, 250] -= 12
-        logits[q, s["category_id"]] += 12
-        shape = F.interpolate((seg_ids == s["id"]).float()[None, None], size=grid, mode="area")[
-            0, 0
-        ]
-        masks[q] += 12 * shape - 6
-    return logits, masks, (h, w), orig, is_thing, label_map
-
-
 @pytest.mark.parametrize("index", [0, 1])
 def test_torch_and_numpy_fusions_equal_the_old_one_on_the_coco_sample(index):
-    logits, masks, image_size, orig, is_thing, label_map = _coco_sample_outputs(index)
+    logits, masks, image_size, orig, is_thing, label_map = coco_sample_fusion_inputs(index)
     for min_area in (4, 2000):  # 2000: small real segments are removed, the argmax redone
         n = _check_all_equal(
             logits, masks, image_size, orig, is_thing, label_map, min_area=min_area
