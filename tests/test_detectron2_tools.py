@@ -5,9 +5,12 @@ upstream tool's steps (facebookresearch/detectron2 at 02b5c4e, ``tools/analyze_m
 adds, on a tiny synthetic dataset registered only through ``DATASETS.REGISTER_FILES``."""
 
 import itertools
+import json
 import os
 import uuid
+from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -23,11 +26,14 @@ from detectron2.data import (
 from detectron2.data import detection_utils as utils
 from detectron2.data.benchmark import DataLoaderBenchmark
 from detectron2.engine import SimpleTrainer
+from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.analysis import parameter_count_table
 from detectron2.utils.visualizer import Visualizer
 
 import detr_d2
+from detr_d2.annotation.panoptic_to_detection import convert_panoptic_to_detection
 from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
 from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
 from tests.utils.configs import tiny_detr_cfg
@@ -51,6 +57,11 @@ def config_file(tmp_path_factory):
                 "panoptic_json": str(root / f"panoptic_{split}.json"),
             }
         )
+    # the val split with a COCO instances JSON of its things (box/mask AP, coco_instances_results)
+    convert_panoptic_to_detection(
+        entries[1]["panoptic_json"], entries[1]["panoptic_root"], str(root / "instances_val.json")
+    )
+    entries[1]["json_file"] = str(root / "instances_val.json")
     (root / "datasets.yaml").write_text(yaml.safe_dump(entries))
     cfg = tiny_detr_cfg(num_classes=0)
     cfg.MODEL.DETR.ALL_THINGS_WITHOUT_METADATA = False
@@ -162,3 +173,46 @@ def test_visualize_data_both_sources(config_file, tmp_path):
         vis = Visualizer(img, metadata=metadata, scale=1.0).draw_dataset_dict(dic)
         vis.save(str(tmp_path / os.path.basename(dic["file_name"])))
     assert len(os.listdir(tmp_path)) == len(batch) + len(dicts)
+
+
+def test_visualize_json_results_on_instance_results(config_file, tmp_path):
+    """``TEST.INSTANCE_ON`` evaluation writes coco_instances_results.json; visualize_json_results'
+    steps draw it (its ``create_instances`` / ``main`` with ``--conf-threshold 0``)."""
+    cfg = _setup(config_file).clone()
+    cfg.defrost()
+    cfg.TEST.INSTANCE_ON = True
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    name = cfg.DATASETS.TEST[0]
+    model = build_model(cfg)
+    evaluator = detr_d2.build_detr_evaluator(cfg, name)
+    inference_on_dataset(model, detr_d2.build_detr_test_loader(cfg, name), evaluator)
+    results = tmp_path / "out" / "inference" / name / "coco_instances_results.json"
+    with open(results) as f:
+        predictions = json.load(f)
+    assert predictions
+    # visualize_json_results.main(): it reads the catalogs itself (+ register, done by _setup)
+    pred_by_image = defaultdict(list)
+    for p in predictions:
+        pred_by_image[p["image_id"]].append(p)
+    dicts = list(DatasetCatalog.get(name))
+    metadata = MetadataCatalog.get(name)
+    drawn = 0
+    for dic in dicts:
+        img = utils.read_image(dic["file_name"], "RGB")
+        preds = pred_by_image[dic["image_id"]]
+        ret = Instances(img.shape[:2])  # create_instances(predictions, image_size)
+        score = np.asarray([x["score"] for x in preds])
+        chosen = (score > 0.0).nonzero()[0]
+        bbox = np.asarray([preds[i]["bbox"] for i in chosen]).reshape(-1, 4)
+        ret.scores = score[chosen]
+        ret.pred_boxes = Boxes(BoxMode.convert(bbox, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
+        labels = [
+            metadata.thing_dataset_id_to_contiguous_id[preds[i]["category_id"]] for i in chosen
+        ]
+        ret.pred_classes = np.asarray(labels)
+        ret.pred_masks = [preds[i]["segmentation"] for i in chosen]
+        assert all(metadata.thing_classes[c] for c in labels)
+        vis_pred = Visualizer(img, metadata).draw_instance_predictions(ret).get_image()
+        vis_gt = Visualizer(img, metadata).draw_dataset_dict(dic).get_image()
+        drawn += np.concatenate((vis_pred, vis_gt), axis=1).shape[1] == 2 * img.shape[1]
+    assert drawn == len(dicts) == 2
