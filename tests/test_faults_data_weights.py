@@ -183,3 +183,16 @@ def test_export_with_bad_weights_prints_one_error_line(files, tmp_path, capsys, 
     line = _error_lines(capsys.readouterr().err)
     assert rc == 1 and message in line and files[which] in line
     assert not os.path.exists(tmp_path / "export" / "model.ts")
+
+
+def test_train_net_eval_only_with_unfit_weights_prints_one_error_line(files, capsys):
+    train_net = load_script("train_net")
+    for which, message in ((9, "9 classes in the checkpoint"), ("missing", "not found")):
+        with pytest.raises(SystemExit) as e:
+            train_net.cli(
+                ["--config-file", files["yaml"], "--eval-only", "MODEL.WEIGHTS", files[which]]
+            )
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0] and files[which] in lines[0]

@@ -9,7 +9,13 @@ from typing import Iterable, Optional
 
 from .hf_detr import is_hf_detr_state_dict
 
-__all__ = ["foreign_layout", "check_not_foreign"]
+__all__ = ["UnfitWeightsError", "foreign_layout", "check_not_foreign"]
+
+
+class UnfitWeightsError(ValueError):
+    """Weights that would load silently wrong (another layout, class count or tensor set) or that
+    cannot be read; the message names the file and what to do."""
+
 
 _DETR_CONVERT = "python tools/convert_detr_checkpoint.py --source {path} --output detr_d2.pth"
 _TORCHVISION_CONVERT = (
@@ -36,16 +42,16 @@ def foreign_layout(keys: Iterable[str]) -> Optional[str]:
 
 
 def check_not_foreign(checkpoint: dict, path: str) -> None:
-    """Raise ``ValueError`` if ``checkpoint["model"]`` (a loaded checkpoint, before Detectron2
-    matches its names) is in a layout of :func:`foreign_layout`. Detectron2 model-zoo ``.pkl``
-    files (``matching_heuristics``) are matched by name suffix and left alone."""
+    """Raise :class:`UnfitWeightsError` if ``checkpoint["model"]`` (a loaded checkpoint, before
+    Detectron2 matches its names) is in a layout of :func:`foreign_layout`. Detectron2 model-zoo
+    ``.pkl`` files (``matching_heuristics``) are matched by name suffix and left alone."""
     if checkpoint.get("matching_heuristics", False) or not isinstance(
         checkpoint.get("model"), dict
     ):
         return
     found = foreign_layout(checkpoint["model"].keys())
     if found is not None:
-        raise ValueError(
+        raise UnfitWeightsError(
             f"{path}: this is {found.format(path=path)}; loaded as it is, none of its tensors "
             "would reach the model"
         )

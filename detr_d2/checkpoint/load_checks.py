@@ -24,9 +24,14 @@ from typing import List
 import torch
 
 from .checkpointer import AtomicDetectionCheckpointer
+from .foreign import UnfitWeightsError
 from .layout import format_list
 
-__all__ = ["load_inference_weights"]
+__all__ = ["UnfitWeightsError", "WeightsNotFoundError", "load_inference_weights"]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """``MODEL.WEIGHTS`` names no file."""
 
 
 class _CheckedCheckpointer(AtomicDetectionCheckpointer):
@@ -80,22 +85,23 @@ def _problems(path: str, incompatible) -> List[str]:
 def load_inference_weights(model: torch.nn.Module, path: str) -> None:
     """Load ``path`` (``MODEL.WEIGHTS``) into ``model`` for inference, all of it or not at all.
 
-    Raises ``FileNotFoundError`` for a missing local file, ``ValueError`` for a damaged file, a
-    foreign layout (:func:`foreign_layout`) or any missing / unexpected / mis-shaped tensor, each
-    naming ``path`` (the model may be partly loaded then: build a new one).
+    Raises :class:`WeightsNotFoundError` (a ``FileNotFoundError``) for a missing local file,
+    :class:`UnfitWeightsError` (a ``ValueError``) for a damaged file, a foreign layout
+    (:func:`~detr_d2.checkpoint.foreign.foreign_layout`) or any missing / unexpected / mis-shaped
+    tensor, each naming ``path`` (the model may be partly loaded then: build a new one).
     """
     if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS not found: {path}")
+        raise WeightsNotFoundError(f"MODEL.WEIGHTS not found: {path}")
     checkpointer = _CheckedCheckpointer(model)
     try:
         checkpointer.load(path)
     except RuntimeError as e:  # a damaged file: the message names it
-        raise ValueError(str(e)) from e
+        raise UnfitWeightsError(str(e)) from e
     if checkpointer.incompatible is None:
         return
     problems = _problems(path, checkpointer.incompatible)
     if problems:
-        raise ValueError(
+        raise UnfitWeightsError(
             f"MODEL.WEIGHTS {path} does not fit the model built from the config: "
             + "; ".join(problems)
         )

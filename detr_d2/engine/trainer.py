@@ -14,7 +14,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import AtomicDetectionCheckpointer
-from ..checkpoint.load_checks import load_inference_weights
+from ..checkpoint.foreign import UnfitWeightsError
+from ..checkpoint.load_checks import WeightsNotFoundError, load_inference_weights
 from ..checkpoint.safe_load import UntrustedCheckpointError
 from ..config import add_detr_config
 from ..config_rules import validate_detr_config
@@ -36,10 +37,12 @@ from .training_curves import TrainingCurvesHook
 
 logger = logging.getLogger(__name__)
 
-# What train_net refuses with one ``error:`` line: files that would run code, a busy or used
-# OUTPUT_DIR.
+# What train_net refuses with one ``error:`` line: files that would run code, weights that would
+# load silently wrong (or no file), a busy or used OUTPUT_DIR.
 REFUSALS = (
     UntrustedCheckpointError,
+    UnfitWeightsError,
+    WeightsNotFoundError,
     UnsafeConfigError,
     OutputDirInUseError,
     OutputDirHasCheckpointsError,
