@@ -23,11 +23,10 @@ from .panoptic_errors import (
     FP_CAUSES,
     ImageErrors,
     image_pq_lost,
-    oracle_stats,
     summarize_oracles,
 )
 from .panoptic_matching import ImageMatch
-from .panoptic_quality import PQStats, RunLengthIdMap, summarize_pq_stats
+from .panoptic_quality import PQStats, RunLengthIdMap
 
 __all__ = ["PanopticErrorAnalysis", "WorstImage", "format_error_table"]
 
@@ -157,14 +156,10 @@ class PanopticErrorAnalysis:
     def result(self, total: PQStats) -> Dict[str, Any]:
         """The report (percent) given the dataset's summed statistics ``total``: see
         ``docs/error_analysis.md`` for the fields."""
-        base = summarize_pq_stats(total, self.categories)
-        oracles = summarize_oracles(total, self.deltas, self.categories)
-        fixed_per_class = {
-            cause: summarize_pq_stats(oracle_stats(total, self.deltas[cause]), self.categories)[
-                "per_class"
-            ]
-            for cause in CAUSES
-        }
+        summaries: Dict[str, Dict[str, Any]] = {}  # each summarize_pq_stats computed once
+        oracles = summarize_oracles(total, self.deltas, self.categories, summaries)
+        base = summaries["base"]
+        fixed_per_class = {cause: summaries[cause]["per_class"] for cause in CAUSES}
         causes = {}
         for cause in CAUSES:
             fp = sum(n for (k, _, c), n in self.counts.items() if k == "fp" and c == cause)

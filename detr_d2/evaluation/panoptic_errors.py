@@ -222,20 +222,25 @@ def image_pq_lost(stats: PQStats, errors: ImageErrors) -> float:
 
 
 def summarize_oracles(
-    total: PQStats, deltas: Mapping[str, PQStats], categories: Mapping[int, Mapping[str, Any]]
+    total: PQStats,
+    deltas: Mapping[str, PQStats],
+    categories: Mapping[int, Mapping[str, Any]],
+    fixed: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Dict[str, Dict[str, Optional[float]]]:
     """``{cause | "all": {"PQ", "PQ_gain", "PQ_th_gain", "PQ_st_gain"}}`` in percent (None where
-    a group has no categories): PQ with that cause fixed, recomputed exactly."""
-    base = summarize_pq_stats(total, categories)
+    a group has no categories): PQ with that cause fixed, recomputed exactly. ``fixed``: if given,
+    filled with ``{cause | "base" | "all": summarize_pq_stats(...)}`` (per class included)."""
+    fixed = {} if fixed is None else fixed
+    fixed["base"] = base = summarize_pq_stats(total, categories)
     everything = PQStats()
     for delta in deltas.values():
         everything += delta
     out: Dict[str, Dict[str, Optional[float]]] = {}
     for cause, delta in list(deltas.items()) + [("all", everything)]:
-        fixed = summarize_pq_stats(oracle_stats(total, delta), categories)
-        entry: Dict[str, Optional[float]] = {"PQ": _pct(fixed["All"]["pq"])}
+        fixed[cause] = summary = summarize_pq_stats(oracle_stats(total, delta), categories)
+        entry: Dict[str, Optional[float]] = {"PQ": _pct(summary["All"]["pq"])}
         for group, key in (("All", "PQ_gain"), ("Things", "PQ_th_gain"), ("Stuff", "PQ_st_gain")):
-            gain = fixed[group]["pq"] - base[group]["pq"]
+            gain = summary[group]["pq"] - base[group]["pq"]
             entry[key] = _pct(gain)
         out[cause] = entry
     return out
