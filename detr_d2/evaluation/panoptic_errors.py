@@ -129,63 +129,74 @@ def classify_errors(match: ImageMatch, categories: Mapping[int, Mapping[str, Any
     gt_cat = np.array([match.gt_segments[g]["category_id"] for g in gt_list])
     pred_cat = np.array([match.pred_segments[p]["category_id"] for p in pred_list])
     same = np.equal.outer(gt_cat, pred_cat).reshape(len(gt_list), len(pred_list))  # same class
+    # Per-pair tables, then per-segment summaries (first maximum on ties, as argmax).
+    other_iou = np.where(same, 0.0, iou)
+    same_iou = np.where(same, iou, 0.0)
+    inside_same = pred_inside & same  # prediction j lies in GT i of its class
+    holds_same = gt_inside & same  # GT i lies in prediction j of its class
+    gts_in_pred = holds_same.sum(axis=0)  # (P,) class-c GT segments lying in prediction j
+    preds_in_gt = inside_same.sum(axis=1)  # (G,) class-c predictions lying in GT i
+    merging = gts_in_pred >= 2
     matched_gt = {g for g, _, _ in match.matches}
+    matched_row = np.array([g in matched_gt for g in gt_list], dtype=bool)
     gi = {g: i for i, g in enumerate(gt_list)}
     pj = {p: j for j, p in enumerate(pred_list)}
+
+    def best(table: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
+        if table.shape[axis] == 0:
+            n = table.shape[1 - axis]
+            return np.zeros(n), np.zeros(n, dtype=np.int64)
+        return table.max(axis=axis), table.argmax(axis=axis)
 
     def relabel_cause(category_id: int, other_category: int) -> str:
         same_kind = _kind(categories, category_id) == _kind(categories, other_category)
         return "wrong_class" if same_kind else "thing_stuff"
 
+    other_max, other_arg = best(other_iou, 0)
+    same_max, same_arg = best(same_iou, 0)
     for p in match.false_positives:
         j = pj[p]
         c = int(pred_cat[j])
-        other_iou = np.where(~same[:, j], iou[:, j], 0.0)
-        same_iou = np.where(same[:, j], iou[:, j], 0.0)
-        cause: str
         ref: Optional[int] = None
-        inside_same = np.flatnonzero(pred_inside[:, j] & same[:, j])
-        if other_iou.size and other_iou.max() > MATCH_IOU:
-            ref = gt_list[int(other_iou.argmax())]
+        host = int(np.argmax(inside_same[:, j])) if inside_same[:, j].any() else -1
+        if other_max[j] > MATCH_IOU:
+            ref = gt_list[int(other_arg[j])]
             cause = relabel_cause(c, int(match.gt_segments[ref]["category_id"]))
-        elif int((gt_inside[:, j] & same[:, j]).sum()) >= 2:
-            cause, ref = "merge", gt_list[int(np.flatnonzero(gt_inside[:, j] & same[:, j])[0])]
-        elif any(gt_list[i] in matched_gt for i in inside_same):
-            cause = "duplicate"
-            ref = next(gt_list[i] for i in inside_same if gt_list[i] in matched_gt)
-        elif any(int((pred_inside[i] & same[i]).sum()) >= 2 for i in inside_same):
-            cause = "split"
-            ref = next(gt_list[i] for i in inside_same if (pred_inside[i] & same[i]).sum() >= 2)
-        elif same_iou.size and same_iou.max() > OVERLAP_IOU:
-            cause, ref = "poor_mask", gt_list[int(same_iou.argmax())]
-        elif other_iou.size and other_iou.max() > OVERLAP_IOU:
-            cause, ref = "class_and_mask", gt_list[int(other_iou.argmax())]
+        elif merging[j]:
+            cause, ref = "merge", gt_list[int(np.argmax(holds_same[:, j]))]
+        elif host >= 0 and matched_row[host]:
+            cause, ref = "duplicate", gt_list[host]
+        elif host >= 0 and preds_in_gt[host] >= 2:
+            cause, ref = "split", gt_list[host]
+        elif same_max[j] > OVERLAP_IOU:
+            cause, ref = "poor_mask", gt_list[int(same_arg[j])]
+        elif other_max[j] > OVERLAP_IOU:
+            cause, ref = "class_and_mask", gt_list[int(other_arg[j])]
         else:
             cause = "background"
         out.fp[p] = (cause, ref)
         out.delta(cause).add(c, fp=-1)
 
+    other_max, other_arg = best(other_iou, 1)
+    same_max, same_arg = best(same_iou, 1)
     for g in match.false_negatives:
         i = gi[g]
         c = int(gt_cat[i])
-        other_iou = np.where(~same[i], iou[i], 0.0)
-        same_iou = np.where(same[i], iou[i], 0.0)
         ref = None
         fixed_iou = 1.0
-        holders = np.flatnonzero(gt_inside[i] & same[i])  # class-c predictions g lies in
-        if other_iou.size and other_iou.max() > MATCH_IOU:
-            j = int(other_iou.argmax())
+        merged_into = holds_same[i] & merging  # class-c predictions g lies in, holding 2+ GTs
+        if other_max[i] > MATCH_IOU:
+            j = int(other_arg[i])
             ref, fixed_iou = pred_list[j], float(iou[i, j])
             cause = relabel_cause(c, int(pred_cat[j]))
-        elif any(int((gt_inside[:, j] & same[:, j]).sum()) >= 2 for j in holders):
-            cause = "merge"
-            ref = next(pred_list[j] for j in holders if (gt_inside[:, j] & same[:, j]).sum() >= 2)
-        elif int((pred_inside[i] & same[i]).sum()) >= 2:
-            cause, ref = "split", pred_list[int(np.flatnonzero(pred_inside[i] & same[i])[0])]
-        elif same_iou.size and same_iou.max() > OVERLAP_IOU:
-            cause, ref = "poor_mask", pred_list[int(same_iou.argmax())]
-        elif other_iou.size and other_iou.max() > OVERLAP_IOU:
-            cause, ref = "class_and_mask", pred_list[int(other_iou.argmax())]
+        elif merged_into.any():
+            cause, ref = "merge", pred_list[int(np.argmax(merged_into))]
+        elif preds_in_gt[i] >= 2:
+            cause, ref = "split", pred_list[int(np.argmax(inside_same[i]))]
+        elif same_max[i] > OVERLAP_IOU:
+            cause, ref = "poor_mask", pred_list[int(same_arg[i])]
+        elif other_max[i] > OVERLAP_IOU:
+            cause, ref = "class_and_mask", pred_list[int(other_arg[i])]
         else:
             cause = "missed"
         out.fn[g] = (cause, ref)
