@@ -661,7 +661,7 @@ def fvcore_stage_flops(
                 out = self.model(NestedTensor(images, mask))
                 return out["pred_logits"], out["pred_boxes"], out["pred_masks"]
             out, state = model.forward_detector(images, mask)
-            queries = [model.mask_queries(logits) for logits in out["pred_logits"]]
+            queries = [model.select_queries(logits).masks for logits in out["pred_logits"]]
             return (out["pred_logits"], out["pred_boxes"]) + tuple(self.masks(state, queries))
 
     if is_ours:
@@ -856,7 +856,11 @@ def time_postprocessing(
     inputs = [{"height": output_size[0], "width": output_size[1]}]
 
     def ours():
-        return model.postprocess(outputs, inputs, [tuple(input_size)])[0]["panoptic_seg"]
+        selection = model.select_queries(outputs["pred_logits"][0], every_mask=True)
+        masks = [outputs["pred_masks"][0]]  # every query's, as the official post-processor reads
+        return model.postprocess(outputs, inputs, [tuple(input_size)], masks, [selection])[0][
+            "panoptic_seg"
+        ]
 
     def official():
         return postprocessor(outputs, [tuple(input_size)], [tuple(output_size)])[0]

@@ -332,7 +332,8 @@ def test_dataset_id_slots_map_back_to_contiguous():
         out["pred_logits"][0, :, 13] = 10
         out["pred_logits"][0, 0, 13] = -10
         out["pred_logits"][0, 0, 9] = 10
-        (r,) = m.postprocess(out, [inp], images.image_sizes)
+        selection = m.select_queries(out["pred_logits"][0], every_mask=True)
+        (r,) = m.postprocess(out, [inp], images.image_sizes, [out["pred_masks"][0]], [selection])
     id_map, segs = r["panoptic_seg"]
     assert segs == [
         {"id": 1, "category_id": 3, "isthing": False, "score": segs[0]["score"], "area": 48 * 48}

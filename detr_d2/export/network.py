@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling.panoptic_inference import panoptic_queries
+from ..modeling.query_masks import scale_attention
 
 __all__ = ["PanopticNetwork", "check_exportable", "check_image"]
 
@@ -97,7 +98,8 @@ class PanopticNetwork(nn.Module):
         # DetrPanoptic.query_masks(state, [run], crop_to_image=False) for one image, without its
         # shortcut for no query (a Python branch the tracer would freeze)
         att = m.bbox_attention(state["hs"][:, run], state["memory"], mask=state["mask"])
-        att = m._scale_attention(att, state["mask"])
+        if m.mask_head_feature_norm:
+            att = scale_attention(att, state["mask"])
         feat = state["features"]
         seg = m.mask_head(feat, att, state["fpns"], projected=m.mask_head.project_features(feat))[
             :, 0

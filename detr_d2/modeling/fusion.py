@@ -31,8 +31,10 @@ from torch import Tensor
 __all__ = [
     "bilinear_taps",
     "class_predictions",
+    "class_predictions_from_probs",
     "crop_mask_padding",
     "fuse_panoptic",
+    "fuse_panoptic_predictions",
     "fuse_panoptic_traceable",
     "pil_nearest_indices",
     "sampled_bilinear",
@@ -98,8 +100,13 @@ def class_predictions(logits: Tensor, label_map: Tensor) -> Tuple[Tensor, Tensor
     """(scores, labels) of the argmax over all S+1 softmax outputs of ``logits`` (Q, S+1); labels
     are contiguous ids through ``label_map`` (S,) slot -> id (-1: unused slot; the identity when
     slots are contiguous ids), S (no-object) stays S."""
-    num_slots = logits.shape[-1] - 1
-    scores, labels = logits.float().softmax(-1).max(-1)
+    return class_predictions_from_probs(logits.float().softmax(-1), label_map)
+
+
+def class_predictions_from_probs(probs: Tensor, label_map: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`class_predictions` of the softmax ``probs`` (Q, S+1) already computed."""
+    num_slots = probs.shape[-1] - 1
+    scores, labels = probs.max(-1)
     mapped = label_map.to(labels.device)[labels.clamp(max=num_slots - 1)]
     return scores, torch.where(labels < num_slots, mapped, labels)
 
@@ -145,10 +152,44 @@ def fuse_panoptic(
         ``segment_ids`` (1..N), ``category_ids`` (contiguous), ``isthing``, ``scores`` (float32),
         ``areas`` (int64 pixels of the output map).
     """
-    device = logits.device
+    if mask_queries.numel() == 0:
+        return _empty_result(output_height, output_width, logits.device)
+    scores, labels = class_predictions(logits, label_map)
+    return fuse_panoptic_predictions(
+        scores,
+        labels,
+        masks,
+        mask_queries,
+        image_height,
+        image_width,
+        output_height,
+        output_width,
+        is_thing,
+        min_area,
+        mask_stride,
+        crop_padding,
+    )
+
+
+def fuse_panoptic_predictions(
+    scores: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    mask_queries: Tensor,
+    image_height: int,
+    image_width: int,
+    output_height: int,
+    output_width: int,
+    is_thing: Tensor,
+    min_area: int,
+    mask_stride: int,
+    crop_padding: bool,
+) -> Dict[str, Tensor]:
+    """:func:`fuse_panoptic` from the class predictions (:func:`class_predictions`) of the image's
+    queries, (Q,) ``scores`` and contiguous ``labels``, computed once by the caller."""
+    device = scores.device
     if mask_queries.numel() == 0:
         return _empty_result(output_height, output_width, device)
-    scores, labels = class_predictions(logits, label_map)
     rows_u, rows_inv = torch.unique(
         pil_nearest_indices(image_height, output_height), return_inverse=True
     )

@@ -6,31 +6,21 @@ names without the ``detr.`` prefix: ``input_proj``, ``transformer``, ``query_emb
 ``class_embed``, ``bbox_embed.layers.{0,1,2}``, and with ``MODEL.MASK_ON`` the official
 ``bbox_attention`` and ``mask_head``. Pixel mean/std are non-persistent buffers.
 
-Inputs follow Detectron2: a list of dicts with ``image`` (C, H, W) uint8/float in ``INPUT.FORMAT``
-order, optional ``height``/``width`` (output size), and for training ``instances`` with
-``gt_classes`` (contiguous ids), ``gt_boxes`` (XYXY pixels of the input image), ``gt_masks`` and
-optionally ``gt_is_crowd`` (crowd segments are never matched as positives).
+Inputs follow Detectron2 (:mod:`.inputs`, :mod:`.targets`).
 
 The mask head runs only where its output is used (:meth:`DetrPanoptic.query_masks`): at inference on
-the queries the enabled outputs read (:meth:`DetrPanoptic.mask_queries`), in training on the queries
-matched to a target (the matcher uses class and box costs only). ``MODEL.DETR.ALL_QUERY_MASKS``
-computes every query's mask as official DETR does (same results: each query's mask is independent of
-the others').
+the queries the enabled outputs read (decided once per image: :mod:`.query_selection`), in training
+on the queries matched to a target (the matcher uses class and box costs only). Masks travel in one
+format, per image with their sorted query indices (:mod:`.query_masks`);
+``MODEL.DETR.ALL_QUERY_MASKS`` computes every query's mask as official DETR does (same results:
+each query's mask is independent of the others'). The network pass: :mod:`.detector`; input checks:
+:mod:`.inputs`; training targets: :mod:`.targets`.
 
-Group DETR (``MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS`` K > 1; Chen et al., ICCV 2023), a
-training-only aid: in training the decoder also decodes K - 1 extra groups of Q queries
-(``group_query_embed.weight``, (K-1)*Q x C, group-major), self-attention kept within each group;
-each group is matched one-to-one and the losses are averaged over the groups (``SetCriterion``). At
-inference only ``query_embed`` (group 0) is decoded, so the model is exactly the plain one.
-Checkpoints: a plain model ignores ``group_query_embed.weight`` (logged); a grouped model loading a
-checkpoint without it (official, plain) initialises the extra groups as copies of the checkpoint's
-``query_embed`` plus Gaussian noise (std 0.1 x the std of those embeddings: identical copies would
-get identical gradients and stay identical; ``weight_loading.adapt_group_queries``). Stage 2
-(``FROZEN_WEIGHTS``) with K > 1 needs a stage 1 trained with K groups (their trained queries are
-frozen with the detector; the mask head learns from the matched queries of every group).
-
-Duplicate suppression (``MODEL.DETR.DUPLICATE_SUPPRESSION``), another training-only aid, is a
-class-loss weight in ``SetCriterion`` (no parameter); stage 2 refuses it (the class head is frozen).
+Training-only aids (docs/training_aids.md): Group DETR (``MODEL.DETR.GROUP_DETR.NUM_QUERY_GROUPS``
+K > 1; Chen et al., ICCV 2023) decodes K - 1 extra groups of queries in training
+(``group_query_embed``, group-major, self-attention within each group; checkpoints load both ways:
+``weight_loading.adapt_group_queries``); at inference only ``query_embed`` (group 0) is decoded.
+Duplicate suppression is a class-loss weight in ``SetCriterion``.
 
 Follows ``DETR`` (``models/detr.py``), ``DETRsegm`` (``models/segmentation.py``) and the Detectron2
 wrapper ``d2/detr/detr.py`` (facebookresearch/detr at 29901c5).
@@ -42,10 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
+from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
-from torchvision.ops import box_convert
 
 from ..checkpoint.weight_loading import (
     MASK_HEAD_PREFIXES,
@@ -56,20 +45,18 @@ from ..checkpoint.weight_loading import (
 from ..config_rules import validate_detr_config
 from ..data.datasets.panoptic_metadata import class_slots
 from ..data.datasets.register_from_file import register_datasets_from_config
-from .batch_invariance import BatchInvariantBackbone, ceil_padding_mask, resize_padding_mask
+from .batch_invariance import BatchInvariantBackbone
+from .builders import build_criterion, build_transformer
 from .criterion import SetCriterion
-from .fusion import segments_info_from_tensors
+from .detector import forward_detector
+from .inputs import preprocess_image
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
-from .matcher import HungarianMatcher
 from .mlp import MLP
-from .panoptic_inference import (
-    instance_inference,
-    instance_queries,
-    panoptic_fusion_tensors,
-    panoptic_queries,
-    semantic_inference,
-)
+from .panoptic_inference import image_outputs
 from .position_encoding import PositionEmbeddingSine
+from .query_masks import compute_query_masks, training_mask_fn
+from .query_selection import QuerySelection, select_queries
+from .targets import contiguous_to_slot, prepare_targets
 from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
@@ -77,16 +64,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["DetrPanoptic"]
 
 
-def _image_cells(t: Tensor, i: int, cells: Tuple[int, int]) -> Tensor:
-    """Image ``i`` of the batched map ``t`` (B, ..., H, W), its top-left ``cells`` = (h, w): (1,
-    ..., h, w)."""
-    return t[i : i + 1, ..., : cells[0], : cells[1]]
-
-
 @META_ARCH_REGISTRY.register()
 class DetrPanoptic(nn.Module):
-    """DETR (+ panoptic mask head). See the module docstring for the input/output and key
-    conventions."""
+    """DETR (+ panoptic mask head); conventions in the module docstring."""
 
     @configurable
     def __init__(
@@ -191,13 +171,7 @@ class DetrPanoptic(nn.Module):
         self.register_buffer("is_thing", torch.tensor(list(is_thing), dtype=torch.bool), False)
         lm = None if label_map is None else torch.tensor(list(label_map), dtype=torch.int64)
         self.register_buffer("label_map", lm, False)
-        if lm is not None:
-            contig_to_slot = torch.full((len(is_thing),), -1, dtype=torch.int64)
-            valid = lm >= 0
-            contig_to_slot[lm[valid]] = valid.nonzero().flatten()
-            self.register_buffer("contiguous_to_slot", contig_to_slot, False)
-        else:
-            self.contiguous_to_slot = None
+        self.register_buffer("contiguous_to_slot", contiguous_to_slot(lm, len(is_thing)), False)
         self.object_mask_threshold = object_mask_threshold
         self.min_segment_area = min_segment_area
         self.panoptic_on = panoptic_on
@@ -226,51 +200,13 @@ class DetrPanoptic(nn.Module):
             list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN),
             all_things_without_metadata=d.ALL_THINGS_WITHOUT_METADATA,
         )
-        transformer = Transformer(
-            d_model=d.HIDDEN_DIM,
-            nhead=d.NHEADS,
-            num_encoder_layers=d.ENC_LAYERS,
-            num_decoder_layers=d.DEC_LAYERS,
-            dim_feedforward=d.DIM_FEEDFORWARD,
-            dropout=d.DROPOUT,
-            normalize_before=d.PRE_NORM,
-        )
-        matcher = HungarianMatcher(
-            cost_class=d.COST_CLASS, cost_bbox=d.COST_BBOX, cost_giou=d.COST_GIOU
-        )
-        weight_dict = {
-            "loss_ce": d.CLASS_WEIGHT,
-            "loss_bbox": d.L1_WEIGHT,
-            "loss_giou": d.GIOU_WEIGHT,
-        }
-        losses = ["labels", "boxes"]
-        if cfg.MODEL.MASK_ON:
-            weight_dict.update({"loss_mask": d.MASK_WEIGHT, "loss_dice": d.DICE_WEIGHT})
-            losses.append("masks")
-        if d.DEEP_SUPERVISION:
-            base = {k: v for k, v in weight_dict.items() if k not in ("loss_mask", "loss_dice")}
-            for i in range(d.DEC_LAYERS - 1):
-                weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
-        criterion = SetCriterion(
-            slots.num_slots,
-            matcher,
-            weight_dict,
-            eos_coef=d.NO_OBJECT_WEIGHT,
-            losses=losses,
-            focal_alpha=d.FOCAL_ALPHA,
-            focal_gamma=d.FOCAL_GAMMA,
-            duplicate_no_object_weight=d.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT
-            if d.DUPLICATE_SUPPRESSION.ENABLED
-            else None,
-            duplicate_iou_threshold=d.DUPLICATE_SUPPRESSION.IOU_THRESHOLD,
-        )
         t = cfg.TEST
         return {
             "backbone": backbone,
-            "transformer": transformer,
+            "transformer": build_transformer(cfg),
             "num_classes": slots.num_slots,
             "num_queries": d.NUM_OBJECT_QUERIES,
-            "criterion": criterion,
+            "criterion": build_criterion(cfg, slots.num_slots),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "is_thing": slots.is_thing,
@@ -319,130 +255,29 @@ class DetrPanoptic(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Tensor]:
-        """Normalise, pad bottom/right with zeros (in normalised space) to the batch's max size, and
-        build
-        the (B, H, W) padding mask (True on padded pixels)."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            img = x.get("image")
-            if (
-                not isinstance(img, Tensor)
-                or img.dim() != 3
-                or img.shape[0] != self.pixel_mean.shape[0]
-            ):
-                raise ValueError(
-                    f"batched_inputs[{i}]['image'] must be a ({self.pixel_mean.shape[0]}, H, "
-                    "W) tensor, got "
-                    f"{type(img).__name__}{'' if not isinstance(img, Tensor) else tuple(img.shape)}"
-                )
-            if img.shape[-1] < 1 or img.shape[-2] < 1:
-                raise ValueError(f"batched_inputs[{i}]['image'] is empty: shape {tuple(img.shape)}")
-            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
-        images = ImageList.from_tensors(images, size_divisibility=0)
-        b, _, hp, wp = images.tensor.shape
-        mask = torch.ones((b, hp, wp), dtype=torch.bool, device=self.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            mask[i, :h, :w] = False
-        return images, mask
+        """Checked, normalised and padded images and the (B, H, W) padding mask
+        (:func:`~detr_d2.modeling.inputs.preprocess_image`)."""
+        return preprocess_image(batched_inputs, self.pixel_mean, self.pixel_std)
 
     def forward_detector(self, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, Dict]:
-        """Backbone, transformer and the class/box heads.
-
-        Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1]
-        of each image's own size, ``aux_outputs`` (training with deep supervision); and ``state``,
-        what the mask head reads: ``hs`` (B, Q, C) last decoder layer (in training with Group DETR,
-        Q = K groups x the queries, group-major; at inference always group 0 only), ``memory`` and
-        ``features`` (B, C, H/32, W/32: the encoder output and the projected res5), ``mask`` (B,
-        H/32, W/32, True on padding), ``fpns`` [res4, res3, res2], ``sizes`` (each image's (h, w))
-        and ``padded``.
-
-        ``pixel_mask`` (B, H, W) is True on padding. Feature-level masks: DETR's legacy-nearest
-        resize of the pixel mask; with ``batch_invariant`` the first ceil(h/stride) x ceil(w/stride)
-        cells are valid
-        (what a single image has). Both are identical to DETR for a single image."""
-        valid = ~pixel_mask
-        sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
-        padded = any(sz != tuple(images.shape[-2:]) for sz in sizes)
-        if self.batch_invariant is not None and padded:
-            with self.batch_invariant.active(sizes, tuple(images.shape[-2:])):
-                feats = self.backbone(images)
-        else:
-            feats = self.backbone(images)
-        feats = [feats[f] for f in self.in_features]
-        src = feats[-1]
-        if self.batch_invariant is not None and padded:
-            mask = ceil_padding_mask(sizes, src.shape[-2:], self.feature_strides[-1], images.device)
-        else:
-            mask = resize_padding_mask(pixel_mask, src.shape[-2:])
-        pos = self.position_encoding(mask).to(src.dtype)
-        src_proj = self.input_proj(src)
-        queries, groups = self.query_embed.weight, 1
-        if self.training and self.group_query_embed is not None:
-            queries, groups = (
-                torch.cat([queries, self.group_query_embed.weight]),
-                self.num_query_groups,
-            )
-        hs, memory = self.transformer(src_proj, mask, queries, pos, query_groups=groups)
-        outputs_class = self.class_embed(hs)
-        outputs_coord = self.bbox_embed(hs).sigmoid()
-        out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss and self.training:
-            out["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b}
-                for a, b in zip(outputs_class[:-1], outputs_coord[:-1])
-            ]
-        feat = src_proj
-        if self.mask_head_feature_norm:
-            feat = feat / feat.pow(2).mean(1, keepdim=True).add(1e-6).sqrt()
-        state = {
-            "hs": hs[-1],
-            "memory": memory,
-            "features": feat,
-            "mask": mask,
-            "fpns": feats[2::-1] if self.mask_on else [],
-            "sizes": sizes,
-            "padded": padded,
-        }
-        return out, state
+        """Backbone, transformer and the class/box heads: ``(outputs, state)``
+        (:func:`~detr_d2.modeling.detector.forward_detector`)."""
+        return forward_detector(self, images, pixel_mask)
 
     def query_masks(
         self, state: Dict, queries: Sequence[Tensor], crop_to_image: bool
     ) -> List[Tensor]:
-        """Mask logits of the given queries, image by image: ``queries[i]`` (n_i,) sorted query
-        indices of image i -> (n_i, H_i, W_i) stride-4 mask logits. The attention maps
-        (``bbox_attention``) and the FPN head (``mask_head``) run on these queries only; the
-        image-feature part of the head's first convolution is computed once per image
-        (``MaskHeadSmallConv.project_features``).
-
-        ``crop_to_image``: run on each image's own region (ceil(h/stride) cells at every stride; the
-        result
-        an image gets alone), else on the whole padded batch grid (DETR's training computation)."""
-        strides = self.feature_strides
-        out = []
-        for i, q in enumerate(queries):
-            if crop_to_image:
-                h, w = state["sizes"][i]
-                cells = [(-(-h // s), -(-w // s)) for s in strides]
-            else:
-                cells = [tuple(f.shape[-2:]) for f in state["fpns"][::-1]] + [
-                    tuple(state["mask"].shape[-2:])
-                ]
-
-            if len(q) == 0:
-                out.append(state["features"].new_zeros((0, *cells[0])))
-                continue
-
-            m5 = _image_cells(state["mask"], i, cells[3])
-            q = q.to(state["hs"].device)
-            att = self.bbox_attention(
-                state["hs"][i : i + 1, q], _image_cells(state["memory"], i, cells[3]), mask=m5
-            )
-            att = self._scale_attention(att, m5)
-            feat = _image_cells(state["features"], i, cells[3])
-            fpns = [_image_cells(f, i, cells[2 - k]) for k, f in enumerate(state["fpns"])]
-            seg = self.mask_head(feat, att, fpns, projected=self.mask_head.project_features(feat))
-            out.append(seg[:, 0])
-        return out
+        """Per image, the (n_i, Hm, Wm) mask logits of the sorted queries ``queries[i]``
+        (:func:`~detr_d2.modeling.query_masks.compute_query_masks`)."""
+        return compute_query_masks(
+            self.bbox_attention,
+            self.mask_head,
+            state,
+            queries,
+            self.feature_strides,
+            crop_to_image,
+            self.mask_head_feature_norm,
+        )
 
     def all_masks(self, state: Dict, crop_to_image: bool) -> Tensor:
         """(B, Q, Hm, Wm) mask logits of every query (:meth:`query_masks` on all queries); with
@@ -468,17 +303,6 @@ class DetrPanoptic(nn.Module):
             out["pred_masks"] = self.all_masks(state, crop_to_image=crop)
         return out
 
-    def _scale_attention(self, bbox_mask: Tensor, mask: Tensor) -> Tensor:
-        """With ``mask_head_feature_norm`` (not in official DETR; for training from scratch): the
-        attention maps (B, Q, nheads, H, W), which sum to 1 over heads x valid positions, are scaled
-        so a uniform map is 1, matching the unit-RMS features they are concatenated with; otherwise
-        every query gets nearly
-        the same mask."""
-        if not self.mask_head_feature_norm:
-            return bbox_mask
-        valid = (~mask).flatten(1).sum(1).to(bbox_mask.dtype) * bbox_mask.shape[2]
-        return bbox_mask * valid.view(-1, 1, 1, 1, 1)
-
     def forward(self, batched_inputs: List[Dict]):
         images, pixel_mask = self.preprocess_image(batched_inputs)
         outputs, state = self.forward_detector(images.tensor, pixel_mask)
@@ -486,10 +310,7 @@ class DetrPanoptic(nn.Module):
             targets = self.prepare_targets(batched_inputs, images)
             mask_fn = None
             if self.mask_on:
-                if self.all_query_masks:
-                    outputs["pred_masks"] = self.all_masks(state, crop_to_image=False)
-                else:
-                    mask_fn = lambda queries: self.query_masks(state, queries, crop_to_image=False)  # noqa: E731
+                mask_fn = training_mask_fn(self.query_masks, state, self.all_query_masks)
             losses = self.criterion(outputs, targets, mask_fn, num_groups=self.num_query_groups)
             class_error = losses.pop("class_error", None)
             if class_error is not None:
@@ -501,69 +322,34 @@ class DetrPanoptic(nn.Module):
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
         return self.inference(outputs, state, batched_inputs, images.image_sizes)
 
-    # ------------------------------------------------------------------ targets
     def prepare_targets(
         self, batched_inputs: List[Dict], images: ImageList
     ) -> List[Dict[str, Tensor]]:
-        targets = []
-        for i, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
-            inst: Optional[Instances] = x.get("instances")
-            if inst is None:
-                raise ValueError(
-                    f"batched_inputs[{i}] has no 'instances' (training needs a mapper that "
-                    "adds them)"
-                )
-            inst = inst.to(self.device)
-            if inst.has("gt_is_crowd") and len(inst):
-                inst = inst[~inst.gt_is_crowd.bool()]
-            classes = inst.gt_classes.long()
-            if len(classes) and (classes.min() < 0 or classes.max() >= len(self.is_thing)):
-                raise ValueError(
-                    f"batched_inputs[{i}] ({x.get('file_name', '?')}): gt_classes "
-                    f"{classes.tolist()} outside "
-                    f"0..{len(self.is_thing) - 1}; MODEL.DETR.NUM_CLASSES / dataset metadata "
-                    "mismatch"
-                )
-            if self.contiguous_to_slot is not None:
-                classes = self.contiguous_to_slot[classes]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            boxes = (
-                box_convert(inst.gt_boxes.tensor.float() / scale, "xyxy", "cxcywh")
-                if len(inst)
-                else torch.zeros((0, 4), device=self.device)
-            )
-            t = {"labels": classes, "boxes": boxes}
-            if self.mask_on:
-                if not inst.has("gt_masks"):
-                    raise ValueError(
-                        f"batched_inputs[{i}]: instances have no gt_masks but MODEL.MASK_ON is True"
-                    )
-                gm = inst.gt_masks
-                if isinstance(gm, PolygonMasks):
-                    gm = BitMasks.from_polygon_masks(gm, h, w)
-                t["masks"] = gm.tensor if isinstance(gm, BitMasks) else gm
-                if len(inst) == 0:
-                    t["masks"] = torch.zeros((0, h, w), dtype=torch.bool, device=self.device)
-            targets.append(t)
-        return targets
+        """DETR's targets (:func:`~detr_d2.modeling.targets.prepare_targets`)."""
+        return prepare_targets(
+            batched_inputs,
+            images.image_sizes,
+            len(self.is_thing),
+            self.contiguous_to_slot,
+            self.mask_on,
+            self.device,
+        )
 
     # ------------------------------------------------------------------ inference
-    def mask_queries(self, logits: Tensor) -> Tensor:
-        """Sorted indices of the queries of one image (``logits`` (Q, S+1)) whose masks the enabled
-        outputs read: the panoptic fusion's kept queries, the thing queries of ``instances`` above
-        ``instance_score_threshold``, every query for ``sem_seg`` (a sum over all queries)."""
-        if self.semantic_on or self.all_query_masks:
-            return torch.arange(logits.shape[0], device=logits.device)
-        need = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-        if self.panoptic_on:
-            need[panoptic_queries(logits, self.object_mask_threshold, self.label_map)] = True
-        if self.instance_on:
-            need[
-                instance_queries(
-                    logits, self.is_thing, self.instance_score_threshold, self.label_map
-                )
-            ] = True
-        return need.nonzero().flatten()
+    def select_queries(self, logits: Tensor, every_mask: bool = False) -> QuerySelection:
+        """The decisions of one image (``logits`` (Q, S+1)), made once: the panoptic fusion's kept
+        queries, the ``instances``, and the queries whose masks are computed (every query for
+        ``sem_seg``, ``all_query_masks`` or ``every_mask``; :mod:`.query_selection`)."""
+        return select_queries(
+            logits,
+            self.is_thing,
+            self.label_map,
+            threshold=self.object_mask_threshold,
+            instance_score_threshold=self.instance_score_threshold,
+            panoptic=self.panoptic_on,
+            instances=self.instance_on,
+            every_mask=every_mask or self.semantic_on or self.all_query_masks,
+        )
 
     def inference(
         self,
@@ -572,85 +358,42 @@ class DetrPanoptic(nn.Module):
         batched_inputs: List[Dict],
         image_sizes: List[Tuple[int, int]],
     ) -> List[Dict]:
-        """Detectron2 outputs per image (see the README): the masks of the queries the enabled
-        outputs read
-        are computed (:meth:`mask_queries`, :meth:`query_masks`), then :meth:`postprocess`."""
-        if not self.mask_on:
-            return self.postprocess(outputs, batched_inputs, image_sizes)
-        queries = [self.mask_queries(logits) for logits in outputs["pred_logits"]]
-        masks = self.query_masks(
-            state, queries, crop_to_image=self.batch_invariant is not None and state["padded"]
-        )
-        return self.postprocess(
-            outputs, batched_inputs, image_sizes, masks=masks, mask_queries=queries
-        )
+        """Detectron2 outputs per image: each image's queries are selected once
+        (:meth:`select_queries`), the masks of those that the enabled outputs read computed
+        (:meth:`query_masks`, on each image's own region when the batch is padded), then
+        :meth:`postprocess`."""
+        selections = [self.select_queries(logits) for logits in outputs["pred_logits"]]
+        masks = None
+        if self.mask_on:
+            crop = self.batch_invariant is not None and state["padded"]
+            masks = self.query_masks(state, [s.masks for s in selections], crop_to_image=crop)
+        return self.postprocess(outputs, batched_inputs, image_sizes, masks, selections)
 
     def postprocess(
         self,
         outputs: Dict,
         batched_inputs: List[Dict],
         image_sizes: List[Tuple[int, int]],
-        masks: Optional[Sequence[Tensor]] = None,
-        mask_queries: Optional[Sequence[Tensor]] = None,
+        masks: Optional[Sequence[Tensor]],
+        selections: Sequence[QuerySelection],
     ) -> List[Dict]:
-        """Raw outputs -> Detectron2 outputs per image. Mask logits: ``outputs["pred_masks"]`` (B,
-        Q, Hm, Wm)
-        of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries
-        ``mask_queries[i]``."""
+        """Raw outputs -> Detectron2 outputs per image (``panoptic_seg``, ``instances``,
+        ``sem_seg``). ``masks[i]``: (n_i, Hm, Wm) mask logits of the sorted queries
+        ``selections[i].masks`` (None without ``mask_on``)."""
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             if not torch.jit.is_tracing():  # traced: sizes stay (tensor) inputs of the graph
                 out_size = (int(out_size[0]), int(out_size[1]))
-            logits = outputs["pred_logits"][i]
-            if masks is not None:
-                m, q = masks[i], mask_queries[i]
-            else:
-                m, q = (outputs["pred_masks"][i] if self.mask_on else None), None
-            r: Dict = {}
-            if self.panoptic_on:
-                fused = panoptic_fusion_tensors(
-                    logits,
-                    m,
-                    image_size,
-                    out_size,
-                    self.is_thing,
-                    threshold=self.object_mask_threshold,
-                    min_area=self.min_segment_area,
-                    mask_stride=self.mask_stride,
-                    crop_padding=self.crop_mask_padding,
-                    label_map=self.label_map,
-                    mask_queries=q,
-                )
-                # traced: always the per-segment tensors (a traceable structure; docs/export.md)
-                segments = {k: v for k, v in fused.items() if k != "panoptic_seg"}
-                if not (self.segments_as_tensors or torch.jit.is_tracing()):
-                    segments = segments_info_from_tensors(fused)
-                r["panoptic_seg"] = (fused["panoptic_seg"], segments)
-            if self.instance_on:
-                r["instances"] = instance_inference(
-                    logits,
+            results.append(
+                image_outputs(
+                    self,
+                    outputs["pred_logits"][i],
                     outputs["pred_boxes"][i],
-                    m,
+                    masks[i] if masks is not None else None,
+                    selections[i],
                     image_size,
                     out_size,
-                    self.is_thing,
-                    mask_stride=getattr(self, "mask_stride", 4),
-                    label_map=self.label_map,
-                    score_threshold=self.instance_score_threshold,
-                    mask_queries=q,
                 )
-            if self.semantic_on:
-                if q is not None and len(q) != logits.shape[0]:
-                    raise ValueError("sem_seg needs the masks of all queries")
-                r["sem_seg"] = semantic_inference(
-                    logits,
-                    m,
-                    image_size,
-                    out_size,
-                    len(self.is_thing),
-                    mask_stride=self.mask_stride,
-                    label_map=self.label_map,
-                )
-            results.append(r)
+            )
         return results

@@ -13,9 +13,11 @@ from .fusion import (
     class_predictions,
     crop_mask_padding,
     fuse_panoptic,
+    fuse_panoptic_predictions,
     fuse_panoptic_traceable,
     segments_info_from_tensors,
 )
+from .query_selection import QuerySelection
 
 SizeLike = Tuple[object, object]  # (h, w): ints, or 0-dim tensors under torch.jit.trace
 
@@ -66,12 +68,16 @@ def panoptic_fusion_tensors(
     crop_padding: bool = True,
     label_map: Optional[Tensor] = None,
     mask_queries: Optional[Tensor] = None,
+    selection: Optional[QuerySelection] = None,
 ) -> Dict[str, Tensor]:
     """:func:`panoptic_fusion` with the segments as tensors (:func:`~detr_d2.modeling.fusion.
     fuse_panoptic`'s result). Under ``torch.jit.trace`` the sizes may be 0-dim tensors: the fusion
     then runs scripted with the sizes as graph inputs (:func:`~detr_d2.modeling.fusion.
-    fuse_panoptic_traceable`)."""
-    idx = panoptic_queries(logits, threshold, label_map)
+    fuse_panoptic_traceable`). ``selection``: the image's decisions made once
+    (:func:`~detr_d2.modeling.query_selection.select_queries`; ``threshold`` is then unused)."""
+    idx = (
+        panoptic_queries(logits, threshold, label_map) if selection is None else selection.panoptic
+    )
     kept = _rows(masks, idx, mask_queries)
     label_map = _label_map_or_identity(logits, label_map)
     if torch.jit.is_tracing():
@@ -83,6 +89,21 @@ def panoptic_fusion_tensors(
         )
     h, w = (int(v) for v in image_size)
     h_out, w_out = (int(v) for v in output_size)
+    if selection is not None:
+        return fuse_panoptic_predictions(
+            selection.scores,
+            selection.labels,
+            kept,
+            idx,
+            h,
+            w,
+            h_out,
+            w_out,
+            is_thing,
+            min_area,
+            mask_stride,
+            crop_padding,
+        )
     return fuse_panoptic(
         logits,
         kept,
@@ -112,6 +133,7 @@ def panoptic_fusion(
     crop_padding: bool = True,
     label_map: Optional[Tensor] = None,
     mask_queries: Optional[Tensor] = None,
+    selection: Optional[QuerySelection] = None,
 ) -> Tuple[Tensor, List[Dict]]:
     """Fuse one image's query predictions into a panoptic id map (DETR's ``PostProcessPanoptic``;
     the algorithm: :mod:`~detr_d2.modeling.fusion`).
@@ -125,6 +147,8 @@ def panoptic_fusion(
         is_thing: (C,) bool per contiguous class id.
         label_map: optional (S,) int64 slot -> contiguous id (-1: not a class; such queries are not
             kept). None means slots are contiguous ids.
+        selection: the image's :class:`~detr_d2.modeling.query_selection.QuerySelection`, when
+            the caller has made the decisions (then ``threshold`` is unused).
     Returns:
         id map (H, W) int32 (segments 1..N, 0 = void), and ``segments_info`` dicts with ``id``,
         ``category_id`` (contiguous), ``isthing``, ``score``, ``area``.
@@ -141,6 +165,7 @@ def panoptic_fusion(
         crop_padding=crop_padding,
         label_map=label_map,
         mask_queries=mask_queries,
+        selection=selection,
     )
     return result["panoptic_seg"], segments_info_from_tensors(result)
 
@@ -181,15 +206,20 @@ def instance_inference(
     label_map: Optional[Tensor] = None,
     score_threshold: float = 0.0,
     mask_queries: Optional[Tensor] = None,
+    selection: Optional[QuerySelection] = None,
 ) -> Instances:
     """Detectron2 ``Instances`` of every query whose best real class is a thing with a class score
     above ``score_threshold`` (0: no threshold, as DETR's COCO detection evaluation). Boxes: the box
     head's cxcywh (relative to the image) -> XYXY pixels of ``output_size``; masks: sigmoid > 0.5 of
     the padding-cropped logits resized to ``output_size``; scores: the class probability (softmax
     over all slots + no-object). ``masks``: (Q, Hm, Wm), or (K, Hm, Wm) of the sorted queries
-    ``mask_queries`` (must include
-    :func:`instance_queries`)."""
-    scores, labels, keep = _thing_predictions(logits, is_thing, score_threshold, label_map)
+    ``mask_queries`` (must include :func:`instance_queries`). ``selection``: the image's decisions
+    made once (then ``score_threshold`` is unused)."""
+    if selection is None:
+        scores, labels, keep = _thing_predictions(logits, is_thing, score_threshold, label_map)
+    else:
+        scores, labels = selection.thing_scores, selection.thing_labels
+        keep = selection.instances
     h_out, w_out = output_size
     result = Instances((h_out, w_out))
     xyxy = box_convert(boxes[keep].float(), "cxcywh", "xyxy") * torch.tensor(
@@ -221,11 +251,12 @@ def semantic_inference(
     *,
     mask_stride: int = 4,
     label_map: Optional[Tensor] = None,
+    probs: Optional[Tensor] = None,
 ) -> Tensor:
     """(C, H, W) per-class scores: sum over queries of p(class) * sigmoid(mask), as Mask2Former's
     semantic
     inference, for Detectron2's ``SemSegEvaluator`` (it takes the argmax)."""
-    probs = logits.float().softmax(-1)[:, :-1]
+    probs = (logits.float().softmax(-1) if probs is None else probs)[:, :-1]
     if label_map is not None:  # fold slots into contiguous classes
         valid = label_map >= 0
         folded = probs.new_zeros((probs.shape[0], num_classes))
@@ -236,3 +267,65 @@ def semantic_inference(
         m[:, None].float(), size=tuple(output_size), mode="bilinear", align_corners=False
     )[:, 0]
     return torch.einsum("qc,qhw->chw", probs, m.sigmoid())
+
+
+def image_outputs(
+    model,
+    logits: Tensor,
+    boxes: Tensor,
+    masks: Optional[Tensor],
+    selection: QuerySelection,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+) -> Dict:
+    """Detectron2 outputs of one image of ``model`` (a ``DetrPanoptic``: its ``TEST.*`` options and
+    class tables): ``panoptic_seg``, ``instances`` and ``sem_seg`` as enabled. ``logits`` (Q, S+1),
+    ``boxes`` (Q, 4); ``masks`` (n, Hm, Wm) of the sorted queries ``selection.masks`` (None without
+    masks); ``selection``: the image's decisions (:meth:`DetrPanoptic.select_queries`)."""
+    r: Dict = {}
+    if model.panoptic_on:
+        fused = panoptic_fusion_tensors(
+            logits,
+            masks,
+            image_size,
+            output_size,
+            model.is_thing,
+            min_area=model.min_segment_area,
+            mask_stride=model.mask_stride,
+            crop_padding=model.crop_mask_padding,
+            label_map=model.label_map,
+            mask_queries=selection.masks,
+            selection=selection,
+        )
+        # traced: always the per-segment tensors (a traceable structure; docs/export.md)
+        segments = {k: v for k, v in fused.items() if k != "panoptic_seg"}
+        if not (model.segments_as_tensors or torch.jit.is_tracing()):
+            segments = segments_info_from_tensors(fused)
+        r["panoptic_seg"] = (fused["panoptic_seg"], segments)
+    if model.instance_on:
+        r["instances"] = instance_inference(
+            logits,
+            boxes,
+            masks,
+            image_size,
+            output_size,
+            model.is_thing,
+            mask_stride=getattr(model, "mask_stride", 4),
+            label_map=model.label_map,
+            mask_queries=selection.masks if masks is not None else None,
+            selection=selection,
+        )
+    if model.semantic_on:
+        if len(selection.masks) != logits.shape[0]:
+            raise ValueError("sem_seg needs the masks of all queries")
+        r["sem_seg"] = semantic_inference(
+            logits,
+            masks,
+            image_size,
+            output_size,
+            len(model.is_thing),
+            mask_stride=model.mask_stride,
+            label_map=model.label_map,
+            probs=selection.probs,
+        )
+    return r
