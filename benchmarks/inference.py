@@ -372,8 +372,8 @@ class OursPipeline:
             ),
             patch_method(
                 self.model,
-                "mask_queries",
-                on_return=lambda q: keep.setdefault("queries", []).append(q),
+                "select_queries",
+                on_return=lambda s: keep.setdefault("queries", []).append(s.masks),
             ),
             patch_method(
                 self.model, "query_masks", on_return=lambda m: keep.__setitem__("masks", m)

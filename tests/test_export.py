@@ -160,11 +160,10 @@ def _setup(cfg, short_sides, plans, threshold=0.85, seed=0):
     raw = []  # the eager model's own network outputs, captured on their way to its post-processing
     postprocess = model.postprocess
 
-    def capture(outputs, batched_inputs, image_sizes, masks=None, mask_queries=None):
-        raw.append((outputs["pred_logits"][0], outputs["pred_boxes"][0], mask_queries[0], masks[0]))
-        return postprocess(
-            outputs, batched_inputs, image_sizes, masks=masks, mask_queries=mask_queries
-        )
+    def capture(outputs, batched_inputs, image_sizes, masks, selections):
+        queries = selections[0].masks  # the queries whose masks were computed
+        raw.append((outputs["pred_logits"][0], outputs["pred_boxes"][0], queries, masks[0]))
+        return postprocess(outputs, batched_inputs, image_sizes, masks, selections)
 
     model.postprocess = capture
     with torch.no_grad():
