@@ -59,11 +59,11 @@ class DetrPanopticPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         return {"image": tensor, "height": h, "width": w}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, bgr_image: np.ndarray) -> Dict:
         return self.model([self._inputs(bgr_image)])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def raw(self, bgr_image: np.ndarray) -> Tuple[Dict, Dict]:
         """(prediction dict, raw outputs of the single image: pred_logits (Q, S+1), pred_boxes (Q,
         4)

@@ -59,6 +59,37 @@ def focal_loss(
     )
 
 
+def bilinear_matrix(in_size: int, out_size: int, device=None) -> Tensor:
+    """(out_size, in_size) float32 weights of 1-d linear interpolation as ``F.interpolate(...,
+    mode="bilinear", align_corners=False)`` computes them for an output ``size`` (PyTorch's
+    ``area_pixel_compute_source_index`` and ``compute_indices_weights_linear``, ATen/native
+    UpSample.h / cpu/UpSampleKernel.cpp, v2.3.1): source ``(dst + 0.5) * in/out - 0.5`` clamped at
+    0, the two neighbours weighted by distance, the last row repeated at the border."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.long()
+    lam1 = (src - i0).clamp(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    rows = torch.arange(out_size)
+    m = torch.zeros(out_size, in_size)
+    m.index_put_((rows, i0), 1 - lam1, accumulate=True)
+    m.index_put_((rows, i1), lam1, accumulate=True)
+    return m.to(device)
+
+
+def upsample_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``F.interpolate(x[:, None], size, mode="bilinear", align_corners=False)[:, 0]`` for ``x``
+    (N, h, w) float32, as two matrix products (``A_h @ x @ A_w^T``, :func:`bilinear_matrix`): the
+    same weights and sums up to float rounding, but its backward is two matrix products too,
+    where PyTorch's CPU ``upsample_bilinear2d_backward`` scatters pixel by pixel (the single
+    slowest kernel of the quickstart's training step). Runs in float32 under autocast, as the
+    interpolation did."""
+    a_h = bilinear_matrix(x.shape[-2], size[0], x.device)
+    a_w = bilinear_matrix(x.shape[-1], size[1], x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.matmul(torch.matmul(a_h, x.float()), a_w.t())
+
+
 class SetCriterion(nn.Module):
     """Hungarian-matched losses. ``forward`` returns *unweighted* losses named ``loss_ce``,
     ``loss_bbox``, ``loss_giou``, ``loss_mask``, ``loss_dice`` (+ ``_{i}`` for auxiliary decoder
@@ -160,9 +191,9 @@ class SetCriterion(nn.Module):
     def loss_masks(
         self, outputs, targets, indices, num_boxes, mask_fn: Optional[QueryMaskFn] = None
     ) -> Dict[str, Tensor]:
-        """Predicted stride-4 logits of the padded batch are upsampled (bilinear) to the padded
-        input size; target masks are zero-padded to that size (as DETR's
-        ``nested_tensor_from_tensor_list``).
+        """Predicted stride-4 logits of the padded batch are upsampled (bilinear,
+        :func:`upsample_bilinear`) to the padded input size; target masks are zero-padded to that
+        size (as DETR's ``nested_tensor_from_tensor_list``).
 
         The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when
         present, else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm)
@@ -194,10 +225,7 @@ class SetCriterion(nn.Module):
             for t, (_, j) in zip(targets, indices)
         ]
         target_masks = torch.cat(tgt)
-        src_masks = F.interpolate(
-            src_masks[:, None].float(), size=(pad_h, pad_w), mode="bilinear", align_corners=False
-        )
-        src_masks = src_masks[:, 0].flatten(1)
+        src_masks = upsample_bilinear(src_masks.float(), (pad_h, pad_w)).flatten(1)
         target_masks = target_masks.flatten(1).float()
         return {
             "loss_mask": focal_loss(

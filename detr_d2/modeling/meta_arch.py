@@ -45,6 +45,7 @@ from ..checkpoint.weight_loading import (
 from ..config_rules import validate_detr_config
 from ..data.datasets.panoptic_metadata import class_slots
 from ..data.datasets.register_from_file import register_datasets_from_config
+from .backbone_speed import fast_backbone
 from .batch_invariance import BatchInvariantBackbone
 from .builders import build_criterion, build_transformer
 from .criterion import SetCriterion
@@ -130,7 +131,7 @@ class DetrPanoptic(nn.Module):
         :func:`~detr_d2.config_rules.validate_detr_config` in :meth:`from_config`.
         """
         super().__init__()
-        self.backbone = backbone
+        self.backbone = fast_backbone(backbone)  # same parameters and results (backbone_speed.py)
         self.batch_invariant = BatchInvariantBackbone(backbone) if batch_invariant else None
         self.in_features = list(in_features)
         shapes = backbone.output_shape()

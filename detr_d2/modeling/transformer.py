@@ -11,6 +11,11 @@ in one pass; the decoder's self-attention is restricted to each group
 decoded exactly as it would be alone.
 
 Follows ``models/transformer.py`` (facebookresearch/detr at 29901c5).
+
+Every attention is called with ``need_weights=False``: ``nn.MultiheadAttention`` then computes it
+with ``F.scaled_dot_product_attention`` (fused on CPU and CUDA) instead of materialising and
+head-averaging the (B, L, S) weight matrix that DETR never reads (same result up to float rounding;
+``tests/test_modeling_speed_equivalence.py`` compares with the weight-returning computation).
 """
 
 import copy
@@ -66,13 +71,19 @@ class TransformerEncoderLayer(nn.Module):
             s2 = self.norm1(src)
             q = k = _with_pos(s2, pos)
             src = src + self.dropout1(
-                self.self_attn(q, k, value=s2, key_padding_mask=key_padding_mask)[0]
+                self.self_attn(
+                    q, k, value=s2, key_padding_mask=key_padding_mask, need_weights=False
+                )[0]
             )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
         src = self.norm1(
             src
-            + self.dropout1(self.self_attn(q, k, value=src, key_padding_mask=key_padding_mask)[0])
+            + self.dropout1(
+                self.self_attn(
+                    q, k, value=src, key_padding_mask=key_padding_mask, need_weights=False
+                )[0]
+            )
         )
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
@@ -109,26 +120,33 @@ class TransformerDecoderLayer(nn.Module):
         if self.normalize_before:
             t2 = self.norm1(tgt)
             q = k = _with_pos(t2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, value=t2, attn_mask=self_attn_mask)[0])
+            tgt = tgt + self.dropout1(
+                self.self_attn(q, k, value=t2, attn_mask=self_attn_mask, need_weights=False)[0]
+            )
             t2 = self.norm2(tgt)
             t2 = self.multihead_attn(
                 _with_pos(t2, query_pos),
                 _with_pos(memory, pos),
                 value=memory,
                 key_padding_mask=memory_key_padding_mask,
+                need_weights=False,
             )[0]
             tgt = tgt + self.dropout2(t2)
             t2 = self.norm3(tgt)
             return tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(t2)))))
         q = k = _with_pos(tgt, query_pos)
         tgt = self.norm1(
-            tgt + self.dropout1(self.self_attn(q, k, value=tgt, attn_mask=self_attn_mask)[0])
+            tgt
+            + self.dropout1(
+                self.self_attn(q, k, value=tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+            )
         )
         t2 = self.multihead_attn(
             _with_pos(tgt, query_pos),
             _with_pos(memory, pos),
             value=memory,
             key_padding_mask=memory_key_padding_mask,
+            need_weights=False,
         )[0]
         tgt = self.norm2(tgt + self.dropout2(t2))
         return self.norm3(
