@@ -8,7 +8,11 @@ queries are kept on that image (random weights keep none at DETR's 0.85; the cla
 and unused-slot biases are lowered by 10 so every query predicts a class), so the mask head and the
 fusion do real work. Pipelines, all from the preprocessed image to the panoptic map:
 
-* eager: ``model([{"image", "height", "width"}])`` (Detectron2's call);
+* eager: ``model([{"image", "height", "width"}])`` (Detectron2's call) under
+  ``torch.inference_mode`` (as ``DetrPanopticPredictor``);
+* eager-before: the same on a copy of the model computing as before issue 25's speed changes
+  (``tests.utils.speed_oracles.old_computation``: unfolded frozen BatchNorm, NCHW backbone,
+  weight-returning attention) under ``torch.no_grad``, so the speed-up shows in the same run;
 * torchscript: the file written by ``detr_d2.export.save_torchscript``, ``torch.jit.load``-ed,
   ``module(image, [H, W])`` (network traced, fusion scripted);
 * onnxruntime: the file of ``detr_d2.export.export_onnx`` in an ``InferenceSession`` (intra-op
@@ -38,7 +42,7 @@ from benchmarks.utils import (
     print_done,
 )
 
-PIPELINES = ("eager", "torchscript", "onnxruntime")
+PIPELINES = ("eager", "eager-before", "torchscript", "onnxruntime")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -133,12 +137,29 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
     image_dev = image.to(device)
 
     def eager():
-        with torch.no_grad():
+        with torch.inference_mode():
             return len(
                 model([{"image": image_dev, "height": h_out, "width": w_out}])[0]["panoptic_seg"][1]
             )
 
     pipelines["eager"] = eager
+    if "eager-before" in args.pipelines:
+        import copy
+        import weakref
+
+        from tests.utils.speed_oracles import old_computation
+
+        before = copy.deepcopy(model)
+        switch = old_computation(before)
+        switch.__enter__()  # for the model's lifetime
+        weakref.finalize(before, switch.__exit__, None, None, None)
+
+        def eager_before():
+            with torch.no_grad():
+                inputs = [{"image": image_dev, "height": h_out, "width": w_out}]
+                return len(before(inputs)[0]["panoptic_seg"][1])
+
+        pipelines["eager-before"] = eager_before
     if "torchscript" in args.pipelines:
         t0 = time.perf_counter()
         path = os.path.join(workdir, "model.ts")

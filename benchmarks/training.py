@@ -33,7 +33,9 @@ same matching); printed with their relative difference.
 Part ``quickstart``: ``configs/quickstart/detr_r18_quickstart.yaml`` (ResNet-18, joint box + mask
 training), one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quickstart generator
 (``generate_quickstart_ dataset`` in a temporary folder, mapped by the training mapper), before =
-``MODEL.DETR.ALL_QUERY_MASKS True`` (every query's mask, as official DETR), after = the default
+``MODEL.DETR.ALL_QUERY_MASKS True`` (every query's mask, as official DETR; with
+``--quickstart-before pre-issue-25``: the computation before issue 25's speed changes,
+``tests.utils.speed_oracles``), after = the default
 (matched queries only), both from the same seed.
 
 Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask
@@ -75,6 +77,12 @@ MASK_LOSSES = ("loss_mask", "loss_dice")
 TARGET_SPEEDUP = 3.0  # stage 2, ours vs official
 TARGET_MEMORY = 4.0  # stage 2, official / ours peak step memory
 LOSS_RTOL = 1e-4  # first-step mask losses, float32
+BEFORE_CHOICES = ("all-query-masks", "pre-issue-25")
+BEFORE_LABELS = {
+    "all-query-masks": "MODEL.DETR.ALL_QUERY_MASKS True",
+    "pre-issue-25": "the computation before issue 25 (unfolded BN, NCHW, weight-returning "
+    "attention, interpolated mask loss)",
+}
 QUICKSTART_CONFIG = os.path.join("configs", "quickstart", "detr_r18_quickstart.yaml")
 
 
@@ -123,6 +131,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         default=5,
         help="timed quickstart steps per setting (default 5)",
+    )
+    p.add_argument(
+        "--quickstart-before",
+        choices=BEFORE_CHOICES,
+        default="all-query-masks",
+        help="the quickstart's before side: all-query-masks (MODEL.DETR.ALL_QUERY_MASKS True) or "
+        "pre-issue-25 (the computation before issue 25's speed changes: "
+        "tests.utils.speed_oracles.old_computation)",
     )
     p.add_argument(
         "--quickstart-opts",
@@ -491,14 +507,31 @@ def build_quickstart(
     cfg.MODEL.DEVICE = str(device)
     batch = quickstart_batch(cfg, os.path.join(folder, "quickstart"), args.seed)
     sides = []
-    for name, all_query_masks in (("before", True), ("after", False)):
+    old = args.quickstart_before == "pre-issue-25"
+    for name, all_query_masks in (("before", not old), ("after", False)):
         c = cfg.clone()
         c.MODEL.DETR.ALL_QUERY_MASKS = all_query_masks
         torch.manual_seed(args.seed)
         model = build_model(c)
         model.train()
-        sides.append(OursSide(name, model, build_detr_optimizer(c, model), batch, device, args.amp))
+        side = OursSide(name, model, build_detr_optimizer(c, model), batch, device, args.amp)
+        if old and name == "before":
+            side._patches.append(_OldComputation(model))
+        sides.append(side)
     return sides[0], sides[1], cfg
+
+
+class _OldComputation:
+    """``tests.utils.speed_oracles.old_computation(model)`` entered until ``remove()``."""
+
+    def __init__(self, model):
+        from tests.utils.speed_oracles import old_computation
+
+        self._switch = old_computation(model)
+        self._switch.__enter__()
+
+    def remove(self) -> None:
+        self._switch.__exit__(None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -664,13 +697,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             speedup, memory = print_step_table(
                 "Quickstart joint training step: seconds per iteration, mean of "
                 f"{args.quickstart_iters} after "
-                f"{args.warmup} warm-up; before = MODEL.DETR.ALL_QUERY_MASKS True, after = default",
+                f"{args.warmup} warm-up; before = {BEFORE_LABELS[args.quickstart_before]}, "
+                "after = default",
                 before,
                 after,
             )
             print(
                 f"mask head computed for {after.matched} queries (the matched ones) after, "
-                f"{before.matched} (all) before"
+                f"{before.matched} before"
             )
             print_losses(before, after, MASK_LOSSES + ("loss_ce", "loss_bbox", "loss_giou"), rtol)
             verdicts.append(

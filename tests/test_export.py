@@ -25,14 +25,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-import detr_d2
-from detr_d2.data.transforms import build_detr_test_augmentation
 from detr_d2.export import (
     PanopticPostprocessor,
     export_metadata,
@@ -44,8 +39,13 @@ from detr_d2.export.network import PanopticNetwork
 from detr_d2.modeling import fusion
 from detr_d2.modeling.panoptic_inference import panoptic_fusion
 from tests.utils import legacy_fusion
-from tests.utils.configs import tiny_detr_cfg
-from tests.utils.paths import COCO_SAMPLE, ROOT
+from tests.utils.calibrated_models import (
+    calibrate_,
+    r50_export_cfg,
+    sample_images,
+    tiny_export_cfg,
+)
+from tests.utils.paths import COCO_SAMPLE
 
 IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000142238.jpg")  # 427x640
 ONNX_TOLERANCES = {
@@ -66,95 +66,11 @@ def _onnxruntime():
 
 # ----------------------------------------------------------------------------------------------
 # models
-def _r50_cfg():
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-DETR.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    d = cfg.MODEL.DETR
-    d.CLASS_SLOTS, d.NUM_CLASSES = "dataset_id", 250
-    d.ENC_LAYERS, d.DEC_LAYERS, d.DIM_FEEDFORWARD, d.NUM_OBJECT_QUERIES = 2, 2, 512, 20
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ("coco_2017_val_panoptic",)
-    return cfg
-
-
-def _tiny_cfg():
-    cfg = tiny_detr_cfg(num_classes=6)
-    cfg.DATASETS.TEST = ("detr_quickstart_val",)
-    return cfg
-
-
-def _images(cfg, short_sides):
-    """The COCO sample image (INPUT.FORMAT) resized by the test resize to each short side: (3, h, w)
-    uint8."""
-    image = read_image(IMAGE, format=cfg.INPUT.FORMAT)
-    out = []
-    for side in short_sides:
-        c = cfg.clone()
-        c.INPUT.MIN_SIZE_TEST = side
-        aug_input = T.AugInput(image.copy())
-        T.AugmentationList(build_detr_test_augmentation(c))(aug_input)
-        out.append(torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))))
-    return out, image.shape[:2]
-
-
-def _ridge(design, targets, ridge):
-    """(C+1, T) solution of the ridge least squares ``design @ X ~ targets`` (float64 in, float32
-    out)."""
-    gram = design.T @ design + ridge * torch.eye(design.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(gram, design.T @ targets.double()).float()
-
-
-def _calibrate(model, images, plans, ridge=1e-3):
-    """Choose head weights (the architecture is left alone) so the random model's panoptic output is
-    diverse and decisive, as test_checkpoint_faithfulness.py does: on image i query q predicts class
-    slot ``plans[i][q]`` (logit 10) and the other queries no-object (``class_embed`` by ridge least
-    squares on the images' decoder outputs); query q attends to its own position of image 0's
-    encoder memory (``bbox_attention.q_linear``); the mask head's attention-map input is amplified
-    and its image-feature
-    inputs damped, so each query's attention decides its mask."""
-    rows = []
-    with torch.no_grad():
-        for img in images:
-            x = ((img.float() - model.pixel_mean) / model.pixel_std)[None]
-            state = model.forward_detector(x, torch.zeros((1, *x.shape[-2:]), dtype=torch.bool))[1]
-            rows.append(torch.cat([state["hs"][0], torch.ones(model.num_queries, 1)], 1))
-            if len(rows) == 1:
-                memory = state["memory"]
-        design = torch.cat(rows).double()
-        num_queries, no_object = model.num_queries, model.class_embed.out_features - 1
-        targets = torch.zeros(len(design), no_object + 1)
-        for i, plan in enumerate(plans):
-            slots = list(plan) + [no_object] * (num_queries - len(plan))
-            targets[torch.arange(num_queries) + i * num_queries, slots] = 10.0
-        solution = _ridge(design, targets, ridge)
-        model.class_embed.weight.copy_(solution[:-1].T)
-        model.class_embed.bias.copy_(solution[-1])
-
-        att = model.bbox_attention
-        keys = torch.nn.functional.conv2d(
-            memory, att.k_linear.weight[:, :, None, None], att.k_linear.bias
-        )
-        keys = keys[0].flatten(1)
-        keys = keys - keys.mean(1, keepdim=True)
-        positions = torch.linspace(0, keys.shape[1] - 1, num_queries).round().long()
-        wanted = 40.0 * (keys[:, positions] / keys[:, positions].norm(dim=0, keepdim=True)).T
-        solution = _ridge(design, wanted.repeat(len(images), 1), ridge)
-        att.q_linear.weight.copy_(solution[:-1].T)
-        att.q_linear.bias.copy_(solution[-1])
-
-        head, hidden = model.mask_head, model.transformer.d_model
-        head.lay1.weight[:, :hidden] *= 1e-3
-        head.lay1.weight[:, hidden:] *= 300.0
-        for adapter in (head.adapter1, head.adapter2, head.adapter3):
-            adapter.weight *= 1e-3
-
-
 def _setup(cfg, short_sides, plans, threshold=0.85, seed=0):
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
-    images, orig_hw = _images(cfg, short_sides)
-    _calibrate(model, images, plans)
+    images, orig_hw = sample_images(cfg, short_sides)
+    calibrate_(model, images, plans)
     model.object_mask_threshold = threshold
     meta = export_metadata(model, cfg, MetadataCatalog.get(cfg.DATASETS.TEST[0]))
     raw = []  # the eager model's own network outputs, captured on their way to its post-processing
@@ -191,14 +107,16 @@ def _setup(cfg, short_sides, plans, threshold=0.85, seed=0):
 def tiny():
     # contiguous classes: things 0-2, stuff 3-5; stuff 3 twice (merged), thing 0 twice (two
     # instances)
-    return _setup(_tiny_cfg(), (128, 96), plans=[[0, 3, 1, 3, 4, 2, 0], [0, 3, 1, 3]])
+    return _setup(tiny_export_cfg(), (128, 96), plans=[[0, 3, 1, 3, 4, 2, 0], [0, 3, 1, 3]])
 
 
 @pytest.fixture(scope="module")
 def r50():
     # COCO dataset-id slots: things 1, 3, 18; stuff 184 twice (merged), 187, 193
     return _setup(
-        _r50_cfg(), (160, 192), plans=[[1, 184, 3, 184, 187, 18, 1, 193], [1, 184, 3, 184, 187]]
+        r50_export_cfg(),
+        (160, 192),
+        plans=[[1, 184, 3, 184, 187, 18, 1, 193], [1, 184, 3, 184, 187]],
     )
 
 
@@ -412,7 +330,7 @@ def test_export_refuses_bad_input(tiny):
         export_torchscript(tiny["model"], torch.zeros(1, 3, 96, 128), tiny["meta"])
     with pytest.raises(ValueError, match="got \\(96, 128\\)"):
         export_torchscript(tiny["model"], torch.zeros(96, 128), tiny["meta"])
-    cfg = _tiny_cfg()
+    cfg = tiny_export_cfg()
     cfg.TEST.PANOPTIC_ON, cfg.TEST.INSTANCE_ON = False, True
     with pytest.raises(ValueError, match="TEST.PANOPTIC_ON"):
         PanopticNetwork(build_model(cfg))

@@ -18,12 +18,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_detr_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from detr_d2.modeling.backbone_speed import FrozenBNFoldedConv2d
 from detr_d2.modeling.criterion import upsample_bilinear
+from tests.utils.calibrated_models import calibrate_, r50_export_cfg, sample_images, tiny_export_cfg
+from tests.utils.configs import tiny_detr_cfg
+from tests.utils.paths import ROOT
 from tests.utils.speed_oracles import interpolate_bilinear, old_computation
 
 QUICKSTART_CONFIG = os.path.join(ROOT, "configs", "quickstart", "detr_r18_quickstart.yaml")
@@ -178,12 +180,10 @@ def test_quickstart_first_step_losses_and_gradients_equal_the_old_computation(tm
 
 @pytest.mark.parametrize("which", ["tiny", "r50"])
 def test_panoptic_output_identical_to_the_old_computation(which):
-    """The real COCO image at two sizes; random weights calibrated as in test_export.py (chosen
-    classes, distinct decisive masks: uncalibrated random masks nearly tie everywhere) after the
-    frozen BatchNorm statistics are randomised; R50 layout with DETR's widths, or the tiny model."""
-    from test_export import _calibrate, _images, _r50_cfg, _tiny_cfg
-
-    cfg = _r50_cfg() if which == "r50" else _tiny_cfg()
+    """The real COCO image at two sizes; random weights calibrated (chosen classes, distinct
+    decisive masks: ``tests/utils/calibrated_models.py``) after the frozen BatchNorm statistics
+    are randomised; R50 layout with DETR's widths, or the tiny model."""
+    cfg = r50_export_cfg() if which == "r50" else tiny_export_cfg()
     plans = (
         [[1, 184, 3, 184, 187, 18, 1, 193], [1, 184, 3, 184, 187]]
         if which == "r50"
@@ -192,8 +192,8 @@ def test_panoptic_output_identical_to_the_old_computation(which):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     _randomise_frozen_bn(model)
-    images, (h, w) = _images(cfg, (160, 192) if which == "r50" else (128, 96))
-    _calibrate(model, images, plans)
+    images, (h, w) = sample_images(cfg, (160, 192) if which == "r50" else (128, 96))
+    calibrate_(model, images, plans)
     for image, plan in zip(images, plans):
         inputs = [{"image": image, "height": h, "width": w}]
         with torch.inference_mode():

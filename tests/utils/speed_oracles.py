@@ -8,7 +8,8 @@ oracles (same model object, same parameters; only how it computes changes):
 * mask loss: ``F.interpolate(..., mode="bilinear", align_corners=False)`` instead of
   ``criterion.upsample_bilinear``.
 
-``with old_computation(model): ...`` switches all of them and restores the new ones on exit.
+``with old_computation(model): ...`` switches all of them for this model only (other models in the
+process keep the new computation, so benchmarks can interleave both) and restores them on exit.
 """
 
 import functools
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from detr_d2.modeling import criterion as criterion_module
 from detr_d2.modeling.backbone_speed import FrozenBNFoldedConv2d, use_channels_last
+from detr_d2.modeling.criterion import SetCriterion
 
 
 def interpolate_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -32,6 +34,15 @@ def interpolate_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
 def _attention_with_weights(module: nn.MultiheadAttention, *args, **kwargs):
     kwargs["need_weights"] = True
     return nn.MultiheadAttention.forward(module, *args, **kwargs)
+
+
+def _loss_masks_interpolating(criterion: SetCriterion, *args, **kwargs):
+    new = criterion_module.upsample_bilinear  # swapped during this call only: other models in the
+    criterion_module.upsample_bilinear = interpolate_bilinear  # process keep the new computation
+    try:
+        return SetCriterion.loss_masks(criterion, *args, **kwargs)
+    finally:
+        criterion_module.upsample_bilinear = new
 
 
 @contextmanager
@@ -47,12 +58,14 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
         m.__class__ = Conv2d
     if backbone is not None:
         backbone.to(memory_format=torch.contiguous_format)
-    new_upsample = criterion_module.upsample_bilinear
-    criterion_module.upsample_bilinear = interpolate_bilinear
+    criteria = [m for m in model.modules() if isinstance(m, SetCriterion)]
+    for c in criteria:
+        c.loss_masks = functools.partial(_loss_masks_interpolating, c)
     try:
         yield model
     finally:
-        criterion_module.upsample_bilinear = new_upsample
+        for c in criteria:
+            del c.loss_masks
         if backbone is not None:
             use_channels_last(backbone)
         for m in folded:
