@@ -20,7 +20,9 @@ fusion do real work. Pipelines, all from the preprocessed image to the panoptic 
 
 Each pipeline gets ``--warmup`` untimed passes, then ``--iters`` rounds of one timed pass per
 pipeline, in rotating order so that load changes hit all alike. Printed: ms per image, images/s and
-the ratio to eager, plus the kept queries / segments of each (same run, same machine). ``--device
+the ratio to eager, the median process CPU time per image and its ratio (with ``--threads 1`` the
+figure least disturbed by other processes on a shared machine), plus the kept queries / segments of
+each (same run, same machine). ``--device
 cuda``: eager and TorchScript on the GPU (the TorchScript file is exported there), ONNX Runtime with
 its ``CUDAExecutionProvider`` when the installed onnxruntime has one (``onnxruntime-gpu``), else
 skipped.
@@ -30,6 +32,7 @@ skipped.
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -214,7 +217,9 @@ def make_pipelines(args, model, cfg, image, device, workdir: str) -> Dict[str, C
 
 def time_pipelines(
     pipelines: Dict[str, Callable], args, device
-) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
+) -> Tuple[Dict[str, List[float]], Dict[str, List[float]], Dict[str, int]]:
+    """Wall-clock and process CPU seconds of each timed pass (CPU time: robust to other processes
+    on a shared machine at ``--threads 1``), and each pipeline's segment count."""
     from tqdm import tqdm
 
     from benchmarks.utils import synchronize
@@ -225,15 +230,17 @@ def time_pipelines(
         k = i % len(names)
         plan += [(n, True) for n in names[k:] + names[:k]]
     times = {n: [] for n in names}
+    cpu_times = {n: [] for n in names}
     results = {}
     for name, timed in tqdm(plan, desc="passes", unit="pass", file=sys.stderr):
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results[name] = pipelines[name]()
         synchronize(device)
         if timed:
             times[name].append(time.perf_counter() - t0)
-    return times, results
+            cpu_times[name].append(time.process_time() - c0)
+    return times, cpu_times, results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -261,13 +268,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     with tempfile.TemporaryDirectory() as workdir:
         pipelines = make_pipelines(args, model, cfg, image, device, workdir)
-        times, results = time_pipelines(pipelines, args, device)
+        times, cpu_times, results = time_pipelines(pipelines, args, device)
     eager = sum(times["eager"]) / len(times["eager"])
+    eager_cpu = statistics.median(cpu_times["eager"])
     rows = []
     for name, ts in times.items():
         mean = sum(ts) / len(ts)
+        cpu = statistics.median(cpu_times[name])
         rows.append(
-            [name, f"{mean * 1e3:.0f}", f"{1 / mean:.3f}", f"{eager / mean:.2f}", results[name]]
+            [
+                name,
+                f"{mean * 1e3:.0f}",
+                f"{1 / mean:.3f}",
+                f"{eager / mean:.2f}",
+                f"{cpu * 1e3:.0f}",
+                f"{eager_cpu / cpu:.2f}",
+                results[name],
+            ]
         )
     print(
         f"\n== {device.type.upper()}, {torch.get_num_threads()} threads: one image end to "
@@ -275,7 +292,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"fusion), mean of {args.iters} timed passes per pipeline (interleaved) after "
         f"{args.warmup} warm-up =="
     )
-    print(format_table(["pipeline", "ms/img", "images/s", "speed vs eager", "segments"], rows))
+    print(
+        format_table(
+            [
+                "pipeline",
+                "ms/img",
+                "images/s",
+                "speed vs eager",
+                "CPU ms/img (median)",
+                "CPU speed vs eager",
+                "segments",
+            ],
+            rows,
+        )
+    )
     line = ", ".join(f"{r[0]} {r[2]} img/s ({r[3]}x)" for r in rows)
     print(f"\nbenchmark: {device.type} {args.input_size[0]}x{args.input_size[1]}: {line}")
     print_done(t_start)

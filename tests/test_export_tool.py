@@ -217,8 +217,28 @@ def test_benchmark_export_smoke(capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    names = ("eager", "torchscript", "onnxruntime")
+    names = ("eager", "eager-before", "torchscript", "onnxruntime")
     rows = {r[0]: r for r in (line.split() for line in out.splitlines()) if r and r[0] in names}
-    assert set(rows) == set(names) and rows["eager"][3] == "1.00"
-    assert len({r[-1] for r in rows.values()}) == 1  # the same number of segments from all three
+    assert set(rows) == set(names) and rows["eager"][3] == "1.00" and rows["eager"][5] == "1.00"
+    assert len({r[-1] for r in rows.values()}) == 1  # the same number of segments from all four
     assert "benchmark: cpu 64x96: eager" in out
+
+
+def test_benchmark_profile_inference_smoke(capsys):
+    """benchmarks/profile_inference.py on a tiny architecture: every part, before / after /
+    onnxruntime columns, operator tables (figures not checked)."""
+    pytest.importorskip("onnxruntime")
+    bench = importlib.import_module("benchmarks.profile_inference")
+    tiny = "--depth 18 --hidden-dim 128 --enc-layers 1 --dec-layers 1 --dim-feedforward 128"
+    code = bench.main(
+        tiny.split()
+        + "--num-queries 10 --kept 3 --input-size 64x96 --output-size 80x120 --iters 1".split()
+        + ["--top", "3"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    header = next(line.split() for line in out.splitlines() if line.startswith("part "))
+    assert header == ["part", "before", "after", "onnxruntime"]
+    for part in ("backbone", "encoder", "decoder", "mask head", "total"):
+        assert any(line.startswith(part + " ") for line in out.splitlines()), part
+    assert "-- onnxruntime: top operators" in out and "Conv" in out
