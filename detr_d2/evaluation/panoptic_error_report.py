@@ -63,9 +63,11 @@ def report_error_analysis(
     plot_pq_lost_per_cause(os.path.join(output_dir, ERRORS_PLOT), result)
     worst = analysis.worst()
     # The folder is replaced as a whole, so no picture of an earlier evaluation stays behind.
-    with atomic_directory(os.path.join(output_dir, WORST_DIR), overwrite=True) as worst_dir:
-        for rank, item in enumerate(worst, start=1):
-            _draw(item, rank, worst_dir, gt, metadata, image_path)
+    worst_path = os.path.join(output_dir, WORST_DIR)
+    if worst or os.path.lexists(worst_path):
+        with atomic_directory(worst_path, overwrite=True) as worst_dir:
+            for rank, item in enumerate(worst, start=1):
+                _draw(item, rank, worst_dir, gt, metadata, image_path)
     print_fn(
         f"Error analysis written to {os.path.join(output_dir, ERRORS_JSON)}, {ERRORS_PLOT} and "
         f"{len(worst)} worst images in {WORST_DIR}/"
