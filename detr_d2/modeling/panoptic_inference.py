@@ -35,8 +35,13 @@ def _rows(masks: Tensor, idx: Tensor, mask_queries: Optional[Tensor]) -> Tensor:
     if mask_queries is None:
         return masks[idx]
     pos = torch.searchsorted(mask_queries.to(idx.device), idx)
-    if pos.numel() and (
-        pos.max() >= len(mask_queries) or not torch.equal(mask_queries.to(idx.device)[pos], idx)
+    # a data-dependent Python check: torch.jit.trace cannot record it, so it is skipped there
+    if (
+        not torch.jit.is_tracing()
+        and pos.numel()
+        and (
+            pos.max() >= len(mask_queries) or not torch.equal(mask_queries.to(idx.device)[pos], idx)
+        )
     ):
         raise ValueError(
             f"masks of queries {idx.tolist()} are needed but only {mask_queries.tolist()} "
@@ -81,8 +86,15 @@ def panoptic_fusion_tensors(
     kept = _rows(masks, idx, mask_queries)
     label_map = _label_map_or_identity(logits, label_map)
     if torch.jit.is_tracing():
+        # traced sizes are 0-dim tensors (graph values); Python ints (e.g. an input's "height")
+        # are constants of the trace
         sizes = torch.stack(
-            [torch.as_tensor(v, device=logits.device) for v in (*image_size, *output_size)]
+            [
+                v.to(logits.device)
+                if isinstance(v, Tensor)
+                else torch.tensor(v, device=logits.device)
+                for v in (image_size[0], image_size[1], output_size[0], output_size[1])
+            ]
         )
         return fuse_panoptic_traceable(
             logits, kept, idx, sizes, is_thing, label_map, min_area, mask_stride, crop_padding
