@@ -82,6 +82,9 @@ class MaskHeadSmallConv(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.constant_(m.bias, 0)
+        # channels_last like the backbone whose features it reads: no per-convolution reorders
+        # (same values; issue 25, docs/speed.md)
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:

@@ -4,7 +4,7 @@ oracles (same model object, same parameters; only how it computes changes):
 * attention: ``nn.MultiheadAttention`` called with ``need_weights=True`` (weights materialised and
   head-averaged, then dropped), as ``modeling/transformer.py`` did;
 * backbone: each ``Conv2d`` + ``FrozenBatchNorm2d`` as two passes (Detectron2's own forward), in
-  the contiguous (NCHW) memory format;
+  the contiguous (NCHW) memory format, as the mask head;
 * mask loss: ``F.interpolate(..., mode="bilinear", align_corners=False)`` instead of
   ``criterion.upsample_bilinear``.
 
@@ -56,8 +56,10 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
         m.forward = functools.partial(_attention_with_weights, m)
     for m in folded:
         m.__class__ = Conv2d
-    if backbone is not None:
-        backbone.to(memory_format=torch.contiguous_format)
+    mask_head = getattr(model, "mask_head", None)
+    for m in (backbone, mask_head):
+        if m is not None:
+            m.to(memory_format=torch.contiguous_format)
     criteria = [m for m in model.modules() if isinstance(m, SetCriterion)]
     for c in criteria:
         c.loss_masks = functools.partial(_loss_masks_interpolating, c)
@@ -66,8 +68,9 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for c in criteria:
             del c.loss_masks
-        if backbone is not None:
-            use_channels_last(backbone)
+        for m in (backbone, mask_head):
+            if m is not None:
+                use_channels_last(m)
         for m in folded:
             m.__class__ = FrozenBNFoldedConv2d
         for m in attention:
