@@ -1,6 +1,9 @@
-# Entry points for a fresh clone (see README):
+# Entry points for a fresh clone (see README and docs/install.md):
 #   make setup        # .venv with Python 3.10 + the pinned stack (requirements-lock.txt) + detr_d2 (editable)
 #   make test         # sets up if needed, then runs the test suite in that venv
+#   make setup-latest # .venv-latest with Python 3.12 + the newest stack (requirements-latest.txt) + Detectron2
+#                     # built from source (D2_SOURCE: git URL (default), local checkout or .tar.gz) + detr_d2
+#   make test-latest  # sets up the newest stack if needed, then runs the test suite in it
 #   make lint         # ruff check + ruff format --check (Detectron2's lint rules, ruff.toml); make format fixes
 #   make quickstart   # sets up if needed, trains + evaluates the CPU quickstart, writes overlays next to the
 #                     # per-class PQ chart and prints where they are
@@ -11,11 +14,15 @@ QUICKSTART_OUT := output/quickstart
 QUICKSTART_EVAL := $(QUICKSTART_OUT)/inference/detr_quickstart_val
 QUICKSTART_VAL_IMAGES := $(or $(DETR_D2_QUICKSTART_ROOT),$(or $(DETECTRON2_DATASETS),datasets)/detr_d2_quickstart)/val
 
-.PHONY: setup test lint format quickstart
+.PHONY: setup test setup-latest test-latest lint format quickstart
 setup:
 	bash scripts/setup.sh
 test: setup
 	$(PYTHON_VENV) -m pytest -q tests
+setup-latest:
+	bash scripts/setup.sh latest
+test-latest: setup-latest
+	.venv-latest/bin/python -m pytest -q tests
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .

@@ -1,8 +1,11 @@
 """detr_d2: DETR with a panoptic mask head as a Detectron2 extension.
 
 Detectron2 is a prerequisite and is deliberately *not* listed in install_requires (it is usually
-built from source against the user's own torch/CUDA); scripts/setup.sh installs the verified stack
-from requirements-lock.txt.
+built from source against the user's own torch/CUDA); scripts/setup.sh installs a verified stack:
+requirements-lock.txt (pinned, Python 3.10) or requirements-latest.txt (newest, Python 3.12, with
+Detectron2 built from source). Every extra resolves on both without downgrading anything, except
+``panopticapi``: panopticapi-lite declares numpy<2 (its code runs on numpy 2), so with numpy 2
+install it with ``pip install --no-deps panopticapi-lite`` instead (docs/install.md).
 """
 
 from setuptools import find_packages, setup
@@ -32,8 +35,9 @@ setup(
         "hf": ["safetensors"],
         # tools/export_model.py --format onnx (onnx) and running the exported model (onnxruntime)
         "export": ["onnx", "onnxruntime"],
-        # the converter tests build transformers DETR models (timm backbones) to compare against
-        "test": ["pytest", "pytest-xdist", "safetensors", "transformers>=4.40,<5", "timm>=1.0"],
+        # the converter tests build transformers DETR models (timm backbones) to compare against:
+        # 4.x with torch < 2.6, 5.x (needs torch >= 2.6) otherwise; the tests follow the installed
+        "test": ["pytest", "pytest-xdist", "safetensors", "transformers>=4.40", "timm>=1.0"],
     },
     include_package_data=True,
 )

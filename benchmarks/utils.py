@@ -329,7 +329,8 @@ class PeakMemory:
             for e in self._prof.profiler.kineto_results.events()
             if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
         ]
-        events.sort(key=lambda e: e.start_us())
+        # start_us() on torch 2.3, start_ns() on torch 2.14; only the order matters
+        events.sort(key=lambda e: e.start_ns() if hasattr(e, "start_ns") else e.start_us())
         running, peak = 0, 0
         for e in events:
             running += e.nbytes()

@@ -4,10 +4,12 @@ Randomly initialised transformers models (built offline, no download) are saved 
 ``save_pretrained`` (safetensors and .bin), converted, loaded into ``DetrPanoptic`` and run on the
 same normalised COCO image: logits, boxes and mask logits must match. Covered: timm and native
 ResNet backbones (ResNet-18 BasicBlocks, ResNet-50 Bottlenecks: stride placement),
-DetrForSegmentation and DetrForObjectDetection, transformers 5.x key names, the full-size hub
+DetrForSegmentation and DetrForObjectDetection, both key namings (4.x and 5.x), the full-size hub
 layouts (on the meta device), strict refusals naming the bad HF tensor, class names from
-``id2label``, and the tool's documented examples. Skipped when transformers / timm / safetensors are
-not installed (CI installs them).
+``id2label``, and the tool's documented examples. The models are real models of the installed
+transformers: 4.57 on the pinned stack (torch 2.3.1; transformers 5 needs torch >= 2.6), 5.x on the
+newest, whose modules and keys carry the 5.x names. Skipped when transformers / timm / safetensors
+are not installed (CI installs them).
 """
 
 import json
@@ -58,6 +60,8 @@ NATIVE_R50 = dict(
     ),
 )
 IMAGE = os.path.join(COCO_SAMPLE, "input_images", "000000439180.jpg")
+# the installed transformers' major version: its models use that version's module and key names
+HF_MAJOR = int(transformers.__version__.split(".")[0])
 # transformers 5.x renames, exactly as its conversion_mapping.py "detr" entry (4.x name -> 5.x name)
 V5_RENAMES = [
     ("backbone.conv_encoder", "backbone"),
@@ -81,6 +85,22 @@ V5_RENAMES = [
     ("mask_head.gn5", "mask_head.fpn_stages.2.refine.norm"),
     ("mask_head.out_lay", "mask_head.output_conv"),
 ]
+# the same, 5.x name -> 4.x name
+V4_RENAMES = [
+    (r"layers.(\d+).mlp.fc(\d)", r"layers.\1.fc\2")
+    if old.startswith("layers")
+    else (re.escape(new), old)
+    for old, new in V5_RENAMES
+]
+
+
+def _rename(state_dict, renames):
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in renames:
+            key = re.sub(old, new, key)
+        out[key] = value
+    return out
 
 
 @torch.no_grad()
@@ -110,15 +130,31 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             m.bias.copy_(rand(m.bias.shape, 0.1))
         elif isinstance(m, nn.Embedding):
             m.weight.copy_(rand(m.weight.shape, 1.0))
+    if not model.config.use_timm_backbone:
+        # the native ResNet-50's residual sums grow stage after stage (feature std ~800 at res5 on
+        # transformers 5), which leaves every query nearly the same class scores and mask: damp
+        # each bottleneck's last norm (as zero-gamma residual init does) and widen the class head
+        for name, m in model.named_modules():
+            if name.endswith(".layer.2.normalization"):
+                m.weight *= 0.2
+                m.bias *= 0.2
+        classifier = getattr(model, "detr", model).class_labels_classifier
+        classifier.weight *= 3.0
     if hasattr(model, "mask_head"):
         # as in test_checkpoint_faithfulness: each query's (peaky) attention map decides its mask,
         # the image features it shares with every other query are scaled down
         d, head = model.config.d_model, model.mask_head
-        head.lay1.weight[:, :d] *= 1e-3
-        head.lay1.weight[:, d:] *= 300.0
-        for adapter in (head.adapter1, head.adapter2, head.adapter3):
+        if HF_MAJOR >= 5:  # 5.x module names (see V5_RENAMES)
+            lay1, query = head.conv1.conv, model.bbox_attention.q_proj
+            adapters = [stage.fpn_adapter for stage in head.fpn_stages]
+        else:
+            lay1, query = head.lay1, model.bbox_attention.q_linear
+            adapters = [head.adapter1, head.adapter2, head.adapter3]
+        lay1.weight[:, :d] *= 1e-3
+        lay1.weight[:, d:] *= 300.0
+        for adapter in adapters:
             adapter.weight *= 1e-3
-        model.bbox_attention.q_linear.weight *= 10.0
+        query.weight *= 10.0
     return model.eval()
 
 
@@ -182,11 +218,19 @@ class RecordingCheckpointer(DetectionCheckpointer):
 @pytest.fixture(scope="module")
 def r18_segmentation(tmp_path_factory):
     """A timm-ResNet-18 DetrForSegmentation saved both ways: (model, safetensors folder, .bin
-    folder)."""
+    folder). transformers 5 writes safetensors only: its .bin folder is what the hub's older
+    checkpoints are, config.json + ``pytorch_model.bin`` holding the 4.x-named state dict."""
     model = hf_model()
     folder = tmp_path_factory.mktemp("hf_r18")
     model.save_pretrained(str(folder / "safetensors"))
-    model.save_pretrained(str(folder / "bin"), safe_serialization=False)
+    if HF_MAJOR >= 5:
+        (folder / "bin").mkdir()
+        model.config.to_json_file(str(folder / "bin" / "config.json"))
+        torch.save(
+            _rename(model.state_dict(), V4_RENAMES), str(folder / "bin" / "pytorch_model.bin")
+        )
+    else:
+        model.save_pretrained(str(folder / "bin"), safe_serialization=False)
     return model, str(folder / "safetensors"), str(folder / "bin")
 
 
@@ -206,7 +250,7 @@ def test_timm_r18_segmentation_via_tool_and_detectron2_checkpointer(
         == 0
     )
     printed = capsys.readouterr().out
-    assert "Hugging Face (transformers 4.x DetrForSegmentation, timm backbone)" in printed
+    assert f"Hugging Face (transformers {HF_MAJOR}.x DetrForSegmentation, timm backbone)" in printed
     assert "MODEL.DETR.NUM_CLASSES 5 MODEL.DETR.CLASS_SLOTS contiguous" in printed
 
     converted = convert_detr_file(safetensors_dir)
@@ -252,17 +296,27 @@ def test_detection_model_matches(image, tmp_path):
     assert "masks" not in diffs
 
 
-def test_transformers_v5_names_convert_to_the_same_weights(r18_segmentation):
+def test_both_key_namings_convert_to_the_same_weights(r18_segmentation):
+    """The installed transformers' own names (4.x on the pinned stack, 5.x on the newest) and the
+    other version's names (renamed as transformers' conversion mapping does) convert alike."""
     hf, _, _ = r18_segmentation
-    v4 = hf.state_dict()
-    v5 = {}
-    for key, value in v4.items():
-        for old, new in V5_RENAMES:
-            key = re.sub(old, new, key)
-        v5[key] = value
+    own = hf.state_dict()
+    if HF_MAJOR >= 5:
+        v5 = own
+        v4 = _rename(v5, V4_RENAMES)
+    else:
+        v4 = own
+        v5 = _rename(v4, V5_RENAMES)
     assert (
         "detr.model.backbone.model.layer1.0.conv1.weight" in v5
         and "mask_head.fpn_stages.2.refine.norm.bias" in v5
+        and "detr.model.encoder.layers.0.mlp.fc1.weight" in v5
+    )
+    assert (
+        "detr.model.backbone.conv_encoder.model.layer1.0.conv1.weight" in v4
+        and "mask_head.gn5.bias" in v4
+        and "detr.model.encoder.layers.0.fc1.weight" in v4
+        and "bbox_attention.q_linear.weight" in v4
     )
     official_v4, layout_v4, style_v4, _ = hf_detr_to_official(v4, hf.config.to_dict())
     official_v5, layout_v5, style_v5, _ = hf_detr_to_official(v5, hf.config.to_dict())

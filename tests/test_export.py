@@ -17,7 +17,10 @@ kept queries (and none). Images: the real COCO sample image at two sizes (two sh
 at its original 427x640 size.
 """
 
+import functools
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,8 +37,10 @@ from detr_d2.export import (
     export_torchscript,
     onnx_postprocess,
     save_torchscript,
+    torch_export,
 )
 from detr_d2.export.network import PanopticNetwork
+from detr_d2.export.onnx_export import max_opset
 from detr_d2.modeling import fusion
 from detr_d2.modeling.panoptic_inference import panoptic_fusion
 from tests.utils import legacy_fusion
@@ -395,8 +400,38 @@ def test_onnx_opset_out_of_range_is_refused(tiny):
     from detr_d2.export import export_onnx
 
     _onnxruntime()
-    with pytest.raises(ValueError, match="opset 18 is not supported: use 13..17"):
-        export_onnx(tiny["model"], tiny["images"][0], tiny["meta"], opset=18)
+    top = max_opset()
+    assert top >= 17  # torch 2.3: 17; torch 2.14: 20
+    for bad in (12, top + 1):
+        with pytest.raises(ValueError, match=f"opset {bad} is not supported: use 13..{top}"):
+            export_onnx(tiny["model"], tiny["images"][0], tiny["meta"], opset=bad)
+
+
+def test_onnx_export_uses_the_torchscript_exporter(tiny, monkeypatch):
+    """torch >= 2.9 defaults to the dynamo exporter (needs onnxscript, fails on the kept queries'
+    data-dependent shapes): export_onnx must ask for the TorchScript-based one where torch has the
+    choice, and pass no such argument where it has not (torch 2.3)."""
+    import inspect
+
+    from detr_d2.export import export_onnx
+
+    _onnxruntime()
+    has_choice = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    seen = {}
+    real_export = torch.onnx.export
+
+    @functools.wraps(real_export)  # keeps its signature, which export_onnx inspects
+    def recording_export(*args, **kwargs):
+        seen.update(kwargs)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", recording_export)
+    export_onnx(tiny["model"], tiny["images"][0], tiny["meta"])
+    assert seen["opset_version"] == 17
+    if has_choice:
+        assert seen["dynamo"] is False
+    else:
+        assert "dynamo" not in seen
 
 
 def test_numpy_postprocessor_needs_no_torch(tiny, tmp_path):
@@ -428,3 +463,90 @@ def test_numpy_postprocessor_needs_no_torch(tiny, tmp_path):
 
     (tmp_path / "meta.json").write_text(json.dumps(tiny["meta"]))
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.export (.pt2): on torch >= MIN_TORCH the same parity as TorchScript; on older torch (the
+# pinned 2.3.1) the refusal naming the version needed
+def _torch_export_refused() -> bool:
+    """True (after checking the refusal) where the installed torch is older than MIN_TORCH."""
+    if torch_export._torch_version() >= torch_export.MIN_TORCH:
+        torch_export.check_torch_export()  # no refusal
+        return False
+    need = ".".join(map(str, torch_export.MIN_TORCH))
+    installed = re.escape(torch.__version__)
+    with pytest.raises(ValueError, match=rf"needs torch >= {need} \(installed: {installed}"):
+        torch_export.check_torch_export()
+    return True
+
+
+_RUN_PT2 = textwrap.dedent(
+    """
+    import sys, torch
+    program_path, inputs_path, out_path = sys.argv[1:]
+    extra = {"detr_d2_export.json": ""}
+    network = torch.export.load(program_path, extra_files=extra).module()
+    outs = [tuple(network(image.float())) for image, _ in torch.load(inputs_path)]
+    imported = sorted(m for m in sys.modules if m.split(".")[0] in ("detr_d2", "detectron2"))
+    assert not imported, imported
+    torch.save((outs, extra["detr_d2_export.json"]), out_path)
+    """
+)
+
+
+def test_torch_export_refusal_names_the_torch_version(tiny, monkeypatch):
+    monkeypatch.setattr(torch_export, "_torch_version", lambda: (2, 3))
+    with pytest.raises(ValueError, match=r"needs torch >= 2\.14 .*--format torchscript or onnx"):
+        torch_export.export_program(tiny["model"], tiny["images"][0])
+
+
+def test_torch_export_equals_eager_and_loads_with_torch_alone(tiny, tmp_path):
+    """Saved as .pt2 and loaded: with the fusion (load_exported_program) the panoptic maps and
+    segments equal the eager model's on both image sizes (dynamic H, W; different numbers of kept
+    queries, and none); torch.export.load alone, in a process that imports neither detr_d2 nor
+    Detectron2, runs the network and returns the eager network's raw outputs."""
+    if _torch_export_refused():
+        return
+    path = str(tmp_path / "model.pt2")
+    torch_export.save_program(
+        torch_export.export_program(tiny["model"], tiny["images"][0]), path, tiny["meta"]
+    )
+    loaded, meta = torch_export.load_exported_program(path)
+    assert meta == json.loads(json.dumps(tiny["meta"]))
+    with torch.no_grad():
+        outs = [loaded(x, list(tiny["orig_hw"])) for x in tiny["images"]]
+        _assert_torchscript_equals_eager(tiny, outs)
+        loaded.network.object_mask_threshold.fill_(1.0)  # keep no query
+        nothing = loaded(tiny["images"][0], list(tiny["orig_hw"]))
+    assert not nothing["panoptic_seg"].any() and all(
+        len(v) == 0 for k, v in nothing.items() if k != "panoptic_seg"
+    )
+
+    torch.save([(x, tiny["orig_hw"]) for x in tiny["images"]], tmp_path / "inputs.pt")
+    subprocess.run(
+        [sys.executable, "-c", _RUN_PT2, path, str(tmp_path / "inputs.pt"), str(tmp_path / "o.pt")],
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    raw_outs, stored = torch.load(tmp_path / "o.pt")
+    assert json.loads(stored) == meta
+    for got, ref in zip(raw_outs, tiny["raw"]):
+        assert torch.equal(got[2], ref[2])  # the same kept queries
+        for name, a, b in zip(PanopticNetwork.output_names, got, ref):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=0), name
+
+
+def test_torch_export_r50_equals_eager(r50):
+    if _torch_export_refused():
+        return
+    loaded = torch_export.ScriptedPanopticModel(
+        torch_export.export_program(r50["model"], r50["images"][0]).module(),
+        r50["meta"],
+        3,
+        r50["model"].device,
+    )
+    with torch.no_grad():
+        _assert_torchscript_equals_eager(
+            r50, [loaded(x, list(r50["orig_hw"])) for x in r50["images"]]
+        )

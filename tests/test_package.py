@@ -101,13 +101,54 @@ def test_setup_script_refuses_a_non_310_python(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
+@pytest.mark.parametrize("stack, version", [("latest", "3.12")])
+def test_setup_script_latest_refuses_another_python(tmp_path, stack, version):
+    env = dict(os.environ, PYTHON="/bin/false", VENV=str(tmp_path / "venv"))
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "setup.sh"), stack],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert f"setup.sh {stack} needs Python {version}" in out.stderr
+    assert f"PYTHON=/path/to/python{version}" in out.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_setup_script_refuses_an_unknown_stack(tmp_path):
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "setup.sh"), "newest"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, VENV=str(tmp_path / "venv")),
+        timeout=60,
+    )
+    assert out.returncode == 2 and "unknown stack 'newest'" in out.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def _this_stack():
+    """(setup.sh argument, venv) of the venv running the tests when setup.sh made it, else None."""
+    for stack, venv in (("pinned", ".venv"), ("latest", ".venv-latest")):
+        path = os.path.join(ROOT, venv)
+        if os.path.realpath(sys.prefix) == os.path.realpath(path):
+            return stack, path
+    return None
+
+
 @pytest.mark.skipif(
-    not os.path.exists(os.path.join(ROOT, ".venv", ".detr_d2_setup_stamp")),
-    reason="no venv made by setup.sh",
+    _this_stack() is None
+    or not os.path.exists(os.path.join(_this_stack()[1], ".detr_d2_setup_stamp")),
+    reason="the tests do not run in a venv made by setup.sh",
 )
 def test_setup_script_second_run_is_a_no_op():
+    """Run in the stack's own venv: pinned (.venv) or newest (.venv-latest; same D2_SOURCE, which
+    is part of the stamp: CI passes it to both make test-latest and this run)."""
+    stack, _ = _this_stack()
     out = subprocess.run(
-        ["bash", os.path.join(ROOT, "scripts", "setup.sh")],
+        ["bash", os.path.join(ROOT, "scripts", "setup.sh"), stack],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,6 +11,12 @@ tools/deploy/export_model.py).
                          written as <output>/model.onnx (opset 17); the panoptic fusion of these
                          outputs is detr_d2.export.PanopticPostprocessor (numpy). Needs pip install
                          'detr_d2[export]'.
+  --format torch_export  the network as --format onnx (dynamic H, W; the kept queries
+                         data-dependent), captured with torch.export and written with
+                         torch.export.save as <output>/model.pt2 (metadata as its extra file
+                         detr_d2_export.json); detr_d2.export.load_exported_program(path) adds the
+                         panoptic fusion and returns the TorchScript model's outputs. Needs torch >=
+                         2.14 (the newest stack); older torch gets an error saying so.
   --export-method        tracing (the network is traced; the TorchScript fusion is scripted).
                          Scripting the network is not possible (the Detectron2 backbone carries the
                          model's batch-invariance hooks; the transformer and the mask head are not
@@ -53,19 +59,30 @@ from detr_d2.data.transforms import build_detr_test_augmentation
 from detr_d2.export import export_metadata, export_onnx, export_torchscript, save_torchscript
 from detr_d2.export.network import check_exportable
 from detr_d2.export.onnx_export import DEFAULT_OPSET, check_opset
+from detr_d2.export.torch_export import (
+    check_torch_export,
+    export_program,
+    load_exported_program,
+    save_program,
+)
 from detr_d2.utils.atomic_io import atomic_write_bytes
 from detr_d2.utils.cli import run_tool, tool_parser
 
 logger = logging.getLogger("export_model")
 
-FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "torch_export": "model.pt2"}
 DEFAULT_SAMPLE_SIZE = (480, 640)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser(__doc__)
     p.add_argument("--config-file", required=True, metavar="FILE")
-    p.add_argument("--format", required=True, choices=tuple(FILE_NAMES), help="torchscript | onnx")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=tuple(FILE_NAMES),
+        help="torchscript | onnx | torch_export",
+    )
     p.add_argument(
         "--export-method",
         default="tracing",
@@ -80,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing model.ts / model.onnx"
+        "--overwrite", action="store_true", help="replace an existing model.ts / .onnx / .pt2"
     )
     p.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
@@ -127,6 +144,7 @@ def segments_key(segments: List[Dict]) -> List[Tuple]:
 
 
 def verify_torchscript(module, model, image: torch.Tensor, out_hw: Tuple[int, int]) -> str:
+    """TorchScript model or loaded .pt2 program (same interface) against the eager model."""
     with torch.no_grad():
         ref_ids, ref_segments = model([{"image": image, "height": out_hw[0], "width": out_hw[1]}])[
             0
@@ -140,7 +158,7 @@ def verify_torchscript(module, model, image: torch.Tensor, out_hw: Tuple[int, in
     same = same and segments_key(segments) == segments_key(ref_segments)
     if not same:
         logger.warning(
-            "the TorchScript model's panoptic output differs from the eager model's on the "
+            "the exported model's panoptic output differs from the eager model's on the "
             "sample image"
         )
     return (
@@ -192,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format == "onnx":
         check_opset(args.opset)
+    if args.format == "torch_export":
+        check_torch_export()
     cfg = setup_cfg(args)
     out_path = os.path.join(args.output, FILE_NAMES[args.format])
     os.makedirs(args.output, exist_ok=True)
@@ -226,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
         check = verify_torchscript(
             torch.jit.load(out_path, map_location=model.device), model, image, orig_hw
         )
+    elif args.format == "torch_export":
+        save_program(export_program(model, image), out_path, metadata)
+        check = verify_torchscript(load_exported_program(out_path)[0], model, image, orig_hw)
     else:
         data = export_onnx(model.to("cpu"), image, metadata, opset=args.opset)
         atomic_write_bytes(out_path, data)

@@ -7,13 +7,17 @@
   image size (``onnx_export.py``; needs the ``onnx`` package: ``pip install 'detr_d2[export]'``),
   and :class:`PanopticPostprocessor`: the panoptic fusion of its outputs in numpy
   (``onnx_postprocess.py``).
-* :func:`export_metadata`: the settings stored with both artifacts (``metadata.py``).
+* :func:`export_program` / :func:`save_program` / :func:`load_exported_program`: ``torch.export``
+  of the network (``.pt2``, torch >= 2.14), run with the same fusion as TorchScript
+  (``torch_export.py``).
+* :func:`export_metadata`: the settings stored with the artifacts (``metadata.py``).
 """
 
 from .metadata import export_metadata
 from .network import PanopticNetwork
 from .onnx_export import export_onnx
 from .onnx_postprocess import PanopticPostprocessor
+from .torch_export import export_program, load_exported_program, save_program
 from .torchscript import export_torchscript, save_torchscript
 
 __all__ = [
@@ -21,6 +25,9 @@ __all__ = [
     "PanopticPostprocessor",
     "export_metadata",
     "export_onnx",
+    "export_program",
+    "load_exported_program",
+    "save_program",
     "export_torchscript",
     "save_torchscript",
 ]

@@ -86,8 +86,7 @@ class PanopticNetwork(nn.Module):
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         m = self.model
         x = ((image - m.pixel_mean) / m.pixel_std)[None]
-        pixel_mask = torch.zeros((1, x.shape[-2], x.shape[-1]), dtype=torch.bool, device=x.device)
-        outputs, state = m.forward_detector(x, pixel_mask)
+        outputs, state = m.forward_detector(x, None)  # one image, no padding
         logits, boxes = outputs["pred_logits"][0], outputs["pred_boxes"][0]
         keep = panoptic_queries(logits, self.object_mask_threshold, m.label_map)
 
@@ -95,6 +94,10 @@ class PanopticNetwork(nn.Module):
         index = torch.arange(logits.shape[0], device=logits.device)
         kept = (index[:, None] == keep[None, :]).any(1)
         run = (kept | ((index == 0) & ~kept.any())).nonzero().flatten()
+        # at least one row by construction; torch.export must be told (GroupNorm checks its size).
+        # (torch.jit.trace sees the size as a tensor, which torch._check refuses; it needs no hint)
+        if not torch.jit.is_tracing():
+            torch._check(run.shape[0] >= 1)
         # DetrPanoptic.query_masks(state, [run], crop_to_image=False) for one image, without its
         # shortcut for no query (a Python branch the tracer would freeze)
         att = m.bbox_attention(state["hs"][:, run], state["memory"], mask=state["mask"])

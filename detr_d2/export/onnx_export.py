@@ -8,13 +8,19 @@ graph on the K queries the panoptic fusion keeps (NonZero + Gather; score thresh
 fusion itself is :class:`~detr_d2.export.onnx_postprocess.PanopticPostprocessor` (numpy), configured
 from the metadata stored in the file (``metadata_props["detr_d2_export"]``).
 
-Opset: 17 (default) is the highest torch 2.3's TorchScript-based exporter writes
-(``torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET``); it writes ``GroupNorm`` as reshape
+Exporter: always the TorchScript-based one (``dynamo=False`` where ``torch.onnx.export`` has the
+argument, torch >= 2.5): torch >= 2.9 defaults to the dynamo exporter, which needs ``onnxscript``
+and cannot export the data-dependent number of kept queries.
+
+Opset: 17 (default) is the highest torch 2.3's TorchScript-based exporter writes (newer torch goes
+higher: :func:`max_opset` reads the installed torch's
+``torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET``); it writes ``GroupNorm`` as reshape
 + ``InstanceNormalization`` + affine at every opset (ONNX's own ``GroupNormalization`` is opset 18)
 and ``LayerNormalization`` as one op from 17. The mask head's joint softmax over heads x H x W is a
 flatten + ``Softmax`` on the last axis, exact at any opset >= 13; ``Einsum`` needs 12.
 """
 
+import inspect
 import io
 import json
 import warnings
@@ -26,18 +32,32 @@ from torch import Tensor, nn
 from .network import PanopticNetwork, check_image
 from .onnx_postprocess import METADATA_KEY, OUTPUT_NAMES
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "check_opset", "export_onnx", "max_opset"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "check_opset",
+    "export_onnx",
+    "max_opset",
+    "torchscript_exporter_options",
+]
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 
 
 def max_opset() -> int:
-    """The highest opset this torch's TorchScript-based ONNX exporter supports (17 for torch
-    2.3)."""
+    """The highest opset the installed torch's TorchScript-based ONNX exporter supports (17 for
+    torch 2.3, 20 for torch 2.14)."""
     from torch.onnx import _constants
 
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET))
+
+
+def torchscript_exporter_options() -> Dict[str, Any]:
+    """The ``torch.onnx.export`` keyword arguments that select the TorchScript-based exporter:
+    ``{"dynamo": False}`` where the function has that argument (torch >= 2.5; the default became
+    ``True`` in torch 2.9), else none (it is the only exporter)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def check_opset(opset: int) -> None:
@@ -74,6 +94,7 @@ def export_onnx(
             (image,),
             buf,
             opset_version=opset,
+            **torchscript_exporter_options(),
             input_names=["image"],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={

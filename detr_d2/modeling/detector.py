@@ -3,7 +3,7 @@
 batch-invariant padding masks; the mask head runs later, on chosen queries (:mod:`.query_masks`).
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -13,9 +13,11 @@ from .batch_invariance import ceil_padding_mask, resize_padding_mask
 __all__ = ["forward_detector"]
 
 
-def forward_detector(model, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, Dict]:
+def forward_detector(model, images: Tensor, pixel_mask: Optional[Tensor]) -> Tuple[Dict, Dict]:
     """Backbone, transformer and the class/box heads of ``model`` (a ``DetrPanoptic``) on the
-    padded batch ``images`` (B, 3, H, W); ``pixel_mask`` (B, H, W) is True on padding.
+    padded batch ``images`` (B, 3, H, W); ``pixel_mask`` (B, H, W) is True on padding; None: no
+    padding (the exports' single image: then no size is read from a tensor, which
+    ``torch.export`` could not trace).
 
     Returns ``outputs``: ``pred_logits`` (B, Q, S+1), ``pred_boxes`` (B, Q, 4) cxcywh in [0, 1] of
     each image's own size, ``aux_outputs`` (training with deep supervision); and ``state``, what the
@@ -28,9 +30,13 @@ def forward_detector(model, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, D
     the first ceil(h/stride) x ceil(w/stride) cells are valid (what a single image has). Both are
     identical to DETR for a single image."""
 
-    valid = ~pixel_mask
-    sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
-    padded = any(sz != tuple(images.shape[-2:]) for sz in sizes)
+    if pixel_mask is None:
+        sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        padded = False
+    else:
+        valid = ~pixel_mask
+        sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
+        padded = any(sz != tuple(images.shape[-2:]) for sz in sizes)
     if model.batch_invariant is not None and padded:
         with model.batch_invariant.active(sizes, tuple(images.shape[-2:])):
             feats = model.backbone(images)
@@ -38,7 +44,9 @@ def forward_detector(model, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, D
         feats = model.backbone(images)
     feats = [feats[f] for f in model.in_features]
     src = feats[-1]
-    if model.batch_invariant is not None and padded:
+    if pixel_mask is None:
+        mask = torch.zeros((src.shape[0], *src.shape[-2:]), dtype=torch.bool, device=images.device)
+    elif model.batch_invariant is not None and padded:
         mask = ceil_padding_mask(sizes, src.shape[-2:], model.feature_strides[-1], images.device)
     else:
         mask = resize_padding_mask(pixel_mask, src.shape[-2:])

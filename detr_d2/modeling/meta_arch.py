@@ -260,7 +260,7 @@ class DetrPanoptic(nn.Module):
         (:func:`~detr_d2.modeling.inputs.preprocess_image`)."""
         return preprocess_image(batched_inputs, self.pixel_mean, self.pixel_std)
 
-    def forward_detector(self, images: Tensor, pixel_mask: Tensor) -> Tuple[Dict, Dict]:
+    def forward_detector(self, images: Tensor, pixel_mask: Optional[Tensor]) -> Tuple[Dict, Dict]:
         """Backbone, transformer and the class/box heads: ``(outputs, state)``
         (:func:`~detr_d2.modeling.detector.forward_detector`)."""
         return forward_detector(self, images, pixel_mask)
