@@ -235,8 +235,7 @@ class DetrPanoptic(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    # ------------------------------------------------------------------ checkpoints (see
-    # detr_d2/checkpoint/weight_loading.py)
+    # ---------------------------------------------- checkpoints (checkpoint/weight_loading.py)
     def mask_head_parameter_prefixes(self) -> Tuple[str, ...]:
         return MASK_HEAD_PREFIXES
 
