@@ -10,6 +10,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from detr_d2.modeling.backbone_speed import fast_backbone
 from tests.utils.configs import tiny_detr_cfg
 from tests.utils.legacy_meta_arch import LegacyDetrPanoptic
 from tests.utils.model_inputs import make_input
@@ -53,6 +54,7 @@ def _models(variant):
         if new.label_map is not None:  # dataset-id slots: unused slots rarely win
             new.class_embed.bias[:-1][new.label_map < 0] -= 30.0
     old = LegacyDetrPanoptic(cfg)
+    fast_backbone(old.backbone)  # the backbone speed-up DetrPanoptic applies (not meta_arch logic)
     old.load_state_dict(new.state_dict())
     return new, old
 
