@@ -588,7 +588,7 @@ def test_training_benchmark_prints_all_figures(capsys):
     assert groups == 3  # the quickstart config's; each group is matched to every segment
     m = re.search(
         rf"mask head computed for (\d+) queries \(the matched ones\) after, {24 * groups} "
-        r"\(all\) before",
+        r"before",
         quick,
     )
     segments = int(re.search(r"from the quickstart generator, (\d+) segments", out).group(1))
