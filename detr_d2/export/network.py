@@ -69,14 +69,19 @@ class PanopticNetwork(nn.Module):
 
     With no kept query the mask head still runs on query 0 (ONNX Runtime crashes on zero-row
     convolutions) and its row is dropped: K = 0 rows come out.
+
+    ``mask_free``: the detector gets no padding mask (``forward_detector(x, None)``) instead of an
+    all-False one: what ``torch.export`` needs (no size read from a tensor); the traced exports
+    keep the all-False mask, whose TorchScript graph gives the eager scores bit for bit.
     """
 
     output_names = ("pred_logits", "pred_boxes", "mask_queries", "pred_masks")
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, mask_free: bool = False):
         super().__init__()
         check_exportable(model)
         self.model = model
+        self.mask_free = mask_free
         # a buffer, not a Python float, so that the traced graph reads it (tests change it to keep
         # none)
         self.register_buffer(
@@ -86,7 +91,12 @@ class PanopticNetwork(nn.Module):
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         m = self.model
         x = ((image - m.pixel_mean) / m.pixel_std)[None]
-        outputs, state = m.forward_detector(x, None)  # one image, no padding
+        pixel_mask = None
+        if not self.mask_free:  # one image, no padding
+            pixel_mask = torch.zeros(
+                (1, x.shape[-2], x.shape[-1]), dtype=torch.bool, device=x.device
+            )
+        outputs, state = m.forward_detector(x, pixel_mask)
         logits, boxes = outputs["pred_logits"][0], outputs["pred_boxes"][0]
         keep = panoptic_queries(logits, self.object_mask_threshold, m.label_map)
 

@@ -67,7 +67,7 @@ def export_program(
     check_torch_export()
     from torch.export import Dim
 
-    network = PanopticNetwork(model).eval()
+    network = PanopticNetwork(model, mask_free=True).eval()
     image = check_image(sample_image, model.pixel_mean.shape[0]).to(model.device, torch.float32)
     # H, W >= 33: a res5 map (stride 32) of at least 2 cells per side (a size-1 dimension would be
     # a broadcasting special case the program cannot share); the test resize gives far more
