@@ -1,5 +1,6 @@
 """Fixtures shared by the test files (helpers live in ``tests/utils/``)."""
 
+import logging
 import os
 
 import pytest
@@ -12,9 +13,27 @@ from tests.utils.paths import COCO_SAMPLE, SAMPLE_DATASET
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _same_global_state():
+    """Every test starts from the same global state, whatever ran before it: the seed, torch's
+    thread count (in-process benchmark runs set their own) and the named loggers (Detectron2's
+    ``setup_logger``, called by in-process train_net / tool runs, attaches handlers to pytest's
+    captured streams, closed after that test, and turns off propagation to the root logger that
+    ``caplog`` listens to)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    saved = {
+        name: (logger.handlers[:], logger.propagate, logger.level)
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
     yield
+    torch.set_num_threads(threads)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            handlers, propagate, level = saved.get(name, ([], True, logging.NOTSET))
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
 
 
 def pytest_configure(config):
