@@ -22,10 +22,9 @@ Each pipeline gets ``--warmup`` untimed passes, then ``--iters`` rounds of one t
 pipeline, in rotating order so that load changes hit all alike. Printed: ms per image, images/s and
 the ratio to eager, the median process CPU time per image and its ratio (with ``--threads 1`` the
 figure least disturbed by other processes on a shared machine), plus the kept queries / segments of
-each (same run, same machine). ``--device
-cuda``: eager and TorchScript on the GPU (the TorchScript file is exported there), ONNX Runtime with
-its ``CUDAExecutionProvider`` when the installed onnxruntime has one (``onnxruntime-gpu``), else
-skipped.
+each (same run, same machine). ``--device cuda``: eager and TorchScript on the GPU (the TorchScript
+file is exported there), ONNX Runtime with its ``CUDAExecutionProvider`` when the installed
+onnxruntime has one (``onnxruntime-gpu``), else skipped.
 
     python -m benchmarks.export --device cpu --threads 2
 """

@@ -185,8 +185,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # models
 def build_models(args: argparse.Namespace, device):
     """The official reference model (random weights, non-trivial frozen-BN statistics) and ours with
-    its
-    converted weights, both in eval mode on ``device``."""
+    its converted weights, both in eval mode on ``device``."""
     from detectron2.modeling import build_model
 
     from benchmarks.utils import (
@@ -216,8 +215,7 @@ def keep_boundaries(logits_without_no_object, threshold: float):
     """(..., S) class logits without the no-object entry -> (...) the no-object logit below which
     each query is kept: with no-object logit ``n`` a query is kept iff ``exp(t) / (sum_s exp(l_s) +
     exp(n)) > threshold`` (t = its top class logit), i.e. ``n < t + log(1/threshold -
-    exp(logsumexp(l) - t))`` (-inf when even
-    ``n = -inf`` does not reach the threshold)."""
+    exp(logsumexp(l) - t))`` (-inf when even ``n = -inf`` does not reach the threshold)."""
     import torch
 
     top = logits_without_no_object.max(-1).values
@@ -297,8 +295,7 @@ def distinct_query_masks_(ref, hs, features, attention) -> Tuple[float, float]:
     swamped by the features in the first convolution, so all queries get nearly the same mask, and
     which query wins a pixel would be decided by rounding. Returns the spread gain range (min, max)
     and the attention gain; ``features``/``attention``: callables giving (projected features,
-    attention maps)
-    of the scene image for the current weights."""
+    attention maps) of the scene image for the current weights."""
     import torch
 
     x = hs.detach().double().cpu()
@@ -327,8 +324,7 @@ def _noop(_name=None):
 
 class OursPipeline:
     """``model(batched_inputs)`` exactly as Detectron2 calls it; stages timed by hooks/method
-    wrappers, and
-    the class logits, the kept queries and their masks captured from the call."""
+    wrappers, and the class logits, the kept queries and their masks captured from the call."""
 
     name = "ours"
 
@@ -451,8 +447,7 @@ class OfficialPipeline:
 
 def load_scene_image(input_size: Tuple[int, int]):
     """The scene image: the COCO sample ``SCENE_IMAGE`` resized to ``input_size`` (PIL bilinear, as
-    the official
-    transform), a uint8 RGB (3, H, W) tensor."""
+    the official transform), a uint8 RGB (3, H, W) tensor."""
     import torchvision.transforms.functional as TF
 
     from benchmarks.utils import REPO_ROOT
@@ -474,8 +469,7 @@ def make_batch(image, batch: int, output_size: Tuple[int, int]) -> List[Dict]:
 def scene_state(ref, pipeline: OfficialPipeline, image, output_size) -> Dict:
     """What the official detector (without the mask head) computes on the scene image: ``hs`` (Q, C)
     the last decoder layer, ``features`` (1, C, H5, W5) the projected res5 (the mask head's input),
-    ``memory``
-    (1, C, H5, W5) and ``mask`` (1, H5, W5)."""
+    ``memory`` (1, C, H5, W5) and ``mask`` (1, H5, W5)."""
     import torch
 
     seen: Dict = {}
@@ -509,8 +503,7 @@ class PipelineRunner:
     ``run_pass(measure=True)`` (an untimed pass) also counts FLOPs per stage (``--flops torch``) and
     the peak memory of the whole call; ``run_pass(record=True)`` keeps the stage times. Afterwards:
     ``times()`` (mean seconds per stage over the recorded passes), ``flops``, ``peak_bytes``, and
-    the pipeline's
-    ``captured`` values of the last pass."""
+    the pipeline's ``captured`` values of the last pass."""
 
     def __init__(self, pipeline, batch: List[Dict], device, flop_counter: str, amp: bool):
         self.pipeline, self.batch, self.device, self.flop_counter, self.amp = (
@@ -573,8 +566,7 @@ def benchmark_batch(
     pipelines: Sequence, batch: List[Dict], args, device, desc: str
 ) -> List[PipelineRunner]:
     """Warm-up passes of each pipeline (the first one measuring), then ``--iters`` rounds of one
-    timed pass
-    per pipeline, alternating the order (ABBA...) so that load changes hit both alike."""
+    timed pass per pipeline, alternating the order (ABBA...) so that load changes hit both alike."""
     from tqdm import tqdm
 
     with contextlib.ExitStack() as stack:
@@ -597,8 +589,7 @@ def benchmark_batch(
 class _TorchFlopStages:
     """``torch.utils.flop_counter.FlopCounterMode`` over one call, attributed to stages with the
     same hooks as the timer (a :class:`StageTimer` whose clock is the running FLOP total);
-    ``result`` has the stages,
-    ``other`` (everything outside them) and ``total``."""
+    ``result`` has the stages, ``other`` (everything outside them) and ``total``."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
@@ -630,8 +621,7 @@ def fvcore_stage_flops(
     """fvcore ``FlopCountAnalysis`` of the network (traced): ours = the detector + the mask head on
     the queries it keeps (``query_masks``), official = ``DETRsegm``; per stage, plus fvcore's
     unsupported-operator counts (operators it does not count, e.g. elementwise ops). Frozen batch
-    norm is not counted for either
-    model (see below)."""
+    norm is not counted for either model (see below)."""
     import torch
     from fvcore.nn import FlopCountAnalysis
     from torch import nn
@@ -643,8 +633,7 @@ def fvcore_stage_flops(
 
     class OursMaskHead(nn.Module):
         """``query_masks`` as a module (holding no submodule) so that fvcore has a scope for its own
-        operators
-        (``MaskHeadSmallConv.project_features``, called as a method, not a module)."""
+        operators (``MaskHeadSmallConv.project_features``, called as a method, not a module)."""
 
         def forward(self, state, queries):
             return model.query_masks(state, queries, crop_to_image=False)
@@ -785,8 +774,8 @@ def synthetic_outputs(
     one stuff class predicted twice (merged by both post-processors), and one kept thing query is
     never the strongest mask (area 0: dropped, which makes both recompute once). Masks: ``masks``
     (Q, Hm, Wm) if given, else elliptic blobs (things) and horizontal bands (stuff) of logits ~ +-6
-    with noise.
-    Returns ``pred_logits`` (1, Q, 251), ``pred_masks`` (1, Q, Hm, Wm), ``pred_boxes`` (1, Q, 4)."""
+    with noise. Returns ``pred_logits`` (1, Q, 251), ``pred_masks`` (1, Q, Hm, Wm),
+    ``pred_boxes`` (1, Q, 4)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -843,9 +832,8 @@ def time_postprocessing(
     model, postprocessor, outputs: Dict, input_size, output_size, iters: int, device
 ) -> Dict:
     """Mean seconds per image of ours and the official post-processor on the same raw outputs (one
-    image, all
-    queries' masks), after one untimed call each; plus kept/segment counts and the agreement of the
-    two."""
+    image, all queries' masks), after one untimed call each; plus kept/segment counts and the
+    agreement of the two."""
     from benchmarks.utils import synchronize
 
     outputs = {
@@ -973,8 +961,7 @@ def print_flops_table(
 
 def same_segments(c: Dict) -> bool:
     """Both sides' panoptic results have the same segments: per image the same count and categories
-    (in
-    order), and at least ``MIN_PIXEL_AGREEMENT`` of the pixels with the same segment."""
+    (in order), and at least ``MIN_PIXEL_AGREEMENT`` of the pixels with the same segment."""
     return (
         all(n_o == n_r and cats for n_o, n_r, cats in c["segments"])
         and c["agreement"] >= MIN_PIXEL_AGREEMENT

@@ -35,16 +35,15 @@ training), one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quicksta
 (``generate_quickstart_ dataset`` in a temporary folder, mapped by the training mapper), before =
 ``MODEL.DETR.ALL_QUERY_MASKS True`` (every query's mask, as official DETR; with
 ``--quickstart-before pre-issue-25``: the computation before issue 25's speed changes,
-``tests.utils.speed_oracles``), after = the default
-(matched queries only), both from the same seed.
+``tests.utils.speed_oracles``), after = the default (matched queries only), both from the same seed.
 
 Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask
 head (its forward: ``bbox_attention`` + ``mask_head``; ours ``DetrPanoptic.query_masks``), loss
 (targets, matching, losses), backward, optimizer (``zero_grad`` + clipping + ``step``) and other
 (means over the timed steps), the total's mean and median (robust to load spikes on a shared
-machine; the speed-ups use it), iterations/s; the
-peak memory of one whole step (one extra untimed step after the warm-up: on CUDA
-``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, on CPU the peak of tensor
+machine; the speed-ups use it), iterations/s; the peak memory of one whole step (one extra untimed
+step after the warm-up: on CUDA ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``, on CPU the peak of tensor
 memory from the profiler's allocation events, both above what is allocated before the step: weights,
 optimiser state and the batch are not counted); the ratios; and the targets (stage 2: >= 3x faster,
 >= 4x less step memory). Timed steps of the two sides alternate (ABBA...) so both see the same
@@ -172,8 +171,8 @@ def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> Li
     """Random images and panoptic targets: per image two stuff bands (top/bottom, random stuff
     classes) and ``--segments`` thing rectangles/ellipses painted in order (later ones occlude
     earlier ones); segments left with no pixel are dropped. Instances: ``gt_classes`` (contiguous),
-    ``gt_masks``
-    (BitMasks), ``gt_boxes`` (XYXY pixels from the masks), ``gt_is_crowd`` (all False)."""
+    ``gt_masks`` (BitMasks), ``gt_boxes`` (XYXY pixels from the masks), ``gt_is_crowd`` (all
+    False)."""
     import torch
     from detectron2.structures import BitMasks, Instances
 
@@ -216,8 +215,7 @@ def make_batch(args: argparse.Namespace, is_thing: Sequence[bool], device) -> Li
 
 def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
     """The official targets of the same segments: ``labels`` = class slots (COCO dataset ids),
-    ``boxes``
-    normalised cxcywh of the image, ``masks`` (N, H, W) bool."""
+    ``boxes`` normalised cxcywh of the image, ``masks`` (N, H, W) bool."""
     import torch
     from torchvision.ops import box_convert
 
@@ -238,8 +236,7 @@ def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
 
 def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
     """``SOLVER.IMS_PER_BATCH`` images of the quickstart generator (written under ``root``), mapped
-    by the
-    training mapper of ``cfg`` (random flip seeded by ``seed``)."""
+    by the training mapper of ``cfg`` (random flip seeded by ``seed``)."""
     import numpy as np
     import torch
     from detectron2.data import MetadataCatalog
@@ -269,9 +266,8 @@ def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
 class Side:
     """One side of a comparison: a model, its optimiser and batch, a step function and a stage
     timer. ``step(record)`` runs one training step (``record``: keep its stage times); ``losses``
-    holds the first
-    step's unweighted losses (floats); ``matched`` the number of queries whose mask the first step
-    computed."""
+    holds the first step's unweighted losses (floats); ``matched`` the number of queries whose mask
+    the first step computed."""
 
     def __init__(self, name: str, device, amp: bool):
         import torch
@@ -428,8 +424,7 @@ class OfficialSide(Side):
 
 def run_interleaved(sides: Sequence[Side], warmup: int, iters: int, desc: str) -> None:
     """``warmup`` untimed steps of each side, one untimed step measuring peak memory, then ``iters``
-    rounds of
-    one timed step per side, alternating the order (ABBA...)."""
+    rounds of one timed step per side, alternating the order (ABBA...)."""
     from tqdm import tqdm
 
     plan = [(s, False, False) for _ in range(warmup) for s in sides] + [
@@ -489,8 +484,7 @@ def build_quickstart(
     args: argparse.Namespace, device, folder: str
 ) -> Tuple[OursSide, OursSide, object]:
     """``before`` (ALL_QUERY_MASKS True) and ``after`` (default) quickstart models from the same
-    seed, with
-    the same optimiser settings and batch; also the config."""
+    seed, with the same optimiser settings and batch; also the config."""
     import torch
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model

@@ -111,8 +111,7 @@ class StageTimer:
         e.g. a FLOP counter's running total to attribute FLOPs to stages instead of seconds).
         ``nesting``: which stage a nested stage's time goes to: ``"outer"`` (the outermost active
         stage; the nested one is ignored) or ``"inner"`` (the innermost: the enclosing stage pauses
-        meanwhile,
-        e.g. the mask head run from inside the loss)."""
+        meanwhile, e.g. the mask head run from inside the loss)."""
         if nesting not in ("outer", "inner"):
             raise ValueError(f"StageTimer nesting must be 'outer' or 'inner', got {nesting!r}")
         self.device = torch.device(device)
@@ -195,8 +194,7 @@ class StageTimer:
 
     def wrap_method(self, obj: object, attr: str, name: str) -> None:
         """Replace ``obj.attr`` (a bound method) by a timed wrapper stored on the instance;
-        ``remove``
-        deletes the instance attribute again, restoring the class method."""
+        ``remove`` deletes the instance attribute again, restoring the class method."""
         self._handles.append(patch_method(obj, attr, lambda: self.stage(name)))
 
     def remove(self) -> None:
@@ -214,8 +212,7 @@ class StageTimer:
 
 class MethodPatch:
     """Handle of :func:`patch_method`; ``remove()`` puts back what ``obj.attr`` was on the instance
-    before
-    (nothing, i.e. the class method, or an earlier patch). Remove nested patches in reverse
+    before (nothing, i.e. the class method, or an earlier patch). Remove nested patches in reverse
     order."""
 
     _MISSING = object()
@@ -244,8 +241,8 @@ def patch_method(
 ) -> MethodPatch:
     """Wrap the bound method ``obj.attr`` of this instance only (the class is untouched): every call
     runs inside a fresh ``around()`` context (if given) and its return value is passed to
-    ``on_return`` (if
-    given). Patches nest (the newest is outermost). Returns a :class:`MethodPatch` to undo it."""
+    ``on_return`` (if given). Patches nest (the newest is outermost). Returns a
+    :class:`MethodPatch` to undo it."""
     previous = vars(obj).get(attr, MethodPatch._MISSING)
     original: Callable = getattr(obj, attr)
 
@@ -341,8 +338,8 @@ class PeakMemory:
 def cpu_contention_note(threads: int) -> Optional[str]:
     """A warning when other processes already keep the CPU busy (1-minute load average + ``threads``
     > cores): multi-threaded ops then wait for descheduled worker threads, which inflates the time
-    of
-    every small op (optimizer steps, post-processing) far more than that of large convolutions."""
+    of every small op (optimizer steps, post-processing) far more than that of large
+    convolutions."""
     if not hasattr(os, "getloadavg"):
         return None
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
@@ -368,8 +365,7 @@ def print_done(t_start: float) -> None:
 def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.device]:
     """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the
     device, print the torch/device/threads/cores/processor/load header and, on CPU, the contention
-    note.
-    Returns the device, or None (after printing an error) when CUDA is asked for but not
+    note. Returns the device, or None (after printing an error) when CUDA is asked for but not
     available."""
     import platform
 
@@ -443,8 +439,8 @@ def architecture(args: argparse.Namespace) -> Dict[str, int]:
 
 def build_reference_model(arch: Mapping[str, int], seed: int, dropout: float = 0.1) -> nn.Module:
     """The official ``DETRsegm`` (test oracle) with ``arch``, 250 class slots, random weights from
-    ``seed``
-    and non-trivial frozen-BN statistics (identity BNs would hide conversion errors), on the CPU."""
+    ``seed`` and non-trivial frozen-BN statistics (identity BNs would hide conversion errors), on
+    the CPU."""
     from tests.utils.official_detr import build_official_detr, randomize_frozen_batchnorm_
 
     torch.manual_seed(seed)

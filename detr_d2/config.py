@@ -195,8 +195,8 @@ def add_detr_config(cfg: CN) -> None:
 def get_detr_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config + :func:`add_detr_config`, then ``config_file`` and the ``KEY
     VALUE`` overrides ``opts`` merged (not frozen), as the tools build it. A CUDA ``MODEL.DEVICE``
-    becomes ``cpu``
-    on a machine without CUDA. ``FileNotFoundError`` naming ``config_file`` if it does not exist."""
+    becomes ``cpu`` on a machine without CUDA. ``FileNotFoundError`` naming ``config_file`` if it
+    does not exist."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file: {config_file} does not exist")
     cfg = get_cfg()

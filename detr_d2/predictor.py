@@ -66,8 +66,7 @@ class DetrPanopticPredictor:
     @torch.inference_mode()
     def raw(self, bgr_image: np.ndarray) -> Tuple[Dict, Dict]:
         """(prediction dict, raw outputs of the single image: pred_logits (Q, S+1), pred_boxes (Q,
-        4)
-        cxcywh normalised, pred_masks (Q, H/4, W/4) logits of every query)."""
+        4) cxcywh normalised, pred_masks (Q, H/4, W/4) logits of every query)."""
         inputs = [self._inputs(bgr_image)]
         images, mask = self.model.preprocess_image(inputs)
         out, state = self.model.forward_detector(images.tensor, mask)
@@ -83,8 +82,8 @@ def panoptic_to_coco(
 ) -> Tuple[np.ndarray, List[Dict]]:
     """A model's ``panoptic_seg`` -> (H, W) id map and COCO ``segments_info`` with dataset category
     ids (:class:`~detr_d2.data.panoptic_io.PanopticPredictionConverter`, as Detectron2's evaluator),
-    each
-    with ``iscrowd`` 0, the pixel ``area`` and ``bbox`` (x, y, w, h) of the segment in the map."""
+    each with ``iscrowd`` 0, the pixel ``area`` and ``bbox`` (x, y, w, h) of the segment in the
+    map."""
     ids, segments = PanopticPredictionConverter(metadata)(panoptic_seg)
     for s in segments:
         ys, xs = np.nonzero(ids == s["id"])
@@ -102,9 +101,8 @@ def write_panoptic_png_json(
     annotations: List[Dict], png_dir: str, json_path: str, metadata, id_maps: Dict[str, np.ndarray]
 ) -> None:
     """Write COCO panoptic predictions: ``id_maps`` (file_name -> (H, W) ids) as PNGs under
-    ``png_dir``
-    and the JSON (``annotations`` + ``categories`` from the metadata) at ``json_path``, each
-    atomically."""
+    ``png_dir`` and the JSON (``annotations`` + ``categories`` from the metadata) at ``json_path``,
+    each atomically."""
     for name, ids in id_maps.items():
         save_panoptic_png(os.path.join(png_dir, name), ids)
     categories = getattr(metadata, "categories", None)

@@ -192,9 +192,8 @@ def _criterion_case(num_slots=7, queries=6, size=(30, 37)):
 
 def test_official_criterion_oracle_matches_detr_d2_criterion():
     """The oracle (official SetCriterion, all queries' masks) and detr_d2's criterion (both ways:
-    all masks,
-    or the matched queries' masks from a mask function) give the same losses, auxiliary ones
-    included."""
+    all masks, or the matched queries' masks from a mask function) give the same losses, auxiliary
+    ones included."""
     from detr_d2.modeling.criterion import SetCriterion
     from detr_d2.modeling.matcher import HungarianMatcher
     from tests.utils.official_detr.criterion import build_official_criterion
@@ -263,8 +262,7 @@ def _check_inference_output(
     tool, out: str, batches, scenes=("typical", "crowded"), num_queries=10, strict=True
 ):
     """``strict``: float32 (the two sides' logits agree closely and their panoptic maps match);
-    float16
-    autocast only keeps the same queries."""
+    float16 autocast only keeps the same queries."""
     fractions = {"typical": 0.15, "crowded": 0.45}
     for scene in scenes:
         kept = round(fractions[scene] * num_queries)
@@ -442,8 +440,7 @@ def test_inference_benchmark_rejects_bad_arguments(capsys):
 def test_scene_class_head_keeps_exactly_the_chosen_queries():
     """The fitted class head keeps the chosen queries with the official rule (softmax over all 251
     logits, argmax not no-object, score > threshold), one distinct COCO class each, even for nearly
-    identical
-    decoder outputs; unused slots never win."""
+    identical decoder outputs; unused slots never win."""
     tool = _load_tool("inference")
     g = torch.Generator().manual_seed(1)
     hs = torch.randn(1, 32, generator=g) + 1e-3 * torch.randn(
@@ -472,9 +469,8 @@ def test_scene_class_head_keeps_exactly_the_chosen_queries():
 
 def test_distinct_query_masks_spreads_the_queries_masks_apart():
     """A random model's queries get nearly the same mask; after ``distinct_query_masks_`` they
-    differ (the
-    per-pixel spread over queries grows by orders of magnitude) and the image features are
-    unchanged."""
+    differ (the per-pixel spread over queries grows by orders of magnitude) and the image features
+    are unchanged."""
     tool = _load_tool("inference")
     args = tool.parse_args(
         TINY_MODEL + ["--input-size", "64x96", "--output-size", "64x96", "--pp-kept", "3"]

@@ -106,8 +106,7 @@ def _rename(state_dict, renames):
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Weights that make every output informative: HF's own init (std 0.02 everywhere, identity
-    frozen
-    BN) gives near-constant outputs, which would hide swapped or misplaced tensors."""
+    frozen BN) gives near-constant outputs, which would hide swapped or misplaced tensors."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(shape, scale):
@@ -461,8 +460,7 @@ def test_class_names_come_from_id2label_else_the_official_layout(tmp_path):
 # documentation
 def test_tool_docstring_examples_work_as_written(tmp_path, monkeypatch, capsys):
     """Run every example command of tools/convert_detr_checkpoint.py's docstring on fake sources of
-    the
-    names it uses: the official R50 panoptic layout and a hub-sized HF folder (stride-0 zero
+    the names it uses: the official R50 panoptic layout and a hub-sized HF folder (stride-0 zero
     tensors)."""
     tool = load_script("convert_detr_checkpoint")
     doc = tool.__doc__.replace("\\\n", " ")

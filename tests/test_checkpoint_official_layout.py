@@ -2,12 +2,11 @@
 (issue 13).
 
 The layout spec in ``detr_d2.checkpoint.official_layout`` is written from the published DETR code
-(facebookresearch/detr at 29901c5); the
-test oracle (``tests.utils.official_detr``, an independent re-implementation of the official model)
-must produce exactly the same keys, shapes and key order for every configuration. A checkpoint with
-one wrongly shaped tensor must be refused with a message that names that tensor only (with found and
-expected shape) and the file, from the Python API and from the tools (one ``error:`` line, exit 1,
-nothing written).
+(facebookresearch/detr at 29901c5); the test oracle (``tests.utils.official_detr``, an independent
+re-implementation of the official model) must produce exactly the same keys, shapes and key order
+for every configuration. A checkpoint with one wrongly shaped tensor must be refused with a message
+that names that tensor only (with found and expected shape) and the file, from the Python API and
+from the tools (one ``error:`` line, exit 1, nothing written).
 """
 
 import dataclasses
@@ -142,8 +141,7 @@ def test_every_single_corrupt_tensor_is_named_alone(lay):
 
 def test_bad_hidden_size_tensor_no_longer_breaks_inference():
     """Before issue 13, a class_embed of width 255 made the converter infer hidden size 255 and
-    crash
-    in nn.MultiheadAttention (255 is not divisible by 8 heads) or list every correct tensor as
+    crash in nn.MultiheadAttention (255 is not divisible by 8 heads) or list every correct tensor as
     wrong."""
     sd = meta_state_dict(layout())
     sd["detr.class_embed.weight"] = torch.empty(251, 255, device="meta")

@@ -1,7 +1,7 @@
 """Datasets registered from a YAML file (``DATASETS.REGISTER_FILES``) or ``tools/train_net.py
 --register-dataset``: same checks as ``register_panoptic_dataset``, errors naming the file / entry /
-field,
-all or nothing, idempotent, registered before the model (train_net's setup, the predictor)."""
+field, all or nothing, idempotent, registered before the model (train_net's setup, the
+predictor)."""
 
 import json
 import os

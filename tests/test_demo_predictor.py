@@ -1,6 +1,5 @@
 """DetrPanopticPredictor and tools/demo.py on the real COCO sample with a tiny random model:
-Visualizer overlay,
-query-mask grid, and the COCO panoptic PNG + JSON round trip through rgb2id."""
+Visualizer overlay, query-mask grid, and the COCO panoptic PNG + JSON round trip through rgb2id."""
 
 import json
 import os

@@ -1,6 +1,6 @@
 """tools/train_net.py end to end on a tiny quickstart-format dataset: train, checkpoints, resume
-after a
-kill, eval-only through the panoptic evaluator, and 2 CPU processes with gloo through ``launch``."""
+after a kill, eval-only through the panoptic evaluator, and 2 CPU processes with gloo through
+``launch``."""
 
 import json
 import os

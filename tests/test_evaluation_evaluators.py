@@ -383,8 +383,7 @@ def test_background_workers_equal_in_process_and_keep_order(tmp_path):
 
 def test_background_worker_errors_reach_the_caller(tmp_path):
     """An image's failure in a worker thread is raised (by process or evaluate) with its message,
-    and
-    the evaluator works again after reset."""
+    and the evaluator works again after reset."""
     name = register_coco_sample()
     inputs, outputs = perturbed_outputs(
         name, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS, np.random.default_rng(0), ops=()
@@ -404,8 +403,7 @@ def test_background_worker_errors_reach_the_caller(tmp_path):
 def test_dataset_registered_with_skipped_pngs_is_evaluated_on_its_images(tmp_path):
     """register_panoptic_dataset(missing="skip") leaves out the image whose GT PNG is missing: both
     evaluators then score the other images (with a warning) instead of failing after the whole
-    inference,
-    and give exactly pq_compute's numbers on a GT JSON that lists only those images."""
+    inference, and give exactly pq_compute's numbers on a GT JSON that lists only those images."""
     import shutil
 
     from detr_d2.data.datasets import register_panoptic_dataset

@@ -226,8 +226,7 @@ def test_fusions_equal_panoptic_fusion_on_the_same_raw_outputs(tiny, r50):
 
 def test_segment_removal_and_nothing_kept_in_the_scripted_fusion(tiny):
     """Queries whose segments are too small are dropped (and the argmax redone); all dropped or none
-    kept
-    -> an all-zero map, no segments, as panoptic_fusion."""
+    kept -> an all-zero map, no segments, as panoptic_fusion."""
     fuse = torch.jit.script(fusion.fuse_panoptic)
     model = tiny["model"]
     logits, _, queries, masks = tiny["raw"][0]

@@ -115,8 +115,7 @@ def test_torch_export_format(tool, capsys, tmp_path, weights):
 
 def test_onnx_export_keeping_no_query(tool, capsys, tmp_path):
     """A threshold of 1 keeps no query: the graph then returns no masks (ONNX Runtime crashes on
-    zero-row
-    convolutions, which the network avoids) and the post-processor an all-void map."""
+    zero-row convolutions, which the network avoids) and the post-processor an all-void map."""
     ort = pytest.importorskip("onnxruntime")
     from detr_d2.export import PanopticPostprocessor
 

@@ -1,7 +1,6 @@
 """Fault injection: kills during checkpoint saves and tool runs, damaged checkpoints, unwritable
 outputs, same-name inputs, truncated JPEG/PNG, and float / NaN / empty images. Nothing may be lost
-or left half
-written, and every expected failure is one clear message naming the file."""
+or left half written, and every expected failure is one clear message naming the file."""
 
 import contextlib
 import io
@@ -88,8 +87,7 @@ def _unwritable(folder):
 @contextlib.contextmanager
 def _log():
     """INFO+ records of the ``detr_d2`` loggers (caplog misses them once Detectron2's setup_logger
-    has
-    set ``propagate = False`` on ``detr_d2`` in this process)."""
+    has set ``propagate = False`` on ``detr_d2`` in this process)."""
     logger, stream = logging.getLogger("detr_d2"), io.StringIO()
     handler, level = logging.StreamHandler(stream), logger.level
     logger.addHandler(handler)

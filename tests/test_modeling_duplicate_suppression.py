@@ -49,8 +49,7 @@ def _criterion(dup_weight=None, iou=0.5, eos=0.1):
 
 def _with_duplicates(outputs, targets):
     """Give queries 0 and 1 of image 0 (in every group) the box of its first target: one is matched,
-    the
-    other a duplicate."""
+    the other a duplicate."""
     for layer in [outputs] + outputs.get("aux_outputs", []):
         for k in range(K):
             layer["pred_boxes"][0, [k * 4, k * 4 + 1]] = targets[0]["boxes"][0]
@@ -61,8 +60,7 @@ def _with_duplicates(outputs, targets):
 @pytest.mark.parametrize("seed", range(2))
 def test_ordinary_weight_equals_detr_loss(seed, num_groups):
     """With the duplicate weight equal to the no-object weight, the per-query weighted form gives
-    DETR's loss
-    (F.cross_entropy with class weights, the old computation) in every decoder layer."""
+    DETR's loss (F.cross_entropy with class weights, the old computation) in every decoder layer."""
     outputs, targets = random_outputs_and_targets(seed)
     outputs = _with_duplicates(outputs, targets)
     old = _criterion()(outputs, targets, num_groups=num_groups)
@@ -75,9 +73,8 @@ def test_ordinary_weight_equals_detr_loss(seed, num_groups):
 @pytest.mark.parametrize("iou", [0.3, 0.5, 0.9])
 def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
     """loss_ce = sum(w * CE) / sum(w) with w the no-object weight for unmatched queries, the
-    duplicate weight
-    for unmatched queries whose box has IoU >= threshold with a target box of their image, 1 for
-    matched."""
+    duplicate weight for unmatched queries whose box has IoU >= threshold with a target box of their
+    image, 1 for matched."""
     outputs, targets = random_outputs_and_targets(0)
     outputs = _with_duplicates(outputs, targets)
     outputs = {
@@ -111,9 +108,8 @@ def test_duplicate_weight_on_unmatched_queries_near_a_target(iou):
 
 def test_duplicates_get_a_larger_push_to_no_object():
     """One target, queries 0 and 1 on its box, 2 and 3 far from it: the unmatched duplicate's
-    no-object logit
-    gets duplicate_weight / no_object_weight (10x) the gradient a far query gets, relative to DETR's
-    loss."""
+    no-object logit gets duplicate_weight / no_object_weight (10x) the gradient a far query gets,
+    relative to DETR's loss."""
     g = torch.Generator().manual_seed(0)
     boxes = torch.tensor(
         [[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]]
@@ -154,8 +150,7 @@ def _cfg(enabled, num_groups=K):
 
 def test_model_and_inference_are_the_plain_model():
     """No parameter is added: state dicts have the same keys and load both ways; inference outputs
-    are equal;
-    a training step gives the same box/mask losses and a different class loss."""
+    are equal; a training step gives the same box/mask losses and a different class loss."""
     plain, suppressed = build_model(_cfg(False)), build_model(_cfg(True))
     suppressed.load_state_dict(plain.state_dict())
     assert set(plain.state_dict()) == set(suppressed.state_dict())

@@ -40,8 +40,7 @@ from tests.utils.paths import ROOT
 @contextlib.contextmanager
 def captured_log(names=("detr_d2.checkpoint.weight_loading",)):
     """Messages logged to the loggers ``names`` (handlers on the loggers themselves: another test
-    may stop
-    propagation)."""
+    may stop propagation)."""
     records = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda r: records.append(r.getMessage())
@@ -71,8 +70,7 @@ def test_group_attention_mask_layout():
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_group_attention_mask_isolates_groups(pre_norm):
     """A group's decoder output does not change when the other groups' queries change (bit for bit),
-    and
-    equals that group decoded alone; without the mask it does change (the check can fail)."""
+    and equals that group decoded alone; without the mask it does change (the check can fail)."""
     t = Transformer(
         d_model=32,
         nhead=4,
@@ -143,9 +141,8 @@ def _criterion():
 @pytest.mark.parametrize("seed", range(2))
 def test_group_losses_equal_average_of_single_group_losses(seed, masks_from):
     """Every loss (class, boxes, masks, auxiliary layers) with K groups = the mean of the K
-    single-group
-    criteria on the groups' slices; with ``mask_fn``, one call gets the matched queries of all
-    groups."""
+    single-group criteria on the groups' slices; with ``mask_fn``, one call gets the matched queries
+    of all groups."""
     outputs, targets = random_outputs_and_targets(seed)
     crit = _criterion()
     singles = [crit(group_slice(outputs, k), targets) for k in range(K)]
@@ -284,8 +281,8 @@ def test_plain_checkpoint_initialises_the_extra_groups_from_query_embed():
 
 def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
     """The training/evaluation path: DetectionCheckpointer files, grouped -> grouped (resume),
-    grouped ->
-    plain, plain -> grouped, and a grouped checkpoint of another K (re-initialised from group 0)."""
+    grouped -> plain, plain -> grouped, and a grouped checkpoint of another K (re-initialised
+    from group 0)."""
     grouped = build_model(grouped_cfg())
     DetectionCheckpointer(grouped, save_dir=str(tmp_path)).save("grouped")
     path = str(tmp_path / "grouped.pth")
@@ -322,9 +319,8 @@ def test_checkpoints_round_trip_through_detectron2_checkpointer(tmp_path):
 @pytest.mark.parametrize("stage2_groups", [1, K])
 def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
     """A stage 1 trained with K groups feeds a plain stage 2 (its extra groups ignored) and a
-    grouped one (its
-    trained groups frozen with the detector: the mask head learns from the matched queries of every
-    group)."""
+    grouped one (its trained groups frozen with the detector: the mask head learns from the matched
+    queries of every group)."""
     path = tmp_path / "stage1.pth"
     stage1 = stage1_checkpoint(path, K)
     model = build_model(stage2_cfg(path, stage2_groups)).train()

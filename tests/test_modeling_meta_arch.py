@@ -147,8 +147,7 @@ def test_frozen_weights_only_mask_head_trains(tmp_path):
 
 def test_mask_head_weights_initialise_only_the_mask_head(tmp_path):
     """Stage 2 on another dataset: detector from FROZEN_WEIGHTS, mask head from a panoptic
-    checkpoint of
-    other classes (the mask head is class-agnostic)."""
+    checkpoint of other classes (the mask head is class-agnostic)."""
     det = build_model(tiny_detr_cfg(mask_on=False))
     det_path = tmp_path / "det.pth"
     torch.save({"model": det.state_dict()}, det_path)
@@ -183,8 +182,8 @@ def test_frozen_weights_rejects_wrong_checkpoint(tmp_path):
 
 def test_batched_equals_single():
     """Two images of different sizes in one batch give the same raw outputs and panoptic maps as
-    each alone
-    (padding-invariant backbone, per-image mask head, padding cropped before resizing the masks)."""
+    each alone (padding-invariant backbone, per-image mask head, padding cropped before resizing
+    the masks)."""
     model = build_model(tiny_detr_cfg()).eval()
     with (
         torch.no_grad()

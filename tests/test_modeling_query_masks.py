@@ -212,8 +212,7 @@ def test_stage2_training_on_matched_queries_equals_all_queries(tmp_path):
 
 def test_batch_without_targets_keeps_the_mask_head_in_the_graph():
     """Zero mask loss, and (zero) gradients for every mask-head parameter, as with all queries (DDP
-    needs a
-    gradient for every parameter)."""
+    needs a gradient for every parameter)."""
     cfg = tiny_detr_cfg()
     model = calibrated_model(cfg).train()
     batch = [make_train_input(48, 48, [], [], seed=4), make_train_input(40, 56, [], [], seed=5)]

@@ -1,6 +1,5 @@
 """A shortened quickstart: the quickstart config trained on a handful of synthetic images must
-overfit them
-(PQ on those images well above chance through the real train_net path and the panoptic
+overfit them (PQ on those images well above chance through the real train_net path and the panoptic
 evaluator)."""
 
 import os

@@ -53,9 +53,8 @@ SKY, GRASS, PERSON = 187, 193, 1
 
 def _official_checkpoints(weights: str) -> None:
     """Random official DETR detection (92 logits) and panoptic (251) checkpoints, saved as DETR
-    saves them.
-    The panoptic one predicts sky / grass / person confidently, so the stuff tool sees stuff and
-    things."""
+    saves them. The panoptic one predicts sky / grass / person confidently, so the stuff tool sees
+    stuff and things."""
     os.makedirs(weights)
     torch.manual_seed(0)
     det = randomize_frozen_batchnorm_(build_official_detr(masks=False, num_classes=91, **OFFICIAL))

@@ -119,9 +119,8 @@ def data(tmp_path):
 
 def fake_model(bgr):
     """Sky on top, grass below, a wall strip, a void strip, and a model 'person' at x 30..36
-    (unannotated
-    in image 0 except where the crowd box is; the model's thing on the annotated excavator is
-    ignored)."""
+    (unannotated in image 0 except where the crowd box is; the model's thing on the annotated
+    excavator is ignored)."""
     assert bgr.shape == (H, W, 3) and bgr.dtype == np.uint8
     ids = np.zeros((H, W), np.int32)
     ids[:12] = 1  # sky

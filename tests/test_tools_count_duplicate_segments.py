@@ -1,6 +1,6 @@
 """tools/count_duplicate_segments.py: the matched / duplicate decisions on hand-made maps, and the
-command on
-the COCO sample with a tiny random model (counts equal to the dataset's and the predictor's)."""
+command on the COCO sample with a tiny random model (counts equal to the dataset's and the
+predictor's)."""
 
 import json
 import os
@@ -49,8 +49,7 @@ def test_split_object_is_one_match_and_one_duplicate():
 
 def _brute_force(pred, pred_things, gt, gt_things):
     """The definitions with one boolean mask per segment (the tool counts pixels with the
-    evaluator's
-    pair_intersections instead)."""
+    evaluator's pair_intersections instead)."""
     matched = {}
     for p in pred_things:
         for g in gt_things:
@@ -69,8 +68,7 @@ def _brute_force(pred, pred_things, gt, gt_things):
 @pytest.mark.parametrize("seed", range(20))
 def test_counts_equal_brute_force_on_random_maps(seed):
     """Blocky random maps, the prediction shifted so segments straddle ground-truth ones; segments
-    split,
-    merged and absent (ids listed but not in the map)."""
+    split, merged and absent (ids listed but not in the map)."""
     rng = np.random.default_rng(seed)
     cells = rng.integers(0, 5, (5, 5))
     gt = np.kron(cells * 1000 + 7, np.ones((8, 8), np.int64))

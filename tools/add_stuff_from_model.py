@@ -17,10 +17,9 @@ invented instance. Stuff categories: the model's own stuff classes, or a coarser
       tree-merged: vegetation
 
 Writes, all or nothing (a temporary sibling folder renamed at the end), into --output:
-  panoptic/<image stem>.png   the panoptic PNGs
-  panoptic.json               COCO panoptic JSON: the images, annotations, thing + stuff categories
-  coverage.json               per-image and overall pixel shares: annotated things, model stuff,
-  void
+  panoptic/<image stem>.png   the panoptic PNGs panoptic.json               COCO panoptic JSON: the
+  images, annotations, thing + stuff categories coverage.json               per-image and overall
+  pixel shares: annotated things, model stuff, void
 and prints the summary. Register the result with image_root = --image-root, panoptic_root =
 <output>/panoptic, panoptic_json = <output>/panoptic.json. Inputs are never modified.
 

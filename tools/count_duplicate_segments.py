@@ -54,8 +54,7 @@ def match_and_duplicates(
 ) -> Tuple[int, int]:
     """(matched, duplicates) for one image: ``pred_ids`` / ``gt_ids`` (H, W) segment-id maps,
     ``pred_things`` / ``gt_things`` the ids of their thing segments (see the module docstring for
-    the definitions). Pixel
-    counts come from the evaluator's
+    the definitions). Pixel counts come from the evaluator's
     :func:`~detr_d2.evaluation.panoptic_quality.pair_intersections`."""
     if pred_ids.shape != gt_ids.shape:
         raise ValueError(

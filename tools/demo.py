@@ -76,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def expand_inputs(inputs: List[str]) -> List[str]:
     """Image files of ``--input`` (files, folders, globs) in the given order, each once; an item
-    that
-    gives no file is an error naming it."""
+    that gives no file is an error naming it."""
     files = []
     for item in inputs:
         if os.path.isdir(item):
@@ -107,9 +106,8 @@ def expand_inputs(inputs: List[str]) -> List[str]:
 
 def output_names(files: List[str]) -> List[str]:
     """A distinct output name per input: its file stem; for inputs sharing a stem, their path below
-    their
-    common folder with ``/`` (and, if still shared, the extension's ``.``) as ``_``; then ``_2``,
-    ``_3``..."""
+    their common folder with ``/`` (and, if still shared, the extension's ``.``) as ``_``; then
+    ``_2``, ``_3``..."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
     by_stem = collections.defaultdict(list)
     for f, stem in zip(files, stems):

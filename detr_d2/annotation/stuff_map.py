@@ -50,8 +50,7 @@ VOID, MODEL_THING = 0, -1
 @dataclass(frozen=True)
 class StuffMap:
     """Output stuff ``categories`` (validated, isthing 0, with colours) and, per model stuff dataset
-    id,
-    the output category id it becomes (None: void)."""
+    id, the output category id it becomes (None: void)."""
 
     categories: List[Dict[str, Any]]
     model_to_output: Dict[int, Optional[int]]
@@ -59,8 +58,7 @@ class StuffMap:
 
 def model_stuff_categories(metadata: Any) -> List[Dict[str, Any]]:
     """The stuff categories of a model's Detectron2 panoptic metadata: ``id`` (dataset id),
-    ``name``,
-    ``color``, ``isthing`` 0, sorted by id. Raises ``ValueError`` if it has none."""
+    ``name``, ``color``, ``isthing`` 0, sorted by id. Raises ``ValueError`` if it has none."""
     stuff = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", None) or {})
     if not stuff:
         raise ValueError(

@@ -50,8 +50,7 @@ def load_torch_file(path: str) -> Any:
 def extract_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     """The weights of a loaded checkpoint: ``obj["model"]`` (DETR's format; other top-level keys
     such as ``optimizer``/``args`` are ignored), or ``obj`` itself when it is a flat name -> tensor
-    dict
-    (torchvision's format)."""
+    dict (torchvision's format)."""
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         ignored = sorted(str(k) for k in obj if k != "model")
         if ignored:
@@ -78,8 +77,7 @@ def extract_state_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint file as ``{name: tensor}``: a Detectron2 model-zoo ``.pkl``
     (pickle of ``{"model": numpy arrays}``) or a ``.pth`` read by :func:`load_torch_file`
-    (``checkpoint["model"]`` or a
-    flat state dict). Errors name ``path``."""
+    (``checkpoint["model"]`` or a flat state dict). Errors name ``path``."""
     if path.endswith(".pkl"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -112,8 +110,8 @@ def d2_checkpoint(
 def check_output_path(output: str, *, sources: Sequence[str] = (), overwrite: bool = False) -> None:
     """Refuse (``ValueError`` / ``FileExistsError`` / ``FileNotFoundError``) to write ``output``
     when it is one of the input files ``sources`` (also through links), exists and ``overwrite`` is
-    False, or its
-    folder does not exist. Tools call it before converting, so a refused run does no work."""
+    False, or its folder does not exist. Tools call it before converting, so a refused run does
+    no work."""
     output_abs = os.path.abspath(output)
     for source in sources:
         if os.path.realpath(source) == os.path.realpath(output_abs) or (

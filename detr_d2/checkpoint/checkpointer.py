@@ -295,8 +295,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """With ``resume``: load the checkpoint of :meth:`get_checkpoint_file` with all
-        checkpointables,
-        or ``path`` (model only) when there is none. Without: load ``path`` (model only)."""
+        checkpointables, or ``path`` (model only) when there is none. Without: load ``path``
+        (model only)."""
         if resume:
             found = self._find_resume_file()
             try:

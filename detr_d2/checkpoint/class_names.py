@@ -45,8 +45,7 @@ def normalize_class_name(name: str) -> str:
 
 def class_match_key(name: str) -> str:
     """:func:`normalize_class_name` without trailing ``merged``/``other``/``stuff`` words (the last
-    word
-    is always kept): ``"sky-other-merged"`` -> ``"sky"``, ``"water-other"`` -> ``"water"``."""
+    word is always kept): ``"sky-other-merged"`` -> ``"sky"``, ``"water-other"`` -> ``"water"``."""
     words = normalize_class_name(name).split(" ")
     while len(words) > 1 and words[-1] in _PANOPTIC_SUFFIXES:
         words.pop()

@@ -55,8 +55,7 @@ ClassMap = Mapping[str, Optional[str]]
 class ClassMatch:
     """Where target class ``contiguous_id`` gets its classifier row: ``source_row`` of the
     checkpoint (class ``source_name``), or a fresh row (``source_row`` None). ``rule``: ``"name"``,
-    ``"class map"``,
-    ``"new"`` (no source class of that name) or ``"new (class map)"``."""
+    ``"class map"``, ``"new"`` (no source class of that name) or ``"new (class map)"``."""
 
     target_name: str
     contiguous_id: int
@@ -186,9 +185,8 @@ def fresh_class_head(
     hidden_dim: int, num_logits: int, seed: int = 0
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Weight (num_logits, hidden_dim) and bias (num_logits,) of ``nn.Linear(hidden_dim,
-    num_logits)``
-    constructed right after ``torch.manual_seed(seed)``; the global RNG state is restored
-    afterwards."""
+    num_logits)`` constructed right after ``torch.manual_seed(seed)``; the global RNG state is
+    restored afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layer = nn.Linear(hidden_dim, num_logits)

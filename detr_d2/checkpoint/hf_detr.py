@@ -122,8 +122,7 @@ class HFDetrStyle:
 def official_key_to_hf(key: str, style: HFDetrStyle) -> List[str]:
     """The HF key(s) holding official tensor ``key``: one name, or the q/k/v parts of an
     ``in_proj_*`` (rows 0..d-1, d..2d-1, 2d..3d-1). Raises ``KeyError`` for keys HF models do not
-    have (pre-norm
-    ``transformer.encoder.norm``)."""
+    have (pre-norm ``transformer.encoder.norm``)."""
     if key.startswith("bbox_attention."):
         return [key.replace("_linear.", "_proj.") if style.v5 else key]
     if key.startswith("mask_head."):

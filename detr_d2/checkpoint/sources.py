@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 class ConvertedDETR:
     """A converted checkpoint: ``model`` (detr_d2 names), the source's configuration (``layout``),
     how its class rows are named (``source_classes``: one name or ``None`` per row before no-object;
-    ``None``
-    when unknown), the class-slot convention of ``model``'s classifier and backbone facts."""
+    ``None`` when unknown), the class-slot convention of ``model``'s classifier and backbone
+    facts."""
 
     model: Dict[str, torch.Tensor]
     layout: OfficialDETRLayout

@@ -34,9 +34,8 @@ def load_checkpoint_part(
 ) -> None:
     """Copy the tensors of checkpoint ``state`` (read from ``path``, config ``key``) whose names
     start (``include``) or do not start with ``prefixes`` into ``model``; every such tensor of the
-    model must be
-    in the file with its shape (else a ``ValueError`` naming the file, the key and the first
-    mismatches)."""
+    model must be in the file with its shape (else a ``ValueError`` naming the file, the key and the
+    first mismatches)."""
     own = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes) == include}
     missing = sorted(set(own) - set(state))
     bad_shape = [
@@ -69,9 +68,8 @@ def load_checkpoint_part(
 def load_and_freeze_detector(model: nn.Module, path: str) -> None:
     """Load a detection checkpoint (Detectron2 ``.pth``/``.pkl`` with a ``model`` dict of this
     model's names) into everything but the mask head, then freeze it (``requires_grad=False``). With
-    Group DETR the
-    checkpoint must hold trained extra groups of the model's shape (a stage 1 trained with the same
-    K)."""
+    Group DETR the checkpoint must hold trained extra groups of the model's shape (a stage 1 trained
+    with the same K)."""
     state = load_state_dict_file(PathManager.get_local_path(path))
     groups = getattr(model, "group_query_embed", None)
     if groups is not None:
@@ -98,8 +96,7 @@ def load_and_freeze_detector(model: nn.Module, path: str) -> None:
 def load_mask_head(model: nn.Module, path: str) -> None:
     """Initialise ``bbox_attention``/``mask_head`` from a panoptic checkpoint with this model's (=
     DETR's official) names. The mask head is class-agnostic, so any panoptic checkpoint of the same
-    widths (hidden
-    dim, heads, backbone) fits."""
+    widths (hidden dim, heads, backbone) fits."""
     state = load_state_dict_file(PathManager.get_local_path(path))
     load_checkpoint_part(
         model, state, path, "MODEL.DETR.MASK_HEAD_WEIGHTS", MASK_HEAD_PREFIXES, include=True
@@ -113,8 +110,7 @@ def adapt_group_queries(model: nn.Module, state_dict: Dict[str, Tensor], prefix:
     unexpected key). A model with K groups that finds none of the right shape initialises them from
     the checkpoint's ``query_embed.weight``: each extra group a copy plus Gaussian noise of 0.1 x
     the std of those embeddings (identical copies would get identical gradients and stay identical);
-    logged. Without ``query_embed``
-    either, both are left to be reported missing as usual."""
+    logged. Without ``query_embed`` either, both are left to be reported missing as usual."""
     key, base_key = prefix + GROUP_QUERIES, prefix + "query_embed.weight"
     if model.group_query_embed is None:
         if key in state_dict:

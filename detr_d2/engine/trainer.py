@@ -55,9 +55,8 @@ def _cpu_aware_ddp():
 
     ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model,
     broadcast_buffers=False)``, which passes ``device_ids=[local rank]``: right for a GPU, refused
-    by DistributedDataParallel for a CPU
-    model (``launch`` with several CPU processes and gloo). Nothing else of ``DefaultTrainer``
-    changes."""
+    by DistributedDataParallel for a CPU model (``launch`` with several CPU processes and gloo).
+    Nothing else of ``DefaultTrainer`` changes."""
     from detectron2.engine import defaults
 
     original = defaults.create_ddp_model
@@ -80,8 +79,7 @@ class DetrTrainer(DefaultTrainer):
     def __init__(self, cfg):
         """The config's rules for training (:func:`~detr_d2.config_rules.validate_detr_config`),
         then ``DefaultTrainer.__init__``; DistributedDataParallel gets ``device_ids=None`` for a CPU
-        model, so
-        ``launch`` with several CPU processes (gloo) works."""
+        model, so ``launch`` with several CPU processes (gloo) works."""
         validate_detr_config(cfg, training=True)
         with _cpu_aware_ddp():
             super().__init__(cfg)
@@ -90,9 +88,9 @@ class DetrTrainer(DefaultTrainer):
         """Detectron2's hooks, with ``self.checkpointer`` (made by ``DefaultTrainer.__init__``, used
         by ``PeriodicCheckpointer`` and ``resume_or_load``) replaced by an
         :class:`AtomicDetectionCheckpointer` over the same model and checkpointables: atomic saves,
-        and a resume that survives a damaged
-        last checkpoint; plus, last (after the writers flush ``metrics.json``), a
-        :class:`TrainingCurvesHook` drawing ``OUTPUT_DIR/training_curves.png``."""
+        and a resume that survives a damaged last checkpoint; plus, last (after the writers flush
+        ``metrics.json``), a :class:`TrainingCurvesHook` drawing
+        ``OUTPUT_DIR/training_curves.png``."""
         old = self.checkpointer
         if not isinstance(old, AtomicDetectionCheckpointer):
             self.checkpointer = AtomicDetectionCheckpointer(

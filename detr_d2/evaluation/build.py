@@ -40,9 +40,8 @@ def build_panoptic_evaluator(
     """The panoptic evaluator named by ``kind`` ("in_process": PQ computed in process, same numbers
     as panopticapi; "panopticapi": Detectron2's ``COCOPanopticEvaluator`` (PNGs + ``pq_compute``) +
     per-class results). ``write_predictions`` (PNG + JSON kept in ``output_dir``) and
-    ``num_workers`` (background
-    threads) and ``error_analysis`` (with ``worst_images`` drawn; docs/error_analysis.md) are
-    "in_process" options."""
+    ``num_workers`` (background threads) and ``error_analysis`` (with ``worst_images`` drawn;
+    docs/error_analysis.md) are "in_process" options."""
     if kind not in PANOPTIC_EVALUATORS:
         raise ValueError(
             f"unknown panoptic evaluator {kind!r} (TEST.PANOPTIC_EVALUATOR); choose from "

@@ -148,8 +148,7 @@ class FastCOCOPanopticEvaluator(DatasetEvaluator):
 
     def _collect_finished(self, max_pending: int) -> None:
         """Collect the finished head of the queue, in order, and wait while more than
-        ``max_pending``
-        images are queued; re-raises an image's error."""
+        ``max_pending`` images are queued; re-raises an image's error."""
         while self._pending and (self._pending[0].done() or len(self._pending) > max_pending):
             self._collect(self._pending.popleft().result())
 

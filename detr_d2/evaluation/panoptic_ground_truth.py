@@ -150,8 +150,7 @@ class PanopticGroundTruth:
         """Image ids of the GT annotations that have no prediction and whose GT PNG is missing:
         images a dataset registered with ``missing="skip"`` leaves out, so the model never saw them.
         They are left out of the evaluation with a warning. A GT image with its PNG but no
-        prediction is an error (as
-        in ``pq_compute``), raised here."""
+        prediction is an error (as in ``pq_compute``), raised here."""
         predicted = set(predicted)
         unpredicted = [a for a in self.annotations if a["image_id"] not in predicted]
         skipped = [a["image_id"] for a in unpredicted if not os.path.isfile(self.png_path(a))]

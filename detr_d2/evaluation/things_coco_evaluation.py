@@ -21,8 +21,8 @@ __all__ = ["PanopticThingsCOCOEvaluator"]
 class PanopticThingsCOCOEvaluator(COCOEvaluator):
     """``COCOEvaluator`` (same arguments) for a dataset with standard panoptic metadata and a
     ``json_file`` (COCO instances JSON of the things). Predicted ``instances.pred_classes`` are
-    contiguous ids over all
-    classes, as DETR outputs them; predictions of non-thing classes are ignored."""
+    contiguous ids over all classes, as DETR outputs them; predictions of non-thing classes are
+    ignored."""
 
     def __init__(self, dataset_name: str, *args, **kwargs):
         super().__init__(dataset_name, *args, **kwargs)

@@ -37,8 +37,7 @@ def contiguous_to_dataset_ids(dataset_metadata: Any, num_classes: int) -> Option
 
 def export_metadata(model: Any, cfg, dataset_metadata: Any = None) -> Dict[str, Any]:
     """The dict described in the module docstring, for ``model`` (a ``DetrPanoptic``) built from
-    ``cfg``;
-    ``dataset_metadata``: Detectron2 metadata of the test dataset (optional)."""
+    ``cfg``; ``dataset_metadata``: Detectron2 metadata of the test dataset (optional)."""
     num_classes = len(model.is_thing)
     names = None
     if dataset_metadata is not None:

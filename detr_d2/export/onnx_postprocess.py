@@ -48,8 +48,7 @@ def bilinear_taps(
     n_in: int, n_out: int, sel: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples
-    ``sel`` of
-    PyTorch's bilinear (align_corners=False) resize n_in -> n_out."""
+    ``sel`` of PyTorch's bilinear (align_corners=False) resize n_in -> n_out."""
     scale = float(np.float32(n_in) / np.float32(n_out))
     src = np.maximum(
         ((sel.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32), np.float32(0)
@@ -241,8 +240,8 @@ class PanopticPostprocessor:
     ) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
         """``outputs``: the network's (pred_logits (Q, S+1), pred_boxes, mask_queries (K,),
         pred_masks (K, Hm, Wm)) as a list in that order or a dict; ``image_size``: (h, w) of the
-        network input;
-        ``output_size``: (H_out, W_out) of the returned map (usually the original image size)."""
+        network input; ``output_size``: (H_out, W_out) of the returned map (usually the original
+        image size)."""
         if isinstance(outputs, Mapping):
             outputs = [outputs[k] for k in OUTPUT_NAMES]
         logits, _, queries, masks = outputs

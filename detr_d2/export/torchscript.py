@@ -119,9 +119,8 @@ class ScriptedPanopticModel(nn.Module):
 
 def trace_network(model: nn.Module, sample_image: Tensor) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of :class:`PanopticNetwork` (puts ``model`` in eval mode) on
-    ``sample_image``
-    (C, H, W); the trace is valid for any H, W and any number of kept queries (the tests check
-    both)."""
+    ``sample_image`` (C, H, W); the trace is valid for any H, W and any number of kept queries (the
+    tests check both)."""
     network = PanopticNetwork(model).eval()
     image = check_image(sample_image, model.pixel_mean.shape[0]).to(model.device, torch.float32)
     with torch.no_grad(), warnings.catch_warnings():

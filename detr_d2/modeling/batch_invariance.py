@@ -82,8 +82,7 @@ def ceil_padding_mask(
     sizes: Sequence[Tuple[int, int]], hw: Sequence[int], stride: int, device=None
 ) -> Tensor:
     """(B, H, W) bool mask of a feature map of size ``hw``, False on the first ceil(h/stride) rows
-    and
-    ceil(w/stride) columns of each image (its own cells), True elsewhere (padding)."""
+    and ceil(w/stride) columns of each image (its own cells), True elsewhere (padding)."""
     mask = torch.ones((len(sizes), hw[0], hw[1]), dtype=torch.bool, device=device)
     for i, (h, w) in enumerate(sizes):
         mask[i, : -(-h // stride), : -(-w // stride)] = False

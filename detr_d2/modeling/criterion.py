@@ -93,8 +93,7 @@ def upsample_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
 class SetCriterion(nn.Module):
     """Hungarian-matched losses. ``forward`` returns *unweighted* losses named ``loss_ce``,
     ``loss_bbox``, ``loss_giou``, ``loss_mask``, ``loss_dice`` (+ ``_{i}`` for auxiliary decoder
-    layer i);
-    ``weight_dict`` holds their weights."""
+    layer i); ``weight_dict`` holds their weights."""
 
     def __init__(
         self,
@@ -197,8 +196,7 @@ class SetCriterion(nn.Module):
 
         The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when
         present, else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm)
-        logits), which
-        computes those queries' masks only."""
+        logits), which computes those queries' masks only."""
         if "pred_masks" in outputs:
             pred_masks = outputs["pred_masks"]
             src_masks = pred_masks[self._src_idx(indices)]

@@ -89,8 +89,8 @@ class MaskHeadSmallConv(nn.Module):
     @staticmethod
     def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
         """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C,
-        h, w)
-        to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same values)."""
+        h, w) to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same
+        values)."""
         up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
         up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
         return up.flatten(0, 1)
@@ -99,8 +99,8 @@ class MaskHeadSmallConv(nn.Module):
         """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)``
         projected res5 -> ``(B, dim, H5, W5)``. The first convolution sees the same features for
         every query, concatenated with that query's attention maps; convolution being linear, this
-        part is computed
-        once per image instead of once per query (``forward(..., projected=...)``)."""
+        part is computed once per image instead of once per query (``forward(...,
+        projected=...)``)."""
         return F.conv2d(x, self.lay1.weight[:, : self.feature_channels], self.lay1.bias, padding=1)
 
     @property
@@ -116,8 +116,7 @@ class MaskHeadSmallConv(nn.Module):
 
         ``projected``: ``project_features(x)`` computed beforehand; the first convolution then only
         runs over each query's attention maps (same result up to float rounding). Without it, DETR's
-        own
-        computation (features concatenated with the attention maps of each query)."""
+        own computation (features concatenated with the attention maps of each query)."""
         num_queries = bbox_mask.shape[1]
         if projected is None:
             x = torch.cat(

@@ -57,8 +57,7 @@ class HungarianMatcher(nn.Module):
 
         ``num_groups`` > 1 (Group DETR): the Q queries are that many equal groups, group-major; each
         group is matched one-to-one to all targets on its own (every target is matched once per
-        group) and the
-        indices of group g are offset by g * Q / num_groups."""
+        group) and the indices of group g are offset by g * Q / num_groups."""
         out = []
         for c in self.cost_matrices(outputs, targets):
             if c.shape[0] % num_groups:

@@ -186,8 +186,7 @@ def _thing_predictions(
     logits: Tensor, is_thing: Tensor, score_threshold: float, label_map: Optional[Tensor]
 ):
     """(scores, contiguous labels, keep) of the best real class of each query; keep = a thing with a
-    score
-    above ``score_threshold``."""
+    score above ``score_threshold``."""
     scores, labels = logits.float().softmax(-1)[:, :-1].max(-1)
     if label_map is not None:
         labels = label_map.to(labels.device)[labels]
@@ -266,8 +265,7 @@ def semantic_inference(
     probs: Optional[Tensor] = None,
 ) -> Tensor:
     """(C, H, W) per-class scores: sum over queries of p(class) * sigmoid(mask), as Mask2Former's
-    semantic
-    inference, for Detectron2's ``SemSegEvaluator`` (it takes the argmax)."""
+    semantic inference, for Detectron2's ``SemSegEvaluator`` (it takes the argmax)."""
     probs = (logits.float().softmax(-1) if probs is None else probs)[:, :-1]
     if label_map is not None:  # fold slots into contiguous classes
         valid = label_map >= 0

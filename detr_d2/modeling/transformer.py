@@ -193,8 +193,7 @@ class Transformer(nn.Module):
     """DETR transformer. ``forward(src (B,C,H,W), mask (B,H,W) True=pad, query_embed (Q,C), pos
     (B,C,H,W), query_groups=1)`` returns ``hs`` (num_dec_layers, B, Q, C) and ``memory`` (B, C, H,
     W). ``query_groups`` > 1: ``query_embed`` holds that many equal groups, group-major, decoded
-    independently
-    (Group DETR; the self-attention between groups is masked)."""
+    independently (Group DETR; the self-attention between groups is masked)."""
 
     def __init__(
         self,

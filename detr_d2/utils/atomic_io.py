@@ -347,8 +347,7 @@ def check_new_outputs(
 def refuse_replacing_other_files(folder: str, suffixes: Iterable[str]) -> None:
     """Raise ``ValueError`` if the existing ``folder`` holds something whose name does not end with
     one of ``suffixes`` (what the tool writes there): a guard before ``--overwrite`` replaces a
-    whole folder
-    that may be the wrong one (e.g. the image folder instead of the PNG folder)."""
+    whole folder that may be the wrong one (e.g. the image folder instead of the PNG folder)."""
     if not os.path.isdir(folder):
         return
     suffixes = tuple(suffixes)
@@ -363,8 +362,7 @@ def refuse_replacing_other_files(folder: str, suffixes: Iterable[str]) -> None:
 
 def require_new_or_empty_folder(folder: str, overwrite: bool = False) -> None:
     """Create ``folder`` if needed and check a file can be created in it; unless ``overwrite``,
-    refuse
-    (``FileExistsError``) a folder that already holds something. Errors name the folder."""
+    refuse (``FileExistsError``) a folder that already holds something. Errors name the folder."""
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
         raise FileExistsError(f"{folder} is not empty; pass --overwrite to write into it anyway")
     os.makedirs(folder, exist_ok=True)

@@ -64,8 +64,7 @@ def calibrate_(model, images, plans, ridge=1e-3):
     slot ``plans[i][q]`` (logit 10) and the other queries no-object (``class_embed`` by ridge least
     squares on the images' decoder outputs); query q attends to its own position of image 0's
     encoder memory (``bbox_attention.q_linear``); the mask head's attention-map input is amplified
-    and its image-feature
-    inputs damped, so each query's attention decides its mask."""
+    and its image-feature inputs damped, so each query's attention decides its mask."""
     rows = []
     with torch.no_grad():
         for img in images:

@@ -35,8 +35,7 @@ def rand_boxes(n, g):
 
 def random_outputs_and_targets(seed, num_classes=3, hm=6, wm=7):
     """Outputs of K groups of Q queries (with masks and 2 auxiliary layers) and 3 images' targets: 2
-    segments,
-    none, and more segments (Q + 2) than a group has queries."""
+    segments, none, and more segments (Q + 2) than a group has queries."""
     g = torch.Generator().manual_seed(seed)
     b, n = 3, K * Q
 

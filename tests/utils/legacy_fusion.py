@@ -14,16 +14,15 @@ from torch import Tensor
 
 def crop_mask_padding(masks: Tensor, image_size: Tuple[int, int], stride: int) -> Tensor:
     """Crop (Q, Hm, Wm) mask logits of a padded batch to the cells covering an image of
-    ``image_size``
-    (h, w) pixels: the first ceil(h/stride) rows and ceil(w/stride) columns."""
+    ``image_size`` (h, w) pixels: the first ceil(h/stride) rows and ceil(w/stride) columns."""
     h, w = image_size
     return masks[:, : int(math.ceil(h / stride)), : int(math.ceil(w / stride))]
 
 
 def _argmax_ids(masks: Tensor) -> Tensor:
     """(K, h, w) logits -> (h, w) int64 index of the winning mask (softmax first, as DETR:
-    bit-identical ties;
-    ``max(0).indices`` returns the first maximal index like ``argmax`` and is ~3x faster on CPU)."""
+    bit-identical ties; ``max(0).indices`` returns the first maximal index like ``argmax`` and is
+    ~3x faster on CPU)."""
     return masks.softmax(0).max(0).indices
 
 
@@ -34,8 +33,7 @@ def pil_nearest_indices(n_in: int, n_out: int, device=None) -> Tensor:
     Pillow (``ImagingScaleAffine``) steps ``x = scale / 2``, ``x += scale`` in float64 and truncates
     (scale = n_in / n_out). PyTorch's ``nearest-exact`` (floor((i + 0.5) * scale)) differs from it
     wherever the accumulated sum falls just below an integer, e.g. on 0.3% of the pixels for 800x800
-    ->
-    612x612 and 20% for 64x64 -> 48x48."""
+    -> 612x612 and 20% for 64x64 -> 48x48."""
     scale = n_in / n_out
     steps = np.full(n_out, scale, dtype=np.float64)
     steps[0] = scale * 0.5
@@ -47,9 +45,8 @@ def bilinear_taps(n_in: int, n_out: int, sel: Tensor) -> Tuple[Tensor, Tensor, T
     """Source indices ``i0``, ``i1`` and float32 weights ``w0``, ``w1`` of the output samples
     ``sel`` of PyTorch's bilinear (align_corners=False) resize n_in -> n_out, computed as its kernel
     does: source position ``scale * (i + 0.5) - 0.5`` (scale = float32(n_in) / n_out) rounded once
-    to float32 and
-    clamped at 0, ``i0 = floor``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = position - i0``, ``w0 = 1 -
-    w1``."""
+    to float32 and clamped at 0, ``i0 = floor``, ``i1 = min(i0 + 1, n_in - 1)``, ``w1 = position -
+    i0``, ``w0 = 1 - w1``."""
     scale = float(np.float32(n_in) / np.float32(n_out))
     src = (
         ((sel.double() + 0.5) * scale - 0.5).float().clamp(min=0)
@@ -63,8 +60,7 @@ def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: 
     """(K, hm, wm) -> (K, len(rows), len(cols)): ``F.interpolate(masks, size, mode="bilinear")``
     read at ``rows`` x ``cols`` only. Same arithmetic as PyTorch's CPU kernel, ``fma(wr0, t0, wr1 *
     t1)`` with ``t = fma(wc0, x_left, wc1 * x_right)`` (``addcmul`` fuses the multiply-add the same
-    way), so the values
-    are bit-identical to it on CPU and equal to float rounding elsewhere."""
+    way), so the values are bit-identical to it on CPU and equal to float rounding elsewhere."""
     _, hm, wm = masks.shape
     r0, r1, wr0, wr1 = (t.to(masks.device) for t in bilinear_taps(hm, size[0], rows))
     c0, c1, wc0, wc1 = (t.to(masks.device) for t in bilinear_taps(wm, size[1], cols))
@@ -79,8 +75,7 @@ def _sampled_bilinear(masks: Tensor, size: Tuple[int, int], rows: Tensor, cols: 
 
 def _class_predictions(logits: Tensor, label_map: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """(scores, labels) of the argmax over all S+1 softmax outputs; labels are contiguous ids (slots
-    mapped
-    through ``label_map``; -1 for an unused slot), S for no-object."""
+    mapped through ``label_map``; -1 for an unused slot), S for no-object."""
     num_slots = logits.shape[-1] - 1
     scores, labels = logits.float().softmax(-1).max(-1)
     if label_map is not None:
@@ -92,8 +87,7 @@ def _class_predictions(logits: Tensor, label_map: Optional[Tensor]) -> Tuple[Ten
 
 def _rows(masks: Tensor, idx: Tensor, mask_queries: Optional[Tensor]) -> Tensor:
     """The masks of queries ``idx`` from ``masks``, whose rows are the queries ``mask_queries``
-    (sorted; all
-    queries when None)."""
+    (sorted; all queries when None)."""
     if mask_queries is None:
         return masks[idx]
     pos = torch.searchsorted(mask_queries.to(idx.device), idx)
@@ -111,8 +105,7 @@ def panoptic_queries(
     logits: Tensor, threshold: float, label_map: Optional[Tensor] = None
 ) -> Tensor:
     """Indices of the queries the panoptic fusion keeps (and whose masks it reads): the argmax over
-    all
-    S+1 outputs is a class (not no-object, not an unused slot) with score > ``threshold``."""
+    all S+1 outputs is a class (not no-object, not an unused slot) with score > ``threshold``."""
     scores, labels = _class_predictions(logits, label_map)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold) & (labels >= 0)
     return keep.nonzero().flatten()

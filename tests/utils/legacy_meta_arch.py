@@ -291,8 +291,7 @@ class LegacyDetrPanoptic(nn.Module):
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[Dict]) -> Tuple[ImageList, Tensor]:
         """Normalise, pad bottom/right with zeros (in normalised space) to the batch's max size, and
-        build
-        the (B, H, W) padding mask (True on padded pixels)."""
+        build the (B, H, W) padding mask (True on padded pixels)."""
         images = []
         for i, x in enumerate(batched_inputs):
             img = x.get("image")
@@ -329,8 +328,7 @@ class LegacyDetrPanoptic(nn.Module):
 
         ``pixel_mask`` (B, H, W) is True on padding. Feature-level masks: DETR's legacy-nearest
         resize of the pixel mask; with ``batch_invariant`` the first ceil(h/stride) x ceil(w/stride)
-        cells are valid
-        (what a single image has). Both are identical to DETR for a single image."""
+        cells are valid (what a single image has). Both are identical to DETR for a single image."""
         valid = ~pixel_mask
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
         padded = any(sz != tuple(images.shape[-2:]) for sz in sizes)
@@ -386,8 +384,8 @@ class LegacyDetrPanoptic(nn.Module):
         (``MaskHeadSmallConv.project_features``).
 
         ``crop_to_image``: run on each image's own region (ceil(h/stride) cells at every stride; the
-        result
-        an image gets alone), else on the whole padded batch grid (DETR's training computation)."""
+        result an image gets alone), else on the whole padded batch grid (DETR's training
+        computation)."""
         strides = self.feature_strides
         out = []
         for i, q in enumerate(queries):
@@ -443,8 +441,7 @@ class LegacyDetrPanoptic(nn.Module):
         """With ``mask_head_feature_norm`` (not in official DETR; for training from scratch): the
         attention maps (B, Q, nheads, H, W), which sum to 1 over heads x valid positions, are scaled
         so a uniform map is 1, matching the unit-RMS features they are concatenated with; otherwise
-        every query gets nearly
-        the same mask."""
+        every query gets nearly the same mask."""
         if not self.mask_head_feature_norm:
             return bbox_mask
         valid = (~mask).flatten(1).sum(1).to(bbox_mask.dtype) * bbox_mask.shape[2]
@@ -544,8 +541,8 @@ class LegacyDetrPanoptic(nn.Module):
         image_sizes: List[Tuple[int, int]],
     ) -> List[Dict]:
         """Detectron2 outputs per image (see the README): the masks of the queries the enabled
-        outputs read
-        are computed (:meth:`mask_queries`, :meth:`query_masks`), then :meth:`postprocess`."""
+        outputs read are computed (:meth:`mask_queries`, :meth:`query_masks`), then
+        :meth:`postprocess`."""
         if not self.mask_on:
             return self.postprocess(outputs, batched_inputs, image_sizes)
         queries = [self.mask_queries(logits) for logits in outputs["pred_logits"]]
@@ -565,8 +562,7 @@ class LegacyDetrPanoptic(nn.Module):
         mask_queries: Optional[Sequence[Tensor]] = None,
     ) -> List[Dict]:
         """Raw outputs -> Detectron2 outputs per image. Mask logits: ``outputs["pred_masks"]`` (B,
-        Q, Hm, Wm)
-        of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries
+        Q, Hm, Wm) of all queries, or per image ``masks[i]`` (n_i, Hm, Wm) of the sorted queries
         ``mask_queries[i]``."""
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):

@@ -21,8 +21,7 @@ def _full_model_clipping(optim_cls, clip_norm: float):
 
 def old_build_detr_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Param groups by (lr, weight decay), merged with Detectron2's ``reduce_param_groups`` (one
-    group per
-    parameter would make AdamW's foreach kernels useless)."""
+    group per parameter would make AdamW's foreach kernels useless)."""
     norm_types = (
         torch.nn.BatchNorm1d,
         torch.nn.BatchNorm2d,

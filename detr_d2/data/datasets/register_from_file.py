@@ -236,8 +236,8 @@ def add_command_line_datasets(cfg: Any, datasets: Sequence[Sequence[str]]) -> Op
     """``--register-dataset NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON`` (each a 4-tuple; paths
     relative to the working directory): check them, write them to
     ``OUTPUT_DIR/registered_datasets.yaml`` and append that file to ``cfg.DATASETS.REGISTER_FILES``
-    (``cfg`` must not be frozen). Returns the file, or None
-    when ``datasets`` is empty. The run's saved ``config.yaml`` then registers them again."""
+    (``cfg`` must not be frozen). Returns the file, or None when ``datasets`` is empty. The run's
+    saved ``config.yaml`` then registers them again."""
     if not datasets:
         return None
     entries = []

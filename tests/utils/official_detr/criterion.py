@@ -144,8 +144,7 @@ def _accuracy(output: Tensor, target: Tensor) -> Tensor:
 
 class SetCriterion(nn.Module):
     """Hungarian matching on the last decoder layer, then the requested losses (``labels``,
-    ``cardinality``,
-    ``boxes``, ``masks``); auxiliary layers get every loss but ``masks``."""
+    ``cardinality``, ``boxes``, ``masks``); auxiliary layers get every loss but ``masks``."""
 
     def __init__(
         self,
@@ -200,8 +199,7 @@ class SetCriterion(nn.Module):
 
     def loss_masks(self, outputs, targets, indices, num_boxes):
         """Index the matched queries out of ``pred_masks`` (all queries' masks), upsample to the
-        padded
-        target size, focal + dice against the zero-padded target masks."""
+        padded target size, focal + dice against the zero-padded target masks."""
         src_idx = self._get_src_permutation_idx(indices)
         tgt_idx = self._get_tgt_permutation_idx(indices)
         src_masks = outputs["pred_masks"]
@@ -284,8 +282,7 @@ def build_official_criterion(
     eos_coef: float = 0.1,
 ) -> SetCriterion:
     """The criterion ``models/detr.py build(args)`` makes, defaults = ``main.py``'s argument
-    defaults
-    (panoptic: 250 class slots; ``--masks`` adds the mask losses; aux losses on unless
+    defaults (panoptic: 250 class slots; ``--masks`` adds the mask losses; aux losses on unless
     ``--no_aux_loss``)."""
     matcher = HungarianMatcher(
         cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou

@@ -485,8 +485,7 @@ class TransformerDecoder(nn.Module):
         query_pos: Optional[Tensor] = None,
     ) -> Tensor:
         """Returns (num_layers, Q, B, C) if ``return_intermediate`` (each normalised by ``norm``;
-        the
-        un-normalised output feeds the next layer), else (1, Q, B, C)."""
+        the un-normalised output feeds the next layer), else (1, Q, B, C)."""
         output = tgt
         intermediate = []
         for layer in self.layers:
@@ -875,8 +874,7 @@ class OfficialDETRsegm(DETRsegm):
 def build_official_detr(*, masks: bool = True, **kwargs) -> Union[DETR, DETRsegm]:
     """``masks=True``: :class:`OfficialDETRsegm` (keys ``detr.*``, ``bbox_attention.*``,
     ``mask_head.*``); ``masks=False``: the bare detector whose keys have no ``detr.`` prefix, like
-    DETR's detection
-    checkpoints. Keyword options as for :class:`OfficialDETRsegm`."""
+    DETR's detection checkpoints. Keyword options as for :class:`OfficialDETRsegm`."""
     if masks:
         return OfficialDETRsegm(**kwargs)
     return _build_detector(return_interm_layers=False, **kwargs)
