@@ -120,12 +120,17 @@ def test_inference_on_used_queries_equals_all_queries(batch_invariant, outputs):
             calls.close()
             single = [model([x])[0] for x in inputs]
         _outputs_equal(used, reference)
-        if (
-            batch_invariant
-        ):  # still batch invariant: each image as alone (scores up to float rounding)
+        if batch_invariant:
+            # still batch invariant: each image as alone, up to float rounding (the convolutions of
+            # a batch of 2 and of 1 may sum in another order: on torch 2.14 one pixel at a near-tie
+            # of two masks flips, 738 vs 739 of an area)
             for r, s in zip(used, single):
-                key = lambda segs: [(g["id"], g["category_id"], g["area"]) for g in segs]  # noqa: E731
+                key = lambda segs: [(g["id"], g["category_id"]) for g in segs]  # noqa: E731
                 assert key(r["panoptic_seg"][1]) == key(s["panoptic_seg"][1])
+                for a, b in zip(r["panoptic_seg"][1], s["panoptic_seg"][1]):
+                    assert abs(a["area"] - b["area"]) <= max(2, 0.005 * b["area"])
+                agree = (r["panoptic_seg"][0] == s["panoptic_seg"][0]).float().mean()
+                assert float(agree) >= 0.999
         if outputs == "panoptic":  # the head ran on the fusion's kept queries only, never on none
             with torch.no_grad():
                 images, pixel_mask = model.preprocess_image(inputs)
