@@ -129,3 +129,31 @@ def test_merged_workers_equal_one_worker():
     a, b = one.result(total), merged.result(total)
     assert a["causes"] == b["causes"] and a["per_class"] == b["per_class"]
     assert [w["pq_lost"] for w in a["worst_images"]] == [w["pq_lost"] for w in b["worst_images"]]
+
+
+def test_pq_lost_chart_draws_a_bar_per_cause_with_a_gain(tmp_path):
+    from detr_d2.evaluation.panoptic_error_plots import CAUSE_COLORS, plot_pq_lost_per_cause
+
+    gains = {"missed": 12.5, "poor_mask": 4.0, "wrong_class": 0.0}
+    causes = {
+        c: {"PQ_gain": g, "PQ_th_gain": g / 2, "PQ_st_gain": None, "fp": 1, "fn": 2}
+        for c, g in gains.items()
+    }
+    result = {"causes": causes, "images": 3, "PQ": 40.0, "all_errors_fixed": {"PQ": 60.0}}
+    path = tmp_path / "chart.png"
+    plot_pq_lost_per_cause(str(path), result)
+    with Image.open(path) as im:
+        assert (im.format, im.size) == ("PNG", (800, 400))
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(p) for p in np.unique(pixels, axis=0)}
+
+    def count(rgb):
+        return int((pixels == np.array([round(255 * c) for c in rgb])).all(axis=1).sum())
+
+    # The "All" bars are solid in the cause's colour, their areas in the ratio of the gains.
+    missed, poor = count(CAUSE_COLORS["missed"]), count(CAUSE_COLORS["poor_mask"])
+    assert missed > 0 and poor > 0
+    assert missed / poor == pytest.approx(12.5 / 4.0, rel=0.1)
+    # No bar for a cause that gains nothing.
+    assert tuple(round(255 * c) for c in CAUSE_COLORS["wrong_class"]) not in colours
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary file left
