@@ -22,7 +22,9 @@ Each pipeline gets ``--warmup`` untimed passes, then ``--iters`` rounds of one t
 pipeline, in rotating order so that load changes hit all alike. Printed: ms per image, images/s and
 the ratio to eager, the median process CPU time per image and its ratio (with ``--threads 1`` the
 figure least disturbed by other processes on a shared machine), plus the kept queries / segments of
-each (same run, same machine). ``--device cuda``: eager and TorchScript on the GPU (the TorchScript
+each (same run, same machine). On the CPU the process runs with ``CPU_REUSE_FREED_MEMORY`` as the
+tools do (``--cpu-reuse-freed-memory off``: without it; every pipeline shares the setting).
+``--device cuda``: eager and TorchScript on the GPU (the TorchScript
 file is exported there), ONNX Runtime with its ``CUDAExecutionProvider`` when the installed
 onnxruntime has one (``onnxruntime-gpu``), else skipped.
 
@@ -77,6 +79,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per pipeline (default 1)")
     p.add_argument("--iters", type=int, default=3, help="timed passes per pipeline (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cpu-reuse-freed-memory",
+        choices=("on", "off"),
+        default="on",
+        help="CPU_REUSE_FREED_MEMORY for the whole process, as tools/train_net.py and "
+        "DetrPanopticPredictor apply it (default on; detr_d2/utils/cpu_memory.py)",
+    )
     add_architecture_arguments(p)
     args = p.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
@@ -252,6 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device is None:
         return 2
     print_contention_note(device)
+    if device.type == "cpu":
+        from detr_d2.utils.cpu_memory import reuse_freed_cpu_memory
+
+        reused = args.cpu_reuse_freed_memory == "on" and reuse_freed_cpu_memory()
+        print(f"CPU_REUSE_FREED_MEMORY: {'on' if reused else 'off'} (all pipelines)")
     t_start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, *args.input_size), dtype=torch.uint8, generator=g)

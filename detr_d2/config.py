@@ -1,6 +1,7 @@
 """Detectron2 config options for detr_d2 (``add_detr_config``).
 
-Model options live under ``cfg.MODEL.DETR``; test-time options (outputs, fusion, evaluator) under
+Model options live under ``cfg.MODEL.DETR``; one process setting at the top level
+(``CPU_REUSE_FREED_MEMORY``); test-time options (outputs, fusion, evaluator) under
 Detectron2's own ``cfg.TEST``; input extras under ``cfg.INPUT`` (DETR's random crop is Detectron2's
 ``INPUT.CROP`` plus two keys); optimiser extras under ``cfg.SOLVER``. ``configs/Base-DETR.yaml``
 sets the official DETR panoptic recipe.
@@ -184,6 +185,12 @@ def add_detr_config(cfg: CN) -> None:
     cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS = CN()
     cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS.ENABLED = False
     cfg.SOLVER.FULL_MODEL_CLIP_GRADIENTS.MAX_NORM = 0.1
+
+    # Process-wide, like Detectron2's CUDNN_BENCHMARK: with MODEL.DEVICE cpu, glibc keeps freed
+    # memory for the next tensors instead of returning it to the kernel and faulting it in again
+    # at every pass (detr_d2/utils/cpu_memory.py; applied by tools/train_net.py and
+    # DetrPanopticPredictor). Same results; the process keeps its peak CPU memory until it exits.
+    cfg.CPU_REUSE_FREED_MEMORY = True
 
     # Keys renamed since an earlier release: a config that still uses one gets a KeyError naming
     # the new key (fvcore/yacs CfgNode.register_renamed_key).

@@ -17,6 +17,7 @@ from .data.datasets.register_from_file import register_datasets_from_config
 from .data.panoptic_io import PanopticPredictionConverter, save_panoptic_png
 from .data.transforms import build_detr_test_augmentation
 from .utils.atomic_io import atomic_write_json
+from .utils.cpu_memory import apply_cpu_memory_setting
 
 __all__ = ["DetrPanopticPredictor", "panoptic_to_coco", "write_panoptic_png_json"]
 
@@ -38,6 +39,7 @@ class DetrPanopticPredictor:
         register_datasets_from_config(
             self.cfg
         )  # DATASETS.REGISTER_FILES: the classes the model reads
+        apply_cpu_memory_setting(self.cfg)  # CPU_REUSE_FREED_MEMORY (utils/cpu_memory.py)
         self.model = build_model(self.cfg).eval()
         if cfg.DATASETS.TEST:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])

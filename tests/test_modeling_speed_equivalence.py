@@ -8,6 +8,8 @@ panoptic maps identical.
   norm in NCHW (outputs, gradients of trainable convolutions, state dict unchanged);
 * the transformer's ``need_weights=False`` attention (``scaled_dot_product_attention``) vs the
   weight-returning one, with padding and Group DETR masks;
+* the mask head's in-place ReLU / additions vs the out-of-place forward: outputs and gradients
+  bitwise equal;
 * the quickstart config's first training step: losses (rel 1e-5) and gradients;
 * the panoptic output of a real COCO image: same segments, >= 99.99% equal pixels.
 """
@@ -26,7 +28,11 @@ from detr_d2.modeling.criterion import upsample_bilinear
 from tests.utils.calibrated_models import calibrate_, r50_export_cfg, sample_images, tiny_export_cfg
 from tests.utils.configs import tiny_detr_cfg
 from tests.utils.paths import ROOT
-from tests.utils.speed_oracles import interpolate_bilinear, old_computation
+from tests.utils.speed_oracles import (
+    interpolate_bilinear,
+    mask_head_out_of_place,
+    old_computation,
+)
 
 QUICKSTART_CONFIG = os.path.join(ROOT, "configs", "quickstart", "detr_r18_quickstart.yaml")
 
@@ -126,6 +132,46 @@ def test_transformer_attention_equals_weight_returning_attention():
         assert _rel(hs, hs_old) < 1e-5 and _rel(mem, mem_old) < 1e-5
         assert _rel(new_grad, queries.grad) < 1e-5
         queries.grad = None
+
+
+@pytest.mark.parametrize("projected", [False, True])
+@pytest.mark.parametrize("sizes", [((6, 9), (12, 18)), ((5, 8), (9, 15))])  # even, odd (ceil)
+def test_mask_head_in_place_equals_out_of_place(projected, sizes):
+    from detr_d2.modeling.mask_head import MaskHeadSmallConv
+
+    torch.manual_seed(0)
+    (h5, w5), (h4, w4) = sizes
+    head = MaskHeadSmallConv(128 + 8, [48, 40, 32], 128)
+    with torch.no_grad():  # non-zero GroupNorm affine and biases: every term matters
+        for m in head.modules():
+            if isinstance(m, (torch.nn.GroupNorm, torch.nn.Conv2d)):
+                m.bias.normal_()
+    channels_last = torch.channels_last
+    x = torch.randn(2, 128, h5, w5).contiguous(memory_format=channels_last).requires_grad_()
+    bbox_mask = torch.rand(2, 3, 8, h5, w5, requires_grad=True)
+    fpn_sizes = [(h4, w4), (2 * h4 - 1, 2 * w4), (4 * h4 - 2, 4 * w4 - 1)]
+    fpns = [
+        torch.randn(2, c, h, w).contiguous(memory_format=channels_last).requires_grad_()
+        for c, (h, w) in zip((48, 40, 32), fpn_sizes)
+    ]
+    inputs = [x, bbox_mask, *fpns]
+
+    def run(forward):
+        proj = head.project_features(x) if projected else None
+        out = forward(x, bbox_mask, fpns, projected=proj)
+        weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+        grads = torch.autograd.grad((out * weight).sum(), inputs + list(head.parameters()))
+        return out.detach(), grads
+
+    new_out, new_grads = run(head.forward)
+    old_out, old_grads = run(lambda *a, **k: mask_head_out_of_place(head, *a, **k))
+    assert new_out.shape == (6, 1, *fpn_sizes[2])
+    assert torch.equal(new_out, old_out)
+    for a, b in zip(new_grads, old_grads):
+        assert torch.equal(a, b)
+    with torch.inference_mode():
+        proj = head.project_features(x) if projected else None
+        assert torch.equal(head(x, bbox_mask, fpns, projected=proj), old_out)
 
 
 def _quickstart_batch(cfg, root, n):

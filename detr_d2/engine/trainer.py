@@ -26,6 +26,7 @@ from ..data.datasets.register_from_file import (
 )
 from ..evaluation.build import build_detr_evaluator
 from ..utils.config_file import UnsafeConfigError, merge_config_file
+from ..utils.cpu_memory import apply_cpu_memory_setting
 from ..utils.output_dir import (
     OutputDirHasCheckpointsError,
     OutputDirInUseError,
@@ -139,6 +140,7 @@ def setup(args) -> CfgNode:
         cfg.freeze()
         default_setup(cfg, args)
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detr_d2")
+        apply_cpu_memory_setting(cfg)  # CPU_REUSE_FREED_MEMORY (utils/cpu_memory.py)
         register_datasets_from_config(
             cfg
         )  # before the model, which reads the classes from the metadata

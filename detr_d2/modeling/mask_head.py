@@ -90,10 +90,12 @@ class MaskHeadSmallConv(nn.Module):
     def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
         """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C,
         h, w) to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same
-        values)."""
+        values, computed in place)."""
         up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
-        up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
-        return up.flatten(0, 1)
+        # in place into the fresh upsampled tensor: no second (B*Q, C, H, W) allocation
+        return (
+            up.view(fpn.shape[0], num_queries, *up.shape[1:]).add_(fpn.unsqueeze(1)).flatten(0, 1)
+        )
 
     def project_features(self, x: Tensor) -> Tensor:
         """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)``
@@ -130,15 +132,16 @@ class MaskHeadSmallConv(nn.Module):
                 None,
                 padding=1,
             )
-            x = (
-                att.view(projected.shape[0], num_queries, *att.shape[1:]) + projected.unsqueeze(1)
-            ).flatten(0, 1)
-        x = F.relu(self.gn1(x))
-        x = F.relu(self.gn2(self.lay2(x)))
+            att = att.view(projected.shape[0], num_queries, *att.shape[1:])
+            x = att.add_(projected.unsqueeze(1)).flatten(0, 1)
+        # ReLU and the additions in place on tensors made just before (same values, no extra
+        # (B*Q, C, H, W) allocations: 1.2x on the head at 2 threads; docs/speed.md)
+        x = F.relu_(self.gn1(x))
+        x = F.relu_(self.gn2(self.lay2(x)))
         x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries)
-        x = F.relu(self.gn3(self.lay3(x)))
+        x = F.relu_(self.gn3(self.lay3(x)))
         x = self._add_upsampled(self.adapter2(fpns[1]), x, num_queries)
-        x = F.relu(self.gn4(self.lay4(x)))
+        x = F.relu_(self.gn4(self.lay4(x)))
         x = self._add_upsampled(self.adapter3(fpns[2]), x, num_queries)
-        x = F.relu(self.gn5(self.lay5(x)))
+        x = F.relu_(self.gn5(self.lay5(x)))
         return self.out_lay(x)

@@ -6,7 +6,8 @@ oracles (same model object, same parameters; only how it computes changes):
 * backbone: each ``Conv2d`` + ``FrozenBatchNorm2d`` as two passes (Detectron2's own forward), in
   the contiguous (NCHW) memory format, as the mask head;
 * mask loss: ``F.interpolate(..., mode="bilinear", align_corners=False)`` instead of
-  ``criterion.upsample_bilinear``.
+  ``criterion.upsample_bilinear``;
+* mask head: ReLU and the feature additions out of place (:func:`mask_head_out_of_place`).
 
 ``with old_computation(model): ...`` switches all of them for this model only (other models in the
 process keep the new computation, so benchmarks can interleave both) and restores them on exit.
@@ -14,7 +15,7 @@ process keep the new computation, so benchmarks can interleave both) and restore
 
 import functools
 from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from detr_d2.modeling import criterion as criterion_module
 from detr_d2.modeling.backbone_speed import FrozenBNFoldedConv2d, use_channels_last
 from detr_d2.modeling.criterion import SetCriterion
+from detr_d2.modeling.mask_head import MaskHeadSmallConv
 
 
 def interpolate_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -45,6 +47,48 @@ def _loss_masks_interpolating(criterion: SetCriterion, *args, **kwargs):
         criterion_module.upsample_bilinear = new
 
 
+def mask_head_out_of_place(
+    self: MaskHeadSmallConv,
+    x: Tensor,
+    bbox_mask: Tensor,
+    fpns: List[Tensor],
+    projected: Optional[Tensor] = None,
+) -> Tensor:
+    """``MaskHeadSmallConv.forward`` as it was before its ReLU / additions ran in place (verbatim,
+    with ``_add_upsampled`` inlined as ``add_upsampled``)."""
+
+    def add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
+        up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
+        up = up.view(fpn.shape[0], num_queries, *up.shape[1:]) + fpn.unsqueeze(1)
+        return up.flatten(0, 1)
+
+    num_queries = bbox_mask.shape[1]
+    if projected is None:
+        x = torch.cat([x.unsqueeze(1).expand(-1, num_queries, -1, -1, -1), bbox_mask], 2).flatten(
+            0, 1
+        )
+        x = self.lay1(x)
+    else:
+        att = F.conv2d(
+            bbox_mask.flatten(0, 1),
+            self.lay1.weight[:, self.feature_channels :],
+            None,
+            padding=1,
+        )
+        x = (
+            att.view(projected.shape[0], num_queries, *att.shape[1:]) + projected.unsqueeze(1)
+        ).flatten(0, 1)
+    x = F.relu(self.gn1(x))
+    x = F.relu(self.gn2(self.lay2(x)))
+    x = add_upsampled(self.adapter1(fpns[0]), x, num_queries)
+    x = F.relu(self.gn3(self.lay3(x)))
+    x = add_upsampled(self.adapter2(fpns[1]), x, num_queries)
+    x = F.relu(self.gn4(self.lay4(x)))
+    x = add_upsampled(self.adapter3(fpns[2]), x, num_queries)
+    x = F.relu(self.gn5(self.lay5(x)))
+    return self.out_lay(x)
+
+
 @contextmanager
 def old_computation(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` (a ``DetrPanoptic``, or any module holding its parts) the old way inside the
@@ -60,6 +104,8 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
     for m in (backbone, mask_head):
         if m is not None:
             m.to(memory_format=torch.contiguous_format)
+    if mask_head is not None:
+        mask_head.forward = functools.partial(mask_head_out_of_place, mask_head)
     criteria = [m for m in model.modules() if isinstance(m, SetCriterion)]
     for c in criteria:
         c.loss_masks = functools.partial(_loss_masks_interpolating, c)
@@ -68,6 +114,8 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for c in criteria:
             del c.loss_masks
+        if mask_head is not None:
+            del mask_head.forward
         for m in (backbone, mask_head):
             if m is not None:
                 use_channels_last(m)
