@@ -251,6 +251,17 @@ def time_pipelines(
     return times, cpu_times, results
 
 
+def apply_cpu_reuse_flag(args: argparse.Namespace, device) -> None:
+    """``--cpu-reuse-freed-memory on``: the process setting the tools apply on the CPU
+    (``detr_d2.utils.cpu_memory``); printed, as it holds for every pipeline of the run."""
+    if device.type != "cpu":
+        return
+    from detr_d2.utils.cpu_memory import reuse_freed_cpu_memory
+
+    reused = args.cpu_reuse_freed_memory == "on" and reuse_freed_cpu_memory()
+    print(f"CPU_REUSE_FREED_MEMORY: {'on' if reused else 'off'} (all pipelines)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
@@ -261,11 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device is None:
         return 2
     print_contention_note(device)
-    if device.type == "cpu":
-        from detr_d2.utils.cpu_memory import reuse_freed_cpu_memory
-
-        reused = args.cpu_reuse_freed_memory == "on" and reuse_freed_cpu_memory()
-        print(f"CPU_REUSE_FREED_MEMORY: {'on' if reused else 'off'} (all pipelines)")
+    apply_cpu_reuse_flag(args, device)
     t_start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, *args.input_size), dtype=torch.uint8, generator=g)

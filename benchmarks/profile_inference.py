@@ -137,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from benchmarks.export import build_model
+    from benchmarks.export import apply_cpu_reuse_flag, build_model
     from benchmarks.utils import format_table, print_contention_note, setup_benchmark_device
     from tests.utils.speed_oracles import old_computation
 
@@ -145,6 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device is None:
         return 2
     print_contention_note(device)
+    apply_cpu_reuse_flag(args, device)
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randint(0, 256, (3, *args.input_size), dtype=torch.uint8, generator=g)
     model, cfg = build_model(args, device, image)
