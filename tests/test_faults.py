@@ -32,13 +32,17 @@ from detr_d2.data.datasets import (
     register_panoptic_dataset,
 )
 from tests.utils.configs import tiny_detr_cfg
-from tests.utils.paths import COCO_SAMPLE, ROOT
-from tests.utils.scripts import load_script
+from tests.utils.paths import (
+    COCO_SAMPLE,
+    COCO_SAMPLE_CATEGORIES_JSON,
+    COCO_SAMPLE_DETECTION_JSON,
+    ROOT,
+)
+from tests.utils.scripts import detection_to_panoptic_argv, load_script
 
 PAN_JSON = os.path.join(COCO_SAMPLE, "panoptic_examples.json")
 PAN_ROOT = os.path.join(COCO_SAMPLE, "panoptic_examples")
-DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")
-CATS_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")
+DET_JSON, CATS_JSON = COCO_SAMPLE_DETECTION_JSON, COCO_SAMPLE_CATEGORIES_JSON
 
 
 def _truncate(src, dst, fraction=0.5):
@@ -583,16 +587,7 @@ def test_detection_to_panoptic_unwritable_json_folder_fails_before_any_png(tmp_p
     tool = load_script("convert_detection_to_panoptic")
     with _unwritable(str(tmp_path / "ro")) as ro:
         rc = tool.main(
-            [
-                "--detection-json",
-                DET_JSON,
-                "--categories-json",
-                CATS_JSON,
-                "--output-json",
-                os.path.join(ro, "p.json"),
-                "--output-root",
-                str(tmp_path / "png"),
-            ]
+            detection_to_panoptic_argv(os.path.join(ro, "p.json"), str(tmp_path / "png"))
         )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith(f"error: cannot write {tmp_path / 'ro' / 'p.json'}: ")
@@ -625,14 +620,7 @@ def test_detection_to_panoptic_killed_half_way_leaves_nothing(tmp_path):
         [
             sys.executable,
             str(script),
-            "--detection-json",
-            DET_JSON,
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            str(out / "p.json"),
-            "--output-root",
-            str(out / "png"),
+            *detection_to_panoptic_argv(str(out / "p.json"), str(out / "png")),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

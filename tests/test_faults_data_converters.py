@@ -15,11 +15,15 @@ import pytest
 
 from detr_d2.annotation import convert_detection_to_panoptic, convert_panoptic_to_detection
 from detr_d2.data.coco_bounds import MAX_PIXELS, check_image_size, check_segmentation
-from tests.utils.paths import COCO_SAMPLE, ROOT
-from tests.utils.scripts import load_script
+from tests.utils.paths import (
+    COCO_SAMPLE,
+    COCO_SAMPLE_CATEGORIES_JSON,
+    COCO_SAMPLE_DETECTION_JSON,
+    ROOT,
+)
+from tests.utils.scripts import detection_to_panoptic_argv, load_script
 
-DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")
-CATS_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")
+DET_JSON, CATS_JSON = COCO_SAMPLE_DETECTION_JSON, COCO_SAMPLE_CATEGORIES_JSON
 PAN_JSON = os.path.join(COCO_SAMPLE, "panoptic_examples.json")
 PAN_ROOT = os.path.join(COCO_SAMPLE, "panoptic_examples")
 
@@ -42,8 +46,7 @@ def _det_tool(tmp_path, data, capsys):
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data))
     out = tmp_path / "out"
-    argv = ["--detection-json", str(path), "--categories-json", CATS_JSON]
-    argv += ["--output-json", str(out / "p.json"), "--output-root", str(out / "png")]
+    argv = detection_to_panoptic_argv(out / "p.json", out / "png", path)
     rc = load_script("convert_detection_to_panoptic").main(argv)
     return rc, capsys.readouterr().err
 
@@ -105,14 +108,7 @@ def test_polygon_1e30_in_a_separate_process_ends_with_the_error_line(tmp_path, d
         [
             sys.executable,
             os.path.join(ROOT, "tools", "convert_detection_to_panoptic.py"),
-            "--detection-json",
-            str(path),
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            str(out / "p.json"),
-            "--output-root",
-            str(out / "png"),
+            *detection_to_panoptic_argv(str(out / "p.json"), str(out / "png"), str(path)),
         ],
         capture_output=True,
         text=True,

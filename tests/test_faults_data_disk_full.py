@@ -19,11 +19,7 @@ import torch
 from detr_d2.checkpoint.checkpointer import AtomicDetectionCheckpointer
 from detr_d2.utils import atomic_io
 from detr_d2.utils.atomic_io import atomic_file, atomic_write_bytes
-from tests.utils.paths import COCO_SAMPLE
-from tests.utils.scripts import load_script
-
-DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")
-CATS_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")
+from tests.utils.scripts import detection_to_panoptic_argv, load_script
 
 
 class _FullDiskFile(io.BufferedWriter):
@@ -129,16 +125,7 @@ def test_writes_in_an_atomic_file_block_name_the_target(tmp_path, monkeypatch):
 def test_converter_tool_on_a_full_disk_prints_one_error_line(tmp_path, full_disk, capsys):
     out = tmp_path / "out"
     rc = load_script("convert_detection_to_panoptic").main(
-        [
-            "--detection-json",
-            DET_JSON,
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            str(out / "p.json"),
-            "--output-root",
-            str(out / "png"),
-        ]
+        detection_to_panoptic_argv(str(out / "p.json"), str(out / "png"))
     )
     err = capsys.readouterr().err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
@@ -179,16 +166,7 @@ def test_real_full_tmpfs_checkpoint_and_bytes(tiny_tmpfs):
 
 def test_real_full_tmpfs_converter_tool(tiny_tmpfs, capsys):
     rc = load_script("convert_detection_to_panoptic").main(
-        [
-            "--detection-json",
-            DET_JSON,
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            str(tiny_tmpfs / "p.json"),
-            "--output-root",
-            str(tiny_tmpfs / "png"),
-        ]
+        detection_to_panoptic_argv(str(tiny_tmpfs / "p.json"), str(tiny_tmpfs / "png"))
     )
     err = capsys.readouterr().err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]

@@ -12,11 +12,9 @@ import subprocess
 import sys
 
 from detr_d2.utils.atomic_io import atomic_directory, remove_stale_temporaries
-from tests.utils.paths import COCO_SAMPLE, ROOT
-from tests.utils.scripts import load_script
+from tests.utils.paths import ROOT
+from tests.utils.scripts import detection_to_panoptic_argv, load_script
 
-DET_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_detection_format.json")
-CATS_JSON = os.path.join(COCO_SAMPLE, "panoptic_coco_categories.json")
 HOST = socket.gethostname().replace(".", "_").replace("-", "_")
 
 
@@ -68,16 +66,7 @@ def test_a_converter_run_clears_what_a_killed_run_left(tmp_path, caplog):
     json_left = _leftovers(out, "p.json")
     with caplog.at_level(logging.WARNING):
         rc = load_script("convert_detection_to_panoptic").main(
-            [
-                "--detection-json",
-                DET_JSON,
-                "--categories-json",
-                CATS_JSON,
-                "--output-json",
-                str(out / "p.json"),
-                "--output-root",
-                str(out / "png"),
-            ]
+            detection_to_panoptic_argv(str(out / "p.json"), str(out / "png"))
         )
     assert rc == 0
     kept = {

@@ -13,12 +13,12 @@ from PIL import Image
 
 from detr_d2.annotation import convert_detection_to_panoptic
 from detr_d2.annotation.detection_to_panoptic import detection_image_to_panoptic
-from tests.utils.scripts import load_script
+from tests.utils.paths import COCO_SAMPLE as SAMPLE
+from tests.utils.paths import COCO_SAMPLE_CATEGORIES_JSON, COCO_SAMPLE_DETECTION_JSON
+from tests.utils.paths import ROOT as REPO
+from tests.utils.scripts import detection_to_panoptic_argv, load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(REPO, "tests", "data", "coco_panoptic_sample")
-DET_JSON = os.path.join(SAMPLE, "panoptic_coco_detection_format.json")
-CATS_JSON = os.path.join(SAMPLE, "panoptic_coco_categories.json")
+DET_JSON, CATS_JSON = COCO_SAMPLE_DETECTION_JSON, COCO_SAMPLE_CATEGORIES_JSON
 TOOL = os.path.join(REPO, "tools", "convert_detection_to_panoptic.py")
 
 
@@ -63,14 +63,7 @@ def test_cli_with_workers_matches_in_process_output(tmp_path):
         [
             sys.executable,
             TOOL,
-            "--detection-json",
-            DET_JSON,
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            str(tmp_path / "p.json"),
-            "--output-root",
-            str(tmp_path / "png"),
+            *detection_to_panoptic_argv(str(tmp_path / "p.json"), str(tmp_path / "png")),
             "--workers",
             "2",
         ],
@@ -88,18 +81,7 @@ def test_help_and_cli_error_exit(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         tool.main(["--help"])
     assert e.value.code == 0 and "--overlap" in capsys.readouterr().out
-    rc = tool.main(
-        [
-            "--detection-json",
-            DET_JSON,
-            "--categories-json",
-            CATS_JSON,
-            "--output-json",
-            DET_JSON,
-            "--output-root",
-            str(tmp_path),
-        ]
-    )
+    rc = tool.main(detection_to_panoptic_argv(DET_JSON, str(tmp_path)))
     assert rc == 1 and "refusing to write" in capsys.readouterr().err
 
 
