@@ -71,6 +71,26 @@ def _record(folder):
     return json.loads(text) if text.strip() else {}
 
 
+@contextlib.contextmanager
+def _lock_held_by_another_process(folder):
+    """A second process holding ``folder``'s OutputDirLock inside the block (yielded: its Popen);
+    killed on exit."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from detr_d2.utils.output_dir import OutputDirLock;"
+         "OutputDirLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(120)",
+         ROOT, str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _wait_for_lock(folder, proc, timeout=180):
     """Until ``proc`` holds the lock and has written its config.yaml."""
     start = time.time()
@@ -146,22 +166,10 @@ def test_fresh_run_into_finished_runs_folder(tiny_data, tmp_path, capsys):
 
 def test_lock_refuses_a_second_process_and_names_it(tmp_path):
     folder = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from detr_d2.utils.output_dir import OutputDirLock;"
-         "OutputDirLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(120)",
-         ROOT, str(folder)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_by_another_process(folder) as holder:
         with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} on host "):
             OutputDirLock(str(folder)).acquire()
         assert f"PID {holder.pid}" in held_by_another_process(str(folder))
-    finally:
-        holder.kill()
-        holder.wait()
     assert held_by_another_process(str(folder)) == ""
     with OutputDirLock(str(folder)):  # the kernel dropped the dead holder's lock
         assert _record(folder)["pid"] == os.getpid()
@@ -212,20 +220,8 @@ def test_temporaries_kept_while_another_process_owns_the_folder(tmp_path):
     folder.mkdir()
     temp = folder / ".model_0000004.pth.abc123.tmp"  # a save under way in the owning run
     temp.write_bytes(b"half")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from detr_d2.utils.output_dir import OutputDirLock;"
-         "OutputDirLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(120)",
-         ROOT, str(folder)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_by_another_process(folder):
         _checkpointer(folder)[0].save("model_0000002")
         assert temp.exists()  # the owner's temporary file is left alone
-    finally:
-        holder.kill()
-        holder.wait()
     _checkpointer(folder)[0].save("model_0000003")  # no live owner: a leftover, removed
     assert not temp.exists()
