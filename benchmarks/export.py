@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks.utils import (
     add_architecture_arguments,
+    add_device_arguments,
     architecture,
     hw_size,
     print_done,
@@ -53,13 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch / onnxruntime CPU threads (default: torch's default)",
-    )
+    add_device_arguments(p, "torch / onnxruntime CPU threads (default: torch's default)")
     p.add_argument(
         "--input-size",
         type=hw_size(32),

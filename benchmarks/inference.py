@@ -86,15 +86,12 @@ MIN_PIXEL_AGREEMENT = (
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from benchmarks.utils import add_architecture_arguments
+    from benchmarks.utils import add_architecture_arguments, add_device_arguments
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (default: leave torch's default)"
-    )
+    add_device_arguments(p)
     p.add_argument("--amp", action="store_true", help="float16 autocast on both sides (CUDA only)")
     p.add_argument(
         "--batch-sizes",

@@ -362,6 +362,16 @@ def print_done(t_start: float) -> None:
     )
 
 
+def add_device_arguments(
+    parser: argparse.ArgumentParser,
+    threads_help: str = "torch CPU threads (default: leave torch's default)",
+) -> None:
+    """``--device`` (default cpu) and ``--threads`` (0: torch's default), the arguments of
+    :func:`setup_benchmark_device`."""
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+
+
 def setup_benchmark_device(device_name: str, threads: int) -> Optional[torch.device]:
     """Shared start of the benchmark scripts: set the CPU thread count (``threads`` > 0), check the
     device, print the torch/device/threads/cores/processor/load header and, on CPU, the contention
