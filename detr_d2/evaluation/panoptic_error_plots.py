@@ -76,8 +76,8 @@ def plot_pq_lost_per_cause(path: str, result: Mapping[str, Any]) -> None:
     first, with each cause's FP / FN counts under its bars; an 800x400 PNG.
 
     Drawn with Pillow rather than matplotlib: the chart is written at every evaluation, and a
-    matplotlib figure costs 35-80 ms whatever it shows (more than the analysis of 100 images);
-    this one takes a few milliseconds (``python -m benchmarks.error_analysis``).
+    matplotlib figure costs 35 ms empty and about 80 ms with these bars (more than the analysis of
+    100 images); this one takes about 13 ms (``python -m benchmarks.error_analysis``).
     """
     from PIL import Image, ImageDraw
 
