@@ -38,12 +38,12 @@ training), one batch of ``SOLVER.IMS_PER_BATCH`` (8) images made by the quicksta
 ``tests.utils.speed_oracles``), after = the default (matched queries only), both from the same seed.
 
 Printed per part: seconds per iteration split into forward (normalisation, padding, detector), mask
-head (its forward: ``bbox_attention`` + ``mask_head``; ours ``DetrPanoptic.query_masks``), loss
-(targets, matching, losses), backward, optimizer (``zero_grad`` + clipping + ``step``) and other
-(means over the timed steps), the total's mean and median (robust to load spikes on a shared
-machine; the speed-ups use it), iterations/s; the peak memory of one whole step (one extra untimed
-step after the warm-up: on CUDA ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``, on CPU the peak of tensor
+head (its forward: ``bbox_attention`` + ``mask_head``; ours
+``DetrPanoptic.batch_grid_query_masks``), loss (targets, matching, losses), backward, optimizer
+(``zero_grad`` + clipping + ``step``) and other (means over the timed steps), the total's mean and
+median (robust to load spikes on a shared machine; the speed-ups use it), iterations/s; the peak
+memory of one whole step (one extra untimed step after the warm-up: on CUDA
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, on CPU the peak of tensor
 memory from the profiler's allocation events, both above what is allocated before the step: weights,
 optimiser state and the batch are not counted); the ratios; and the targets (stage 2: >= 3x faster,
 >= 4x less step memory). Timed steps of the two sides alternate (ABBA...) so both see the same
@@ -357,10 +357,10 @@ class OursSide(Side):
         t.wrap_method(model, "prepare_targets", "loss")
         t.hook_modules({"loss": [model.criterion]})
         t.wrap_method(
-            model, "query_masks", "mask head"
-        )  # inside the criterion (matched) or all_masks
+            model, "batch_grid_query_masks", "mask head"
+        )  # inside the criterion: matched queries (or all)
         self.matched: Optional[int] = None
-        self._patches.append(patch_method(model, "query_masks", on_return=self._count))
+        self._patches.append(patch_method(model, "batch_grid_query_masks", on_return=self._count))
 
     def _count(self, masks) -> None:
         if self.matched is None:

@@ -5,7 +5,8 @@ import itertools
 import pytest
 import torch
 
-from detr_d2.modeling.criterion import SetCriterion, dice_loss, focal_loss
+from detr_d2.modeling.criterion import SetCriterion
+from detr_d2.modeling.mask_losses import sigmoid_focal_dice_loss
 from detr_d2.modeling.matcher import HungarianMatcher
 
 
@@ -104,6 +105,8 @@ def test_losses_by_hand():
 
 def test_dice_and_focal_normalised_by_num_boxes():
     x = torch.randn(3, 10)
-    t = (torch.rand(3, 10) > 0.5).float()
-    assert dice_loss(x, t, 3.0).item() == pytest.approx(dice_loss(x, t, 1.0).item() / 3, rel=1e-6)
-    assert focal_loss(x, t, 2.0).item() == pytest.approx(focal_loss(x, t, 1.0).item() / 2, rel=1e-6)
+    t = torch.rand(3, 10) > 0.5
+    focal1, dice1 = sigmoid_focal_dice_loss(x, t, 1.0)
+    focal3, dice3 = sigmoid_focal_dice_loss(x, t, 3.0)
+    assert dice3.item() == pytest.approx(dice1.item() / 3, rel=1e-6)
+    assert focal3.item() == pytest.approx(focal1.item() / 3, rel=1e-6)

@@ -51,16 +51,25 @@ def calibrated_model(cfg):
 
 
 class MaskHeadCalls:
-    """Counts the queries (rows) the FPN mask head runs on."""
+    """Counts the queries (rows) the FPN mask head runs on, per image: one entry per call of the
+    per-image head (``forward``), one per image with rows in a call of the all-images head
+    (``forward_rows``, training)."""
 
     def __init__(self, model):
         self.rows = []
-        self.handle = model.mask_head.register_forward_hook(
-            lambda m, i, o: self.rows.append(o.shape[0])
-        )
+        head = self.head = model.mask_head
+        self.handle = head.register_forward_hook(lambda m, i, o: self.rows.append(o.shape[0]))
+        forward_rows = head.forward_rows
+
+        def counted(bbox_mask, fpns, projected, image_index):
+            self.rows.extend(int(n) for n in torch.bincount(image_index) if n > 0)
+            return forward_rows(bbox_mask, fpns, projected, image_index)
+
+        head.forward_rows = counted
 
     def close(self):
         self.handle.remove()
+        del self.head.forward_rows
 
 
 def test_split_first_convolution_equals_concatenation():
@@ -227,3 +236,40 @@ def test_batch_without_targets_keeps_the_mask_head_in_the_graph():
         n for n, _ in model.named_parameters() if n.startswith(("mask_head.", "bbox_attention."))
     ]
     assert head and all(n in grads and not grads[n].any() for n in head)
+
+
+@pytest.mark.parametrize("feature_norm", [False, True])
+def test_all_images_in_one_batch_equal_image_by_image(feature_norm):
+    """The criterion's masks (``batch_grid_query_masks``: all images' queries in one batch) equal
+    the per-image computation (``query_masks(..., crop_to_image=False)``) up to float rounding,
+    values and gradients, with an image without queries in the middle."""
+    cfg = tiny_detr_cfg()
+    cfg.MODEL.DETR.DROPOUT = 0.0
+    model = calibrated_model(cfg).train()
+    model.mask_head_feature_norm = feature_norm
+    images, pixel_mask = model.preprocess_image(_train_batch())
+    queries = [torch.tensor([0, 3, 5]), torch.tensor([], dtype=torch.int64), torch.tensor([2, 9])]
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        _, state = model.forward_detector(images.tensor, pixel_mask)
+        masks = fn(state)
+        total = sum((m * torch.linspace(-1, 1, m.numel()).view_as(m)).sum() for m in masks)
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return [m.detach() for m in masks], grads
+
+    batched, batched_grads = run(lambda state: model.batch_grid_query_masks(state, queries))
+    per_image, grads = run(lambda state: model.query_masks(state, queries, False))
+    assert [m.shape for m in batched] == [m.shape for m in per_image]
+    assert batched[1].shape[0] == 0 and batched[0].shape[0] == 3
+    for a, b in zip(batched, per_image):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert batched_grads.keys() == grads.keys()
+    assert any(k.startswith("bbox_attention.") for k in grads)
+    scale = max(float(g.norm()) for g in grads.values())
+    for k in grads:
+        assert (
+            float((batched_grads[k] - grads[k]).norm())
+            <= 1e-4 * float(grads[k].norm()) + 1e-6 * scale
+        ), k

@@ -18,8 +18,8 @@ duplicate of that target, or a near miss) is pushed to "no object" with this wei
 ``eos_coef``; the classification loss is then the weighted mean over each group's queries, averaged
 over the groups.
 
-Follows ``SetCriterion`` in ``models/detr.py`` and ``dice_loss`` / ``sigmoid_focal_loss`` in
-``models/segmentation.py`` (facebookresearch/detr at 29901c5).
+Follows ``SetCriterion`` in ``models/detr.py`` (facebookresearch/detr at 29901c5); the focal and
+dice mask losses are computed together (``mask_losses.sigmoid_focal_dice_loss``).
 """
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,35 +28,13 @@ import torch
 import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor, nn
-from torchvision.ops import box_convert, box_iou, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
+from .mask_losses import sigmoid_focal_dice_loss
 from .matcher import HungarianMatcher
 
 # Per-image sorted query indices -> per-image mask logits (n_i, Hm, Wm) of those queries.
 QueryMaskFn = Callable[[Sequence[Tensor]], List[Tensor]]
-
-
-def dice_loss(inputs: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
-    """inputs: (N, P) mask logits, targets: (N, P) in {0, 1}. Sum over masks of 1 -
-    (2|X∩Y|+1)/(|X|+|Y|+1),
-    divided by ``num_boxes``."""
-    inputs = inputs.sigmoid()
-    numerator = 2 * (inputs * targets).sum(1)
-    denominator = inputs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_boxes
-
-
-def focal_loss(
-    inputs: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """Sigmoid focal loss averaged over pixels of each mask, summed over masks, divided by
-    ``num_boxes``."""
-    return (
-        sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction="none")
-        .mean(1)
-        .sum()
-        / num_boxes
-    )
 
 
 def bilinear_matrix(in_size: int, out_size: int, device=None) -> Tensor:
@@ -192,7 +170,8 @@ class SetCriterion(nn.Module):
     ) -> Dict[str, Tensor]:
         """Predicted stride-4 logits of the padded batch are upsampled (bilinear,
         :func:`upsample_bilinear`) to the padded input size; target masks are zero-padded to that
-        size (as DETR's ``nested_tensor_from_tensor_list``).
+        size (as DETR's ``nested_tensor_from_tensor_list``); focal and dice losses:
+        :func:`~detr_d2.modeling.mask_losses.sigmoid_focal_dice_loss`.
 
         The logits of the matched queries come from ``outputs["pred_masks"]`` (B, Q, Hm, Wm) when
         present, else from ``mask_fn`` (per-image sorted query indices -> per-image (n_i, Hm, Wm)
@@ -217,20 +196,17 @@ class SetCriterion(nn.Module):
         pad_w = max(t["masks"].shape[-1] for t in targets)
         tgt = [
             F.pad(
-                t["masks"][j].float(),
+                t["masks"][j].bool(),
                 (0, pad_w - t["masks"].shape[-1], 0, pad_h - t["masks"].shape[-2]),
             )
             for t, (_, j) in zip(targets, indices)
         ]
-        target_masks = torch.cat(tgt)
+        target_masks = torch.cat(tgt).flatten(1)
         src_masks = upsample_bilinear(src_masks.float(), (pad_h, pad_w)).flatten(1)
-        target_masks = target_masks.flatten(1).float()
-        return {
-            "loss_mask": focal_loss(
-                src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma
-            ),
-            "loss_dice": dice_loss(src_masks, target_masks, num_boxes),
-        }
+        focal, dice = sigmoid_focal_dice_loss(
+            src_masks, target_masks, num_boxes, self.focal_alpha, self.focal_gamma
+        )
+        return {"loss_mask": focal, "loss_dice": dice}
 
     def _compute(
         self, loss: str, outputs, targets, indices, num_boxes, mask_fn=None, num_groups: int = 1

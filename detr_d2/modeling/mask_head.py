@@ -9,11 +9,35 @@ Follows ``MHAttentionMap`` and ``MaskHeadSmallConv`` in ``models/segmentation.py
 (facebookresearch/detr at 29901c5).
 """
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class _RowsOfImages(torch.autograd.Function):
+    """``src[index]`` along dim 0 whose backward sums the rows' gradients per image with
+    ``index_add_`` (the backward of advanced indexing, ``index_put_`` with accumulation, is a
+    serial scatter on the CPU: 3 ms per (123, 16, 32, 32) gradient at 2 threads)."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_images = src.shape[0]
+        return src.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.num_images, *grad.shape[1:]))
+        return out.index_add_(0, index, grad), None
+
+
+def rows_of_images(src: Tensor, image_index: Tensor) -> Tensor:
+    """(N, ...) rows ``src[image_index]`` of a per-image tensor ``src`` (B, ...): each query row
+    gets its image's features (``forward_rows``)."""
+    return _RowsOfImages.apply(src, image_index)
 
 
 class MHAttentionMap(nn.Module):
@@ -38,7 +62,7 @@ class MHAttentionMap(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         q = self.q_linear(q)
-        k = F.conv2d(k, self.k_linear.weight.unsqueeze(-1).unsqueeze(-1), self.k_linear.bias)
+        k = self._keys(k)
         qh = q.view(q.shape[0], q.shape[1], self.num_heads, self.hidden_dim // self.num_heads)
         kh = k.view(
             k.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1]
@@ -48,6 +72,38 @@ class MHAttentionMap(nn.Module):
             weights = weights.masked_fill(mask.unsqueeze(1).unsqueeze(1), float("-inf"))
         weights = F.softmax(weights.flatten(2), dim=-1).view(weights.size())
         return self.dropout(weights)
+
+    def _keys(self, k: Tensor) -> Tensor:
+        return F.conv2d(k, self.k_linear.weight.unsqueeze(-1).unsqueeze(-1), self.k_linear.bias)
+
+    def forward_rows(
+        self, q: Tensor, k: Tensor, image_index: Tensor, mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """``forward`` for queries of several images in one batch: ``q`` (N, C) queries, row n of
+        image ``image_index[n]``; ``k`` (B, C, H, W), ``mask`` (B, H, W) -> (N, nheads, H, W) (the
+        same values as ``forward`` per image, up to float rounding)."""
+        q = self.q_linear(q)
+        k = self._keys(k)
+        qh = q.view(q.shape[0], self.num_heads, self.hidden_dim // self.num_heads)
+        kh = rows_of_images(k, image_index).view(
+            q.shape[0], self.num_heads, self.hidden_dim // self.num_heads, k.shape[-2], k.shape[-1]
+        )
+        weights = torch.einsum("nhc,nhcyx->nhyx", qh * self.normalize_fact, kh)
+        if mask is not None:
+            weights = weights.masked_fill(mask[image_index].unsqueeze(1), float("-inf"))
+        weights = F.softmax(weights.flatten(1), dim=-1).view(weights.size())
+        return self.dropout(weights)
+
+
+def group_norm_relu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    """``relu(norm(x))``, the ReLU in place on the norm's fresh output. When autograd records on
+    the CPU, the norm runs on an NCHW copy of a channels_last ``x``: PyTorch's CPU GroupNorm is
+    much slower on channels_last, its backward most (torch 2.3.1, (123, 8, 32, 32): forward +
+    backward 18.9 ms channels_last, 1.5 ms NCHW; docs/speed.md). Same values; inference keeps the
+    channels_last path."""
+    if x.requires_grad and x.device.type == "cpu" and torch.is_grad_enabled():
+        x = x.contiguous()
+    return F.relu_(norm(x))
 
 
 class MaskHeadSmallConv(nn.Module):
@@ -87,15 +143,16 @@ class MaskHeadSmallConv(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     @staticmethod
-    def _add_upsampled(fpn: Tensor, x: Tensor, num_queries: int) -> Tensor:
+    def _add_upsampled(fpn: Tensor, x: Tensor, rows: Union[int, Tensor]) -> Tensor:
         """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C,
         h, w) to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same
-        values, computed in place)."""
+        values, computed in place). ``rows``: Q queries per image, or the (N,) image of each row
+        of ``x`` (:meth:`forward_rows`)."""
         up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
         # in place into the fresh upsampled tensor: no second (B*Q, C, H, W) allocation
-        return (
-            up.view(fpn.shape[0], num_queries, *up.shape[1:]).add_(fpn.unsqueeze(1)).flatten(0, 1)
-        )
+        if isinstance(rows, Tensor):
+            return up.add_(rows_of_images(fpn, rows))
+        return up.view(fpn.shape[0], rows, *up.shape[1:]).add_(fpn.unsqueeze(1)).flatten(0, 1)
 
     def project_features(self, x: Tensor) -> Tensor:
         """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)``
@@ -134,14 +191,29 @@ class MaskHeadSmallConv(nn.Module):
             )
             att = att.view(projected.shape[0], num_queries, *att.shape[1:])
             x = att.add_(projected.unsqueeze(1)).flatten(0, 1)
+        return self._refine(x, fpns, num_queries)
+
+    def forward_rows(
+        self, bbox_mask: Tensor, fpns: List[Tensor], projected: Tensor, image_index: Tensor
+    ) -> Tensor:
+        """``forward`` for queries of several images in one batch: ``bbox_mask`` (N, nheads, H5,
+        W5) attention maps, row n of image ``image_index[n]``; ``projected``
+        (``project_features``) (B, dim, H5, W5); ``fpns`` [res4, res3, res2] of the B images.
+        Returns (N, 1, H2, W2) mask logits (the same values as ``forward`` per image, up to float
+        rounding)."""
+        att = F.conv2d(bbox_mask, self.lay1.weight[:, self.feature_channels :], None, padding=1)
+        return self._refine(att.add_(rows_of_images(projected, image_index)), fpns, image_index)
+
+    def _refine(self, x: Tensor, fpns: List[Tensor], rows: Union[int, Tensor]) -> Tensor:
+        """From the first convolution's output (rows of queries) to the mask logits."""
         # ReLU and the additions in place on tensors made just before (same values, no extra
         # (B*Q, C, H, W) allocations: 1.2x on the head at 2 threads; docs/speed.md)
-        x = F.relu_(self.gn1(x))
-        x = F.relu_(self.gn2(self.lay2(x)))
-        x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries)
-        x = F.relu_(self.gn3(self.lay3(x)))
-        x = self._add_upsampled(self.adapter2(fpns[1]), x, num_queries)
-        x = F.relu_(self.gn4(self.lay4(x)))
-        x = self._add_upsampled(self.adapter3(fpns[2]), x, num_queries)
-        x = F.relu_(self.gn5(self.lay5(x)))
+        x = group_norm_relu(self.gn1, x)
+        x = group_norm_relu(self.gn2, self.lay2(x))
+        x = self._add_upsampled(self.adapter1(fpns[0]), x, rows)
+        x = group_norm_relu(self.gn3, self.lay3(x))
+        x = self._add_upsampled(self.adapter2(fpns[1]), x, rows)
+        x = group_norm_relu(self.gn4, self.lay4(x))
+        x = self._add_upsampled(self.adapter3(fpns[2]), x, rows)
+        x = group_norm_relu(self.gn5, self.lay5(x))
         return self.out_lay(x)

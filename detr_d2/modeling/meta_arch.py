@@ -55,7 +55,11 @@ from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .mlp import MLP
 from .panoptic_inference import image_outputs
 from .position_encoding import PositionEmbeddingSine
-from .query_masks import compute_query_masks, training_mask_fn
+from .query_masks import (
+    compute_query_masks,
+    compute_query_masks_on_batch_grid,
+    training_mask_fn,
+)
 from .query_selection import QuerySelection, select_queries
 from .targets import contiguous_to_slot, prepare_targets
 from .transformer import Transformer
@@ -279,6 +283,14 @@ class DetrPanoptic(nn.Module):
             self.mask_head_feature_norm,
         )
 
+    def batch_grid_query_masks(self, state: Dict, queries: Sequence[Tensor]) -> List[Tensor]:
+        """:meth:`query_masks` with ``crop_to_image=False``, all images in one batch (the
+        criterion's masks in training;
+        :func:`~detr_d2.modeling.query_masks.compute_query_masks_on_batch_grid`)."""
+        return compute_query_masks_on_batch_grid(
+            self.bbox_attention, self.mask_head, state, queries, self.mask_head_feature_norm
+        )
+
     def all_masks(self, state: Dict, crop_to_image: bool) -> Tensor:
         """(B, Q, Hm, Wm) mask logits of every query (:meth:`query_masks` on all queries); with
         ``crop_to_image`` each image's masks fill its own region of the batch grid, zeros
@@ -310,7 +322,7 @@ class DetrPanoptic(nn.Module):
             targets = self.prepare_targets(batched_inputs, images)
             mask_fn = None
             if self.mask_on:
-                mask_fn = training_mask_fn(self.query_masks, state, self.all_query_masks)
+                mask_fn = training_mask_fn(self.batch_grid_query_masks, state, self.all_query_masks)
             losses = self.criterion(outputs, targets, mask_fn, num_groups=self.num_query_groups)
             class_error = losses.pop("class_error", None)
             if class_error is not None:

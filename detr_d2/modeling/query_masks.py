@@ -11,7 +11,12 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compute_query_masks", "scale_attention", "training_mask_fn"]
+__all__ = [
+    "compute_query_masks",
+    "compute_query_masks_on_batch_grid",
+    "scale_attention",
+    "training_mask_fn",
+]
 
 
 def _image_cells(t: Tensor, i: int, cells: Tuple[int, int]) -> Tensor:
@@ -72,22 +77,56 @@ def compute_query_masks(
     return out
 
 
-QueryMasks = Callable[[Dict, Sequence[Tensor], bool], List[Tensor]]
+def compute_query_masks_on_batch_grid(
+    bbox_attention: nn.Module,
+    mask_head: nn.Module,
+    state: Dict,
+    queries: Sequence[Tensor],
+    feature_norm: bool,
+) -> List[Tensor]:
+    """:func:`compute_query_masks` with ``crop_to_image=False`` (the padded batch grid, DETR's
+    computation; the criterion's masks in training), the queries of all images in one batch
+    (``MHAttentionMap.forward_rows``, ``MaskHeadSmallConv.forward_rows``) instead of image by
+    image: the same values up to float rounding, without the per-image loop of small operators
+    (its forward and backward: docs/speed.md, issue 25)."""
+    hs = state["hs"]
+    queries = [q.to(hs.device) for q in queries]
+    counts = [len(q) for q in queries]
+    if sum(counts) == 0:
+        return [state["features"].new_zeros((0, *state["fpns"][-1].shape[-2:])) for _ in queries]
+    image_index = torch.repeat_interleave(
+        torch.arange(len(queries), device=hs.device),
+        torch.as_tensor(counts, device=hs.device),
+    )
+    mask = state["mask"]
+    att = bbox_attention.forward_rows(
+        hs[image_index, torch.cat(queries)], state["memory"], image_index, mask=mask
+    )
+    if feature_norm:
+        att = scale_attention(att.unsqueeze(1), mask[image_index]).squeeze(1)
+    feat = state["features"]
+    seg = mask_head.forward_rows(
+        att, list(state["fpns"]), mask_head.project_features(feat), image_index
+    )
+    return list(seg[:, 0].split(counts))
+
+
+BatchGridMasks = Callable[[Dict, Sequence[Tensor]], List[Tensor]]
 
 
 def training_mask_fn(
-    query_masks: QueryMasks, state: Dict, all_query_masks: bool
+    batch_grid_masks: BatchGridMasks, state: Dict, all_query_masks: bool
 ) -> Callable[[Sequence[Tensor]], List[Tensor]]:
     """The criterion's ``mask_fn``: per image, the masks of the given (matched) queries on the
-    padded batch grid (``query_masks(state, queries, crop_to_image=False)``); with
-    ``all_query_masks`` every query's mask is computed (as official DETR) and the given ones are
-    read from them."""
+    padded batch grid (``batch_grid_masks(state, queries)``:
+    :func:`compute_query_masks_on_batch_grid`); with ``all_query_masks`` every query's mask is
+    computed (as official DETR) and the given ones are read from them."""
 
     def masks(queries: Sequence[Tensor]) -> List[Tensor]:
         if not all_query_masks:
-            return query_masks(state, queries, False)
+            return batch_grid_masks(state, queries)
         every = torch.arange(state["hs"].shape[1], device=state["hs"].device)
-        computed = query_masks(state, [every] * len(queries), False)
+        computed = batch_grid_masks(state, [every] * len(queries))
         return [m[q.to(m.device)] for m, q in zip(computed, queries)]
 
     return masks

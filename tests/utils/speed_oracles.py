@@ -6,8 +6,12 @@ oracles (same model object, same parameters; only how it computes changes):
 * backbone: each ``Conv2d`` + ``FrozenBatchNorm2d`` as two passes (Detectron2's own forward), in
   the contiguous (NCHW) memory format, as the mask head;
 * mask loss: ``F.interpolate(..., mode="bilinear", align_corners=False)`` instead of
-  ``criterion.upsample_bilinear``;
-* mask head: ReLU and the feature additions out of place (:func:`mask_head_out_of_place`).
+  ``criterion.upsample_bilinear``, and focal + dice through autograd of their formulas
+  (:func:`focal_and_dice_composite`: torchvision's ``sigmoid_focal_loss`` and DETR's
+  ``dice_loss``) instead of ``mask_losses.sigmoid_focal_dice_loss``;
+* mask head: ReLU and the feature additions out of place (:func:`mask_head_out_of_place`); in
+  training, run image by image (:func:`query_masks_per_image`) instead of all images in one batch
+  (``compute_query_masks_on_batch_grid``).
 
 ``with old_computation(model): ...`` switches all of them for this model only (other models in the
 process keep the new computation, so benchmarks can interleave both) and restores them on exit.
@@ -21,16 +25,39 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d
 from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
 
 from detr_d2.modeling import criterion as criterion_module
+from detr_d2.modeling import meta_arch as meta_arch_module
 from detr_d2.modeling.backbone_speed import FrozenBNFoldedConv2d, use_channels_last
 from detr_d2.modeling.criterion import SetCriterion
 from detr_d2.modeling.mask_head import MaskHeadSmallConv
+from detr_d2.modeling.query_masks import compute_query_masks
 
 
 def interpolate_bilinear(x: Tensor, size: Tuple[int, int]) -> Tensor:
     """The old mask-loss upsampling: ``x`` (N, h, w) -> (N, H, W)."""
     return F.interpolate(x[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def focal_and_dice_composite(
+    logits: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0
+) -> Tuple[Tensor, Tensor]:
+    """The old mask losses (``criterion.focal_loss`` / ``criterion.dice_loss`` before issue 25,
+    verbatim), with the signature of ``mask_losses.sigmoid_focal_dice_loss``: ``logits`` (N, P),
+    ``targets`` (N, P) bool."""
+    targets = targets.float()
+    focal = (
+        sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
+        .mean(1)
+        .sum()
+        / num_boxes
+    )
+    inputs = logits.sigmoid()
+    numerator = 2 * (inputs * targets).sum(1)
+    denominator = inputs.sum(-1) + targets.sum(-1)
+    dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_boxes
+    return focal, dice
 
 
 def _attention_with_weights(module: nn.MultiheadAttention, *args, **kwargs):
@@ -39,12 +66,24 @@ def _attention_with_weights(module: nn.MultiheadAttention, *args, **kwargs):
 
 
 def _loss_masks_interpolating(criterion: SetCriterion, *args, **kwargs):
-    new = criterion_module.upsample_bilinear  # swapped during this call only: other models in the
-    criterion_module.upsample_bilinear = interpolate_bilinear  # process keep the new computation
+    # swapped during this call only (the criterion's mask_fn runs inside it): other models in the
+    # process keep the new computation
+    new = (
+        criterion_module.upsample_bilinear,
+        criterion_module.sigmoid_focal_dice_loss,
+        meta_arch_module.compute_query_masks_on_batch_grid,
+    )
+    criterion_module.upsample_bilinear = interpolate_bilinear
+    criterion_module.sigmoid_focal_dice_loss = focal_and_dice_composite
+    meta_arch_module.compute_query_masks_on_batch_grid = query_masks_per_image
     try:
         return SetCriterion.loss_masks(criterion, *args, **kwargs)
     finally:
-        criterion_module.upsample_bilinear = new
+        (
+            criterion_module.upsample_bilinear,
+            criterion_module.sigmoid_focal_dice_loss,
+            meta_arch_module.compute_query_masks_on_batch_grid,
+        ) = new
 
 
 def mask_head_out_of_place(
@@ -87,6 +126,14 @@ def mask_head_out_of_place(
     x = add_upsampled(self.adapter3(fpns[2]), x, num_queries)
     x = F.relu(self.gn5(self.lay5(x)))
     return self.out_lay(x)
+
+
+def query_masks_per_image(
+    bbox_attention: nn.Module, mask_head: nn.Module, state, queries, feature_norm: bool
+) -> List[Tensor]:
+    """The criterion's masks image by image (``compute_query_masks(..., crop_to_image=False)``),
+    as before ``compute_query_masks_on_batch_grid`` (same signature)."""
+    return compute_query_masks(bbox_attention, mask_head, state, queries, (), False, feature_norm)
 
 
 @contextmanager
