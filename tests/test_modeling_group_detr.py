@@ -33,6 +33,7 @@ from tests.utils.group_detr import (
     stage2_cfg,
     train_batch,
 )
+from tests.utils.mask_head_calls import MaskHeadCalls
 from tests.utils.model_inputs import make_input
 from tests.utils.paths import ROOT
 
@@ -202,16 +203,15 @@ def test_inference_equals_plain_model():
 def test_training_decodes_all_groups_and_every_group_gets_gradients():
     model = build_model(grouped_cfg()).train()
     q = model.num_queries
-    rows = []
-    handle = model.mask_head.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    calls = MaskHeadCalls(model)
     with EventStorage():
         images, mask = model.preprocess_image(train_batch())
         out, state = model.forward_detector(images.tensor, mask)
         assert out["pred_logits"].shape[1] == K * q and state["hs"].shape[1] == K * q
         assert all(a["pred_logits"].shape[1] == K * q for a in out["aux_outputs"])
         losses = model(train_batch())
-    handle.remove()
-    assert rows[-2:] == [
+    calls.close()
+    assert calls.rows[-2:] == [
         K * 3,
         K * 2,
     ]  # the mask head on the matched queries of all groups (image 1: none)
@@ -329,12 +329,11 @@ def test_stage2_on_a_detector_trained_with_groups(tmp_path, stage2_groups):
     for k, v in stage1.state_dict().items():
         if k in model.state_dict() and not k.startswith(model.mask_head_parameter_prefixes()):
             assert torch.equal(model.state_dict()[k], v), k
-    rows = []
-    handle = model.mask_head.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    calls = MaskHeadCalls(model)
     with EventStorage():
         losses = model(train_batch())
-    handle.remove()
-    assert rows == [
+    calls.close()
+    assert calls.rows == [
         stage2_groups * 3,
         stage2_groups * 2,
     ]  # matched queries of every group (image 1: none)

@@ -61,3 +61,16 @@ def test_rejects_float_targets_and_mismatched_shapes():
         sigmoid_focal_dice_loss(x, torch.ones(2, 8), 1.0)
     with pytest.raises(ValueError, match=r"\(2, 8\) and \(2, 4\)"):
         sigmoid_focal_dice_loss(x, torch.ones(2, 4, dtype=torch.bool), 1.0)
+
+
+def test_float32_under_autocast():
+    """Under CPU autocast (bfloat16) the losses are computed in float32 as without it: the row sums
+    are matrix products, which autocast would run in half precision."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 4096, generator=g) * 3
+    targets = torch.rand(6, 4096, generator=g) > 0.5
+    plain = sigmoid_focal_dice_loss(logits, targets, 3.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = sigmoid_focal_dice_loss(logits, targets, 3.0)
+    for a, b in zip(autocast, plain):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -93,6 +93,9 @@ VARIANTS = ["default", "all_query_masks", "group_detr", "all_outputs", "dataset_
 def test_training_losses_and_gradients_equal_the_old_model(variant):
     new, old = _models(variant)
     new.train(), old.train()
+    # the legacy model computes the criterion's masks image by image; so does the new one here
+    # (all images in one batch, issue 25, equals it up to rounding: test_modeling_query_masks)
+    new.batch_grid_query_masks = lambda state, queries: new.query_masks(state, queries, False)
     with EventStorage():
         losses_new, losses_old = new(_batch()), old(_batch())
     _same(losses_new, losses_old, "losses")

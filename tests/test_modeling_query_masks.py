@@ -23,6 +23,7 @@ from detectron2.utils.events import EventStorage
 from detr_d2.modeling.mask_head import MaskHeadSmallConv
 from detr_d2.modeling.panoptic_inference import panoptic_queries
 from tests.utils.configs import tiny_detr_cfg
+from tests.utils.mask_head_calls import MaskHeadCalls
 
 
 def make_image(h, w, seed):
@@ -48,28 +49,6 @@ def calibrated_model(cfg):
     with torch.no_grad():  # let each query's attention decide its mask
         model.mask_head.lay1.weight[:, -cfg.MODEL.DETR.NHEADS :] *= 1e4
     return model
-
-
-class MaskHeadCalls:
-    """Counts the queries (rows) the FPN mask head runs on, per image: one entry per call of the
-    per-image head (``forward``), one per image with rows in a call of the all-images head
-    (``forward_rows``, training)."""
-
-    def __init__(self, model):
-        self.rows = []
-        head = self.head = model.mask_head
-        self.handle = head.register_forward_hook(lambda m, i, o: self.rows.append(o.shape[0]))
-        forward_rows = head.forward_rows
-
-        def counted(bbox_mask, fpns, projected, image_index):
-            self.rows.extend(int(n) for n in torch.bincount(image_index) if n > 0)
-            return forward_rows(bbox_mask, fpns, projected, image_index)
-
-        head.forward_rows = counted
-
-    def close(self):
-        self.handle.remove()
-        del self.head.forward_rows
 
 
 def test_split_first_convolution_equals_concatenation():

@@ -9,7 +9,7 @@ Follows ``MHAttentionMap`` and ``MaskHeadSmallConv`` in ``models/segmentation.py
 (facebookresearch/detr at 29901c5).
 """
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 
 class _RowsOfImages(torch.autograd.Function):
-    """``src[index]`` along dim 0 whose backward sums the rows' gradients per image with
-    ``index_add_`` (the backward of advanced indexing, ``index_put_`` with accumulation, is a
-    serial scatter on the CPU: 3 ms per (123, 16, 32, 32) gradient at 2 threads)."""
+    """``src[index]`` along dim 0 whose backward sums the rows' gradients per image as one matrix
+    product, (B, N) 0/1 matrix @ (N, features): the backward of advanced indexing (``index_put_``
+    with accumulation) and ``index_add_`` are serial scatters on the CPU (3 ms and 1 ms per (123,
+    16, 32, 32) gradient at 2 threads)."""
 
     @staticmethod
     def forward(ctx, src: Tensor, index: Tensor) -> Tensor:
@@ -30,8 +31,15 @@ class _RowsOfImages(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
-        out = grad.new_zeros((ctx.num_images, *grad.shape[1:]))
-        return out.index_add_(0, index, grad), None
+        n = grad.shape[0]
+        owner = grad.new_zeros((ctx.num_images, n))
+        owner[index, torch.arange(n, device=index.device)] = 1
+        if grad.dim() == 4 and grad.is_contiguous(memory_format=torch.channels_last):
+            rows = grad.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous: a view
+            summed = (owner @ rows.reshape(n, -1)).view(-1, *rows.shape[1:])
+            return summed.permute(0, 3, 1, 2), None  # channels_last, like grad
+        rows = grad.contiguous()
+        return (owner @ rows.view(n, -1)).view(-1, *rows.shape[1:]), None
 
 
 def rows_of_images(src: Tensor, image_index: Tensor) -> Tensor:
@@ -143,16 +151,20 @@ class MaskHeadSmallConv(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     @staticmethod
-    def _add_upsampled(fpn: Tensor, x: Tensor, rows: Union[int, Tensor]) -> Tensor:
+    def _add_upsampled(
+        fpn: Tensor, x: Tensor, num_queries: int, image_index: Optional[Tensor]
+    ) -> Tensor:
         """``fpn`` (B, C, H, W) broadcast over queries + legacy-nearest upsample of ``x`` (B*Q, C,
         h, w) to exactly (H, W). Broadcasting avoids DETR's per-query copy of ``fpn`` (same
-        values, computed in place). ``rows``: Q queries per image, or the (N,) image of each row
-        of ``x`` (:meth:`forward_rows`)."""
+        values, computed in place). With ``image_index`` (:meth:`forward_rows`), ``x`` is (N, C,
+        h, w) and row n belongs to image ``image_index[n]`` (``num_queries`` unused)."""
         up = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
         # in place into the fresh upsampled tensor: no second (B*Q, C, H, W) allocation
-        if isinstance(rows, Tensor):
-            return up.add_(rows_of_images(fpn, rows))
-        return up.view(fpn.shape[0], rows, *up.shape[1:]).add_(fpn.unsqueeze(1)).flatten(0, 1)
+        if image_index is not None:
+            return up.add_(rows_of_images(fpn, image_index))
+        return (
+            up.view(fpn.shape[0], num_queries, *up.shape[1:]).add_(fpn.unsqueeze(1)).flatten(0, 1)
+        )
 
     def project_features(self, x: Tensor) -> Tensor:
         """The image-feature part of the first convolution, with its bias: ``(B, C, H5, W5)``
@@ -191,7 +203,7 @@ class MaskHeadSmallConv(nn.Module):
             )
             att = att.view(projected.shape[0], num_queries, *att.shape[1:])
             x = att.add_(projected.unsqueeze(1)).flatten(0, 1)
-        return self._refine(x, fpns, num_queries)
+        return self._refine(x, fpns, num_queries, None)
 
     def forward_rows(
         self, bbox_mask: Tensor, fpns: List[Tensor], projected: Tensor, image_index: Tensor
@@ -202,18 +214,21 @@ class MaskHeadSmallConv(nn.Module):
         Returns (N, 1, H2, W2) mask logits (the same values as ``forward`` per image, up to float
         rounding)."""
         att = F.conv2d(bbox_mask, self.lay1.weight[:, self.feature_channels :], None, padding=1)
-        return self._refine(att.add_(rows_of_images(projected, image_index)), fpns, image_index)
+        return self._refine(att.add_(rows_of_images(projected, image_index)), fpns, 0, image_index)
 
-    def _refine(self, x: Tensor, fpns: List[Tensor], rows: Union[int, Tensor]) -> Tensor:
-        """From the first convolution's output (rows of queries) to the mask logits."""
+    def _refine(
+        self, x: Tensor, fpns: List[Tensor], num_queries: int, image_index: Optional[Tensor]
+    ) -> Tensor:
+        """From the first convolution's output (rows of queries) to the mask logits
+        (``num_queries`` per image, or the image of each row: :meth:`_add_upsampled`)."""
         # ReLU and the additions in place on tensors made just before (same values, no extra
         # (B*Q, C, H, W) allocations: 1.2x on the head at 2 threads; docs/speed.md)
         x = group_norm_relu(self.gn1, x)
         x = group_norm_relu(self.gn2, self.lay2(x))
-        x = self._add_upsampled(self.adapter1(fpns[0]), x, rows)
+        x = self._add_upsampled(self.adapter1(fpns[0]), x, num_queries, image_index)
         x = group_norm_relu(self.gn3, self.lay3(x))
-        x = self._add_upsampled(self.adapter2(fpns[1]), x, rows)
+        x = self._add_upsampled(self.adapter2(fpns[1]), x, num_queries, image_index)
         x = group_norm_relu(self.gn4, self.lay4(x))
-        x = self._add_upsampled(self.adapter3(fpns[2]), x, rows)
+        x = self._add_upsampled(self.adapter3(fpns[2]), x, num_queries, image_index)
         x = group_norm_relu(self.gn5, self.lay5(x))
         return self.out_lay(x)

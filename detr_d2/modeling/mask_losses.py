@@ -88,8 +88,9 @@ class _SigmoidFocalDice(torch.autograd.Function):
 def sigmoid_focal_dice_loss(
     logits: Tensor, targets: Tensor, num_boxes: float, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tuple[Tensor, Tensor]:
-    """``(focal, dice)`` scalar losses of ``logits`` (N, P) float mask logits against ``targets``
-    (N, P) bool, each normalised by ``num_boxes`` (see the module docstring)."""
+    """``(focal, dice)`` scalar float32 losses of ``logits`` (N, P) mask logits against ``targets``
+    (N, P) bool, each normalised by ``num_boxes`` (see the module docstring); computed in float32
+    (also under autocast)."""
     if targets.dtype != torch.bool:
         raise TypeError(f"sigmoid_focal_dice_loss: targets must be bool masks, got {targets.dtype}")
     if logits.shape != targets.shape or logits.dim() != 2:
@@ -97,4 +98,9 @@ def sigmoid_focal_dice_loss(
             "sigmoid_focal_dice_loss: logits and targets must both be (N, P), got "
             f"{tuple(logits.shape)} and {tuple(targets.shape)}"
         )
-    return _SigmoidFocalDice.apply(logits, targets, float(num_boxes), float(alpha), float(gamma))
+    # float32 whatever the autocast state (its row sums are matrix products, which autocast would
+    # run in half precision)
+    with torch.autocast(logits.device.type, enabled=False):
+        return _SigmoidFocalDice.apply(
+            logits.float(), targets, float(num_boxes), float(alpha), float(gamma)
+        )
