@@ -195,12 +195,7 @@ class MaskHeadSmallConv(nn.Module):
             ).flatten(0, 1)
             x = self.lay1(x)
         else:
-            att = F.conv2d(
-                bbox_mask.flatten(0, 1),
-                self.lay1.weight[:, self.feature_channels :],
-                None,
-                padding=1,
-            )
+            att = self._attention_part(bbox_mask.flatten(0, 1))
             att = att.view(projected.shape[0], num_queries, *att.shape[1:])
             x = att.add_(projected.unsqueeze(1)).flatten(0, 1)
         return self._refine(x, fpns, num_queries, None)
@@ -213,8 +208,13 @@ class MaskHeadSmallConv(nn.Module):
         (``project_features``) (B, dim, H5, W5); ``fpns`` [res4, res3, res2] of the B images.
         Returns (N, 1, H2, W2) mask logits (the same values as ``forward`` per image, up to float
         rounding)."""
-        att = F.conv2d(bbox_mask, self.lay1.weight[:, self.feature_channels :], None, padding=1)
+        att = self._attention_part(bbox_mask)
         return self._refine(att.add_(rows_of_images(projected, image_index)), fpns, 0, image_index)
+
+    def _attention_part(self, maps: Tensor) -> Tensor:
+        """The attention-map part of the first convolution, without bias (it comes with
+        ``project_features``): (N, nheads, H5, W5) -> (N, dim, H5, W5)."""
+        return F.conv2d(maps, self.lay1.weight[:, self.feature_channels :], None, padding=1)
 
     def _refine(
         self, x: Tensor, fpns: List[Tensor], num_queries: int, image_index: Optional[Tensor]

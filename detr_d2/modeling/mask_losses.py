@@ -35,11 +35,7 @@ class _SigmoidFocalDice(torch.autograd.Function):
         u = torch.addcmul(logits, logits, t, value=-2.0)  # -x on target pixels, x elsewhere
         q = torch.sigmoid(u)  # 1 - p_t
         ce = F.softplus(u)  # BCE with logits = -log(p_t)
-        focal = ce * q
-        if gamma == 2.0:
-            focal.mul_(q)
-        else:
-            focal = ce * q.pow(gamma)
+        focal = (ce * q).mul_(q) if gamma == 2.0 else ce * q.pow(gamma)
         if alpha >= 0:  # alpha_t = 1 - alpha + (2 alpha - 1) t; torchvision: alpha < 0 = none
             focal_rows = focal.sum(1).mul_(1.0 - alpha)
             focal_rows.add_(_row_dot(focal, t), alpha=2 * alpha - 1)
