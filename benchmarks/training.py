@@ -372,7 +372,7 @@ class OursSide(Side):
             losses = sum(loss_dict.values())
         self.backward_and_step(losses, self.optimizer)
         weights = self.model.criterion.weight_dict
-        return {k: float(v) / weights[k] for k, v in loss_dict.items() if weights.get(k)}
+        return {k: float(v.detach()) / weights[k] for k, v in loss_dict.items() if weights.get(k)}
 
 
 class OfficialSide(Side):

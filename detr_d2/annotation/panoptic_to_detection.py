@@ -20,7 +20,7 @@ import pycocotools.mask as mask_util
 from ..data.datasets.panoptic_metadata import validate_categories
 from ..data.panoptic_io import (
     check_panoptic_ids,
-    check_segment_ids,
+    check_segment_ids_of_map,
     join_under,
     read_json,
     read_panoptic_ids,
@@ -48,7 +48,7 @@ def panoptic_image_to_detection(
 
     Each kept segment gives ``image_id``, ``category_id`` (dataset id), ``segmentation``
     (compressed RLE, counts as str), ``area``, ``bbox`` (XYWH pixels) and ``iscrowd``. The ids
-    of the PNG and of ``segments_info`` must be the same (``check_segment_ids``).
+    of the PNG and of ``segments_info`` must be the same (``check_segment_ids_of_map``).
     """
     ids = read_panoptic_ids(png_path).astype(np.int64)
     if "height" in image and "width" in image and ids.shape != (image["height"], image["width"]):
@@ -56,7 +56,7 @@ def panoptic_image_to_detection(
             f"{png_path} (pan_seg_file_name) is {ids.shape[1]}x{ids.shape[0]} but 'images' says "
             f"{image['width']}x{image['height']} (WxH) for image_id {image['id']}"
         )
-    check_segment_ids(np.unique(ids), segments_info, png_path, image["id"], source)
+    check_segment_ids_of_map(ids, segments_info, png_path, image["id"], source)
     report = ConversionReport(images=1)
     anns = []
     for j, seg in enumerate(segments_info):

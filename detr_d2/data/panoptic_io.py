@@ -29,6 +29,7 @@ __all__ = [
     "read_panoptic_ids",
     "check_panoptic_ids",
     "check_segment_ids",
+    "check_segment_ids_of_map",
     "check_unique",
     "join_under",
     "prediction_png_name",
@@ -178,6 +179,26 @@ def check_segment_ids(
             f"{source} but have no pixel in the PNG (ids in the PNG: {sorted(present)[:20]}). "
             "Remove those entries, or check that the JSON and the PNG folder belong together."
         )
+
+
+def check_segment_ids_of_map(
+    ids: np.ndarray,
+    segments_info: Sequence[Mapping],
+    png_path: str,
+    image_id: Any = None,
+    json_file: Optional[str] = None,
+) -> None:
+    """:func:`check_segment_ids` for an id map ``ids`` (H, W) (same outcome and errors), without
+    sorting its pixels when they agree: each listed id has a pixel, and void plus the listed ids
+    cover every pixel. Otherwise (or with id 0 or a repeat listed) ``np.unique(ids)`` decides, as
+    before. One comparison per listed segment instead of a sort: 0.04 vs 0.37 ms for a 128x128 map
+    with 10 segments, 1.0 vs 8.7 ms for 640x480 with 30 (docs/speed.md)."""
+    listed = [int(s["id"]) for s in segments_info]
+    if 0 not in listed and len(set(listed)) == len(listed):
+        counts = [np.count_nonzero(ids == i) for i in listed]
+        if all(counts) and sum(counts) + np.count_nonzero(ids == 0) == ids.size:
+            return
+    check_segment_ids(np.unique(ids), segments_info, png_path, image_id, json_file)
 
 
 def check_unique(values: Iterable[Any], where: Callable[[int], str], what: str) -> None:

@@ -18,7 +18,7 @@ from detectron2.utils.logger import log_first_n
 from PIL import Image
 
 from ..image_depth import eight_bit_image
-from ..panoptic_io import check_segment_ids, read_panoptic_png, rgb2id
+from ..panoptic_io import check_segment_ids_of_map, read_panoptic_png, rgb2id
 from ..transforms import build_detr_test_augmentation, build_detr_train_augmentation
 from .corrupt_samples import CorruptSampleCounter
 
@@ -218,8 +218,8 @@ class DetrPanopticDatasetMapper:
                     f"{pan_rgb.shape[1]}x{pan_rgb.shape[0]} but its image "
                     f"{dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH)"
                 )
-            check_segment_ids(
-                np.unique(rgb2id(pan_rgb)),
+            check_segment_ids_of_map(
+                rgb2id(pan_rgb),
                 dataset_dict["segments_info"],
                 dataset_dict["pan_seg_file_name"],
                 dataset_dict.get("image_id"),
