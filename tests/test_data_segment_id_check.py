@@ -75,3 +75,17 @@ def test_agreeing_ids_are_not_sorted(monkeypatch):
     with pytest.raises(ValueError):  # disagreeing: np.unique decides (patched: finds no ids)
         check_segment_ids_of_map(ids, [{"id": 5}], "pan.png")
     assert len(calls) == 1
+
+
+def test_many_segments_are_sorted_as_before(monkeypatch):
+    """Past ``MAX_SEGMENTS_COMPARED`` listed segments ``np.unique`` decides alone (cheaper)."""
+    n = panoptic_io.MAX_SEGMENTS_COMPARED + 1
+    ids = np.arange(1, n + 1, dtype=np.uint32).reshape(1, n)
+    info = [{"id": i} for i in range(1, n + 1)]
+    calls = []
+    unique = np.unique
+    monkeypatch.setattr(panoptic_io.np, "unique", lambda a: calls.append(1) or unique(a))
+    check_segment_ids_of_map(ids, info, "pan.png")
+    check_segment_ids_of_map(ids[:, :-1], info[:-1], "pan.png")
+    assert calls == [1]
+    assert _outcome(check_segment_ids_of_map, ids, info[1:]) == _outcome(_old, ids, info[1:])

@@ -181,6 +181,11 @@ def check_segment_ids(
         )
 
 
+# check_segment_ids_of_map: one comparison per segment costs as much as np.unique's sort at about
+# 90 segments (128x128) to 250 (640x480)
+MAX_SEGMENTS_COMPARED = 64
+
+
 def check_segment_ids_of_map(
     ids: np.ndarray,
     segments_info: Sequence[Mapping],
@@ -192,9 +197,11 @@ def check_segment_ids_of_map(
     sorting its pixels when they agree: each listed id has a pixel, and void plus the listed ids
     cover every pixel. Otherwise (or with id 0 or a repeat listed) ``np.unique(ids)`` decides, as
     before. One comparison per listed segment instead of a sort: 0.04 vs 0.37 ms for a 128x128 map
-    with 10 segments, 1.0 vs 8.7 ms for 640x480 with 30 (docs/speed.md)."""
+    with 10 segments, 1.0 vs 8.7 ms for 640x480 with 30 (docs/speed.md); past
+    :data:`MAX_SEGMENTS_COMPARED` segments the sort is cheaper and decides alone."""
     listed = [int(s["id"]) for s in segments_info]
-    if 0 not in listed and len(set(listed)) == len(listed):
+    few = len(listed) <= MAX_SEGMENTS_COMPARED
+    if few and 0 not in listed and len(set(listed)) == len(listed):
         counts = [np.count_nonzero(ids == i) for i in listed]
         if all(counts) and sum(counts) + np.count_nonzero(ids == 0) == ids.size:
             return
