@@ -1,5 +1,5 @@
-"""Benchmarks (benchmarks/inference.py, training.py, evaluation.py, fusion.py) and their timing
-helpers.
+"""Benchmarks (benchmarks/inference.py, training.py, evaluation.py, fusion.py, data_loading.py) and
+their timing helpers.
 
 Smoke tests run each tool's ``main`` at the tiniest settings and check that every figure line is
 printed and that the checks the tools report hold; nothing here is timed.
@@ -742,3 +742,17 @@ def test_fusion_benchmark_prints_all_scenes(capsys):
     for kept in (15, 45):
         _row(out, f"random, {kept} of 100 kept", 3)
     assert "identical maps and segments" in out
+
+
+# ------------------------------------------------------------------------------------- data loading
+def test_data_loading_benchmark_compares_the_mapper_before_and_now(capsys):
+    """benchmarks/data_loading.py: the training mapper now vs before issue 25 and vs the new check
+    with the old targets, on the quickstart and COCO sample images (it checks the outputs are
+    identical)."""
+    _load_tool("data_loading").main(["--images", "4", "--repeats", "1", "--passes", "1"])
+    out = capsys.readouterr().out
+    before, loop, now, ratio, loop_ratio = _row(out, "quickstart 128x128, 4 images", 5)
+    assert min(before, loop, now) > 0 and abs(ratio - before / now) < 0.01 + 0.01 * ratio
+    assert abs(loop_ratio - loop / now) < 0.01 + 0.01 * loop_ratio
+    _row(out, "COCO sample, 2 images x 1", 5)
+    assert "identical images and targets on all sides" in out

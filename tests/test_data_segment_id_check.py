@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from detr_d2.data import panoptic_io
-from detr_d2.data.panoptic_io import check_segment_ids, check_segment_ids_of_map, read_panoptic_ids
+from detr_d2.data.panoptic_io import check_segment_ids_of_map, read_panoptic_ids
 from tests.utils.evaluation import COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS
+from tests.utils.mapper_oracles import check_segment_ids_sorting as _old
 
 
 def _outcome(check, ids, segments_info):
@@ -20,10 +21,6 @@ def _outcome(check, ids, segments_info):
     except ValueError as e:
         return str(e)
     return "ok"
-
-
-def _old(ids, segments_info, *args):
-    check_segment_ids(np.unique(ids), segments_info, *args)
 
 
 def _cases(seed):

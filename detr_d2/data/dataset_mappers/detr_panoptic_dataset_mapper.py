@@ -120,27 +120,48 @@ def panoptic_to_instances(
     One instance per segment of ``segments_info`` (things *and* stuff, crowd included) whose mask
     is not empty: ``gt_classes`` (int64, contiguous ids), ``gt_masks`` (``BitMasks`` HxW bool),
     ``gt_boxes`` (``Boxes``, XYXY absolute pixels of the augmented image, from the mask extent,
-    exclusive max) and ``gt_is_crowd`` (bool).
+    exclusive max, as ``BitMasks.get_bounding_boxes``) and ``gt_is_crowd`` (bool). All segments'
+    masks come from one broadcast comparison and their boxes from one pass (the same values as a
+    loop over the segments with Detectron2's ``get_bounding_boxes``; 4x faster at 128x128 with 10
+    segments, docs/speed.md).
     """
-    classes, masks, crowd = [], [], []
-    for seg in segments_info:
-        mask = ids == seg["id"]
-        if not mask.any():  # cropped away
-            continue
-        classes.append(int(seg["category_id"]))
-        masks.append(mask)
-        crowd.append(bool(seg.get("iscrowd", 0)))
     h, w = image_size
+    segment_ids = np.array([int(seg["id"]) for seg in segments_info], dtype=np.int64)
+    masks = ids[None] == _as_dtype_of(segment_ids, ids).reshape(-1, 1, 1)  # (segments, H, W)
+    cols, rows = masks.any(axis=1), masks.any(axis=2)  # (segments, W), (segments, H)
+    kept = np.flatnonzero(cols.any(axis=1))  # segments cropped away have no pixel
+    if len(kept) < len(segments_info):
+        masks, cols, rows = masks[kept], cols[kept], rows[kept]
     instances = Instances((h, w))
-    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    if masks:
-        bitmasks = BitMasks(torch.from_numpy(np.stack(masks)))
-    else:
-        bitmasks = BitMasks(torch.zeros((0, h, w), dtype=torch.bool))
-    instances.gt_masks = bitmasks
-    instances.gt_boxes = Boxes(bitmasks.get_bounding_boxes().tensor)
-    instances.gt_is_crowd = torch.tensor(crowd, dtype=torch.bool)
+    instances.gt_classes = torch.tensor(
+        [int(segments_info[i]["category_id"]) for i in kept], dtype=torch.int64
+    )
+    instances.gt_masks = BitMasks(torch.from_numpy(masks))
+    instances.gt_boxes = Boxes(torch.from_numpy(_mask_extents(cols, rows)))
+    instances.gt_is_crowd = torch.tensor(
+        [bool(segments_info[i].get("iscrowd", 0)) for i in kept], dtype=torch.bool
+    )
     return instances
+
+
+def _as_dtype_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``values`` (int64) in the integer dtype of ``ids`` when they all fit, so that comparing
+    them with ``ids`` does not convert the whole map to int64 (10x slower for int32 maps); as
+    they are otherwise."""
+    if np.issubdtype(ids.dtype, np.integer) and values.size:
+        limits = np.iinfo(ids.dtype)
+        if limits.min <= values.min() and values.max() <= limits.max:
+            return values.astype(ids.dtype)
+    return values
+
+
+def _mask_extents(cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 XYXY boxes, max exclusive, of non-empty masks given which of their columns
+    ``cols`` (N, W) and rows ``rows`` (N, H) hold a pixel: the first and one past the last."""
+    x0, y0 = cols.argmax(axis=1), rows.argmax(axis=1)
+    x1 = cols.shape[1] - cols[:, ::-1].argmax(axis=1)
+    y1 = rows.shape[1] - rows[:, ::-1].argmax(axis=1)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
 
 
 class DetrPanopticDatasetMapper:

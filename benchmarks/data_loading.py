@@ -1,0 +1,135 @@
+"""The training mapper (``DetrPanopticDatasetMapper``) now against its computation before issue 25
+(``tests.utils.mapper_oracles``: the integrity check sorting every pixel, the targets from a loop
+over the segments with Detectron2's ``BitMasks.get_bounding_boxes``) and against the new check with
+the old targets (the mapper between the two changes), same images, same random augmentation on all
+sides, passes alternating (ABC CBA ...), outputs checked equal.
+
+Datasets: the quickstart's synthetic images (128x128, its config's augmentation) and the two real
+COCO sample images at DETR's training sizes (``configs/Base-DETR.yaml``: random flip, resize to a
+short side of 480-800, crop with probability 0.5), each image mapped ``--repeats`` times with other
+random augmentations.
+
+Example::
+
+    python -m benchmarks.data_loading --images 200 --passes 5
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+
+from benchmarks.utils import REPO_ROOT
+from detr_d2 import add_detr_config
+from detr_d2.data import DetrPanopticDatasetMapper
+from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json
+from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
+from detr_d2.utils.config_file import merge_config_file
+from tests.utils.evaluation import COCO_SAMPLE, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS
+from tests.utils.mapper_oracles import old_mapper_computation
+
+QUICKSTART_CONFIG = "configs/quickstart/detr_r18_quickstart.yaml"
+BASE_CONFIG = "configs/Base-DETR.yaml"
+
+
+def _mapper(config: str) -> DetrPanopticDatasetMapper:
+    cfg = get_cfg()
+    add_detr_config(cfg)
+    merge_config_file(cfg, os.path.join(REPO_ROOT, config))
+    return DetrPanopticDatasetMapper(cfg, is_train=True)
+
+
+def _datasets(folder: str, num_images: int, repeats: int) -> Dict[str, tuple]:
+    """name -> (mapper, dataset dicts)."""
+    json_file = generate_quickstart_dataset(folder, "train", num_images=num_images, seed=0)
+    with open(json_file) as f:
+        meta = build_panoptic_metadata(json.load(f)["categories"])
+    quickstart = load_panoptic_json(
+        json_file, os.path.join(folder, "train"), os.path.join(folder, "panoptic_train"), meta
+    )
+    with open(COCO_SAMPLE_JSON) as f:
+        meta = build_panoptic_metadata(json.load(f)["categories"])
+    coco = load_panoptic_json(
+        COCO_SAMPLE_JSON, os.path.join(COCO_SAMPLE, "input_images"), COCO_SAMPLE_PNGS, meta
+    )
+    return {
+        f"quickstart 128x128, {len(quickstart)} images": (_mapper(QUICKSTART_CONFIG), quickstart),
+        f"COCO sample, 2 images x {repeats}": (_mapper(BASE_CONFIG), coco * repeats),
+    }
+
+
+def _map_all(mapper: Callable, dicts: List[dict], seed: int) -> List[dict]:
+    np.random.seed(seed)  # the augmentations' random draws: the same on both sides
+    return [mapper(d) for d in dicts]
+
+
+def _same(a: dict, b: dict) -> bool:
+    ia, ib = a["instances"], b["instances"]
+    return (
+        torch.equal(a["image"], b["image"])
+        and ia.image_size == ib.image_size
+        and torch.equal(ia.gt_classes, ib.gt_classes)
+        and torch.equal(ia.gt_is_crowd, ib.gt_is_crowd)
+        and torch.equal(ia.gt_masks.tensor, ib.gt_masks.tensor)
+        and torch.equal(ia.gt_boxes.tensor, ib.gt_boxes.tensor)
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=200, help="quickstart images (default 200)")
+    p.add_argument("--repeats", type=int, default=10, help="passes over the 2 COCO images")
+    p.add_argument("--passes", type=int, default=5, help="timed passes per side (default 5)")
+    args = p.parse_args(argv)
+    print(f"torch {torch.__version__}, numpy {np.__version__}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{'dataset':34s} {'before ms/img':>14s} {'loop ms/img':>12s} {'now ms/img':>11s} "
+        f"{'before/now':>11s} {'loop/now':>9s}"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (mapper, dicts) in _datasets(folder, args.images, args.repeats).items():
+            sides = {
+                "before": _with_old(mapper),
+                "loop": _with_old(mapper, check=False),
+                "now": mapper,
+            }
+            outputs = {k: _map_all(f, dicts, 0) for k, f in sides.items()}  # warm-up, the check
+            for k in ("before", "loop"):
+                if not all(_same(a, b) for a, b in zip(outputs["now"], outputs[k])):
+                    raise AssertionError(f"{name}: the mapper's outputs differ from {k!r}")
+            times = {k: [] for k in sides}
+            for i in range(args.passes):
+                for k in list(sides) if i % 2 == 0 else list(sides)[::-1]:
+                    t = time.perf_counter()
+                    _map_all(sides[k], dicts, i + 1)
+                    times[k].append((time.perf_counter() - t) / len(dicts))
+            before, loop, now = (statistics.median(times[k]) * 1e3 for k in sides)
+            print(
+                f"{name:34s} {before:14.2f} {loop:12.2f} {now:11.2f} {before / now:11.2f} "
+                f"{loop / now:9.2f}"
+            )
+    print(
+        "medians over the passes; before = before issue 25, loop = the new check with the old "
+        "targets; identical images and targets on all sides"
+    )
+
+
+def _with_old(mapper: Callable, **which) -> Callable:
+    """``mapper`` run with ``old_mapper_computation(**which)`` at each call."""
+
+    def run(d):
+        with old_mapper_computation(**which):
+            return mapper(d)
+
+    return run
+
+
+if __name__ == "__main__":
+    main()
