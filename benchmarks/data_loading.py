@@ -15,7 +15,6 @@ Example::
 """
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -25,43 +24,40 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 
+from benchmarks.training import QUICKSTART_CONFIG, quickstart_dicts
 from benchmarks.utils import REPO_ROOT
 from detr_d2 import add_detr_config
 from detr_d2.data import DetrPanopticDatasetMapper
-from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json
-from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
 from detr_d2.utils.config_file import merge_config_file
-from tests.utils.evaluation import COCO_SAMPLE, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS
-from tests.utils.mapper_oracles import old_mapper_computation
+from tests.utils.evaluation import register_coco_sample
+from tests.utils.mapper_oracles import instances_differences, old_mapper_computation
 
-QUICKSTART_CONFIG = "configs/quickstart/detr_r18_quickstart.yaml"
 BASE_CONFIG = "configs/Base-DETR.yaml"
 
 
-def _mapper(config: str) -> DetrPanopticDatasetMapper:
+def _config(config: str):
     cfg = get_cfg()
     add_detr_config(cfg)
     merge_config_file(cfg, os.path.join(REPO_ROOT, config))
-    return DetrPanopticDatasetMapper(cfg, is_train=True)
+    return cfg
 
 
 def _datasets(folder: str, num_images: int, repeats: int) -> Dict[str, tuple]:
     """name -> (mapper, dataset dicts)."""
-    json_file = generate_quickstart_dataset(folder, "train", num_images=num_images, seed=0)
-    with open(json_file) as f:
-        meta = build_panoptic_metadata(json.load(f)["categories"])
-    quickstart = load_panoptic_json(
-        json_file, os.path.join(folder, "train"), os.path.join(folder, "panoptic_train"), meta
-    )
-    with open(COCO_SAMPLE_JSON) as f:
-        meta = build_panoptic_metadata(json.load(f)["categories"])
-    coco = load_panoptic_json(
-        COCO_SAMPLE_JSON, os.path.join(COCO_SAMPLE, "input_images"), COCO_SAMPLE_PNGS, meta
-    )
+    quickstart_cfg = _config(QUICKSTART_CONFIG)
+    quickstart = quickstart_dicts(quickstart_cfg, folder, num_images, seed=0)
+    coco = DatasetCatalog.get(register_coco_sample())
     return {
-        f"quickstart 128x128, {len(quickstart)} images": (_mapper(QUICKSTART_CONFIG), quickstart),
-        f"COCO sample, 2 images x {repeats}": (_mapper(BASE_CONFIG), coco * repeats),
+        f"quickstart 128x128, {len(quickstart)} images": (
+            DetrPanopticDatasetMapper(quickstart_cfg, is_train=True),
+            quickstart,
+        ),
+        f"COCO sample, 2 images x {repeats}": (
+            DetrPanopticDatasetMapper(_config(BASE_CONFIG), is_train=True),
+            coco * repeats,
+        ),
     }
 
 
@@ -71,14 +67,8 @@ def _map_all(mapper: Callable, dicts: List[dict], seed: int) -> List[dict]:
 
 
 def _same(a: dict, b: dict) -> bool:
-    ia, ib = a["instances"], b["instances"]
-    return (
-        torch.equal(a["image"], b["image"])
-        and ia.image_size == ib.image_size
-        and torch.equal(ia.gt_classes, ib.gt_classes)
-        and torch.equal(ia.gt_is_crowd, ib.gt_is_crowd)
-        and torch.equal(ia.gt_masks.tensor, ib.gt_masks.tensor)
-        and torch.equal(ia.gt_boxes.tensor, ib.gt_boxes.tensor)
+    return torch.equal(a["image"], b["image"]) and not instances_differences(
+        a["instances"], b["instances"]
     )
 
 

@@ -4,31 +4,25 @@ one pass) gives exactly the targets of the old per-segment loop with Detectron2'
 dtype, segments cropped away, crowd flags, no segment, ids beyond the map's dtype; and the whole
 training mapper on the COCO sample with DETR's default augmentation (flip, crop, resize)."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 
 from detr_d2 import add_detr_config
 from detr_d2.data import DetrPanopticDatasetMapper
 from detr_d2.data.dataset_mappers.detr_panoptic_dataset_mapper import panoptic_to_instances
-from detr_d2.data.datasets import build_panoptic_metadata, load_panoptic_json
-from tests.utils.evaluation import COCO_SAMPLE, COCO_SAMPLE_JSON, COCO_SAMPLE_PNGS
-from tests.utils.mapper_oracles import old_mapper_computation, panoptic_to_instances_per_segment
+from tests.utils.evaluation import register_coco_sample
+from tests.utils.mapper_oracles import (
+    instances_differences,
+    old_mapper_computation,
+    panoptic_to_instances_per_segment,
+)
 
 
-def assert_same_instances(new, old):
-    assert new.image_size == old.image_size
-    assert set(new.get_fields()) == set(old.get_fields())
-    for name in ("gt_classes", "gt_is_crowd"):
-        a, b = new.get(name), old.get(name)
-        assert a.dtype == b.dtype and torch.equal(a, b), name
-    for name in ("gt_masks", "gt_boxes"):
-        a, b = new.get(name).tensor, old.get(name).tensor
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), name
+def _old(ids, info):
+    return panoptic_to_instances_per_segment(ids, info, ids.shape)
 
 
 def _random_case(seed):
@@ -57,7 +51,7 @@ def test_targets_equal_the_per_segment_loop(seed, dtype):
     ids, info = _random_case(seed)
     ids = ids.astype(dtype)
     new = panoptic_to_instances(ids, info, ids.shape)
-    assert_same_instances(new, panoptic_to_instances_per_segment(ids, info, ids.shape))
+    assert instances_differences(new, _old(ids, info)) == []
 
 
 def test_single_pixel_and_full_image_segments():
@@ -67,7 +61,7 @@ def test_single_pixel_and_full_image_segments():
     info = [{"id": 9, "category_id": 1}, {"id": 5, "category_id": 2, "iscrowd": 1}]
     new = panoptic_to_instances(ids, info, ids.shape)
     assert new.gt_boxes.tensor.tolist() == [[8, 3, 9, 4], [0, 0, 9, 7]]
-    assert_same_instances(new, panoptic_to_instances_per_segment(ids, info, ids.shape))
+    assert instances_differences(new, _old(ids, info)) == []
 
 
 def test_no_segment_and_ids_beyond_the_dtype_of_the_map():
@@ -75,20 +69,16 @@ def test_no_segment_and_ids_beyond_the_dtype_of_the_map():
     for info in ([], [{"id": 300, "category_id": 1}]):  # 300 does not fit uint8: no pixel
         new = panoptic_to_instances(ids, info, ids.shape)
         assert len(new) == 0 and new.gt_masks.tensor.shape == (0, 4, 6)
-        assert_same_instances(new, panoptic_to_instances_per_segment(ids, info, ids.shape))
+        assert instances_differences(new, _old(ids, info)) == []
     ids[1:3, 2:5] = 200
     info = [{"id": 200, "category_id": 3}, {"id": 456, "category_id": 1}]
     new = panoptic_to_instances(ids, info, ids.shape)
     assert new.gt_boxes.tensor.tolist() == [[2, 1, 5, 3]]
-    assert_same_instances(new, panoptic_to_instances_per_segment(ids, info, ids.shape))
+    assert instances_differences(new, _old(ids, info)) == []
 
 
 def test_training_mapper_on_the_coco_sample_equals_the_old_computation():
-    with open(COCO_SAMPLE_JSON) as f:
-        meta = build_panoptic_metadata(json.load(f)["categories"])
-    dicts = load_panoptic_json(
-        COCO_SAMPLE_JSON, os.path.join(COCO_SAMPLE, "input_images"), COCO_SAMPLE_PNGS, meta
-    )
+    dicts = DatasetCatalog.get(register_coco_sample())
     cfg = get_cfg()
     add_detr_config(cfg)
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (200, 264), 400
@@ -103,4 +93,4 @@ def test_training_mapper_on_the_coco_sample_equals_the_old_computation():
             with old_mapper_computation():
                 old = mapper(d)
             assert torch.equal(new["image"], old["image"])
-            assert_same_instances(new["instances"], old["instances"])
+            assert instances_differences(new["instances"], old["instances"]) == []

@@ -8,7 +8,7 @@
 
 ``with old_mapper_computation(): ...`` makes ``DetrPanopticDatasetMapper`` run both as before (in
 this process; ``targets=False`` / ``check=False``: only one of them) and restores the new ones on
-exit.
+exit. :func:`instances_differences` compares the targets of both.
 """
 
 from contextlib import contextmanager
@@ -50,6 +50,22 @@ def panoptic_to_instances_per_segment(
     instances.gt_boxes = Boxes(bitmasks.get_bounding_boxes().tensor)
     instances.gt_is_crowd = torch.tensor(crowd, dtype=torch.bool)
     return instances
+
+
+def instances_differences(new: Instances, old: Instances) -> List[str]:
+    """What differs between two mapper targets: ``"image_size"``, ``"fields"`` (other names) or the
+    names of the fields whose dtype, shape or values differ (empty: identical)."""
+    if new.image_size != old.image_size:
+        return ["image_size"]
+    if set(new.get_fields()) != set(old.get_fields()):
+        return ["fields"]
+    differ = []
+    for name in sorted(new.get_fields()):
+        a, b = new.get(name), old.get(name)
+        a, b = getattr(a, "tensor", a), getattr(b, "tensor", b)  # BitMasks, Boxes
+        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+            differ.append(name)
+    return differ
 
 
 @contextmanager
