@@ -5,7 +5,8 @@ Off, the loss is DETR's; on with the ordinary no-object weight, it equals DETR's
 computation); on, every unmatched query whose box overlaps a target box (IoU >= threshold) gets the
 duplicate weight and nothing else changes (checked against a per-query loop); with Group DETR it is
 the mean of the groups' single-group losses; the model, its checkpoints and its inference are the
-plain model's; the official recipes keep it off.
+plain model's; the official recipes keep it off. The queries near a target come from one
+``box_iou`` over the batch, identical to the old loop over the images.
 """
 
 import os
@@ -31,6 +32,7 @@ from tests.utils.group_detr import (
     train_batch,
 )
 from tests.utils.paths import ROOT
+from tests.utils.speed_oracles import near_target_per_image
 
 NUM_CLASSES = 3  # the classes of random_outputs_and_targets
 
@@ -126,6 +128,63 @@ def test_duplicates_get_a_larger_push_to_no_object():
     ratio = grads[1] / grads[0]
     torch.testing.assert_close(ratio[dup] / ratio[2], torch.tensor(10.0), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ratio[3], ratio[2])
+
+
+def _near_target_case(seed: int, dtype: torch.dtype):
+    """Predicted boxes (B, Q, 4) cxcywh and per-image targets with every kind of pair: random
+    boxes, boxes on one of their image's targets (IoU 1) or on another image's, boxes scaled about
+    a target's centre so that the IoU lands on either side of each threshold, zero-area boxes
+    against a zero-area target (IoU 0 / 0 = NaN), images without targets."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [3, 0, 5, 1, 0, 4]
+    bs, nq = len(sizes), 24
+    targets = []
+    for n in sizes:
+        boxes = torch.cat(
+            [torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05],
+            1,
+        )
+        targets.append({"labels": torch.zeros(n, dtype=torch.int64), "boxes": boxes.to(dtype)})
+    targets[3]["boxes"][0, 2:] = 0  # a zero-area target
+    pred = torch.cat(
+        [torch.rand(bs, nq, 2, generator=g), torch.rand(bs, nq, 2, generator=g) * 0.4], 2
+    )
+    pred = pred.to(dtype)
+    for i, t in enumerate(targets):
+        other = targets[(i + 2) % bs]["boxes"]
+        for q in range(0, nq - 8, 8):
+            if len(t["boxes"]):
+                box = t["boxes"][q % len(t["boxes"])]
+                pred[i, q] = box
+                for k, ratio in enumerate((0.3, 0.5, 0.9)):  # IoU = ratio for a same-centre box
+                    for d, eps in enumerate((-1e-4, 0.0, 1e-4)):
+                        if 1 + 3 * k + d < 8:
+                            pred[i, q + 1 + 3 * k + d] = torch.cat(
+                                [box[:2], box[2:] * (ratio + eps) ** 0.5]
+                            )
+            if len(other):
+                pred[i, q + 7] = other[0]
+    pred[3, -2:, 2:] = 0  # zero-area queries in the image with the zero-area target
+    return pred, targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.9])
+@pytest.mark.parametrize("seed", range(3))
+def test_near_target_equals_the_per_image_loop(seed, iou, dtype):
+    """``SetCriterion._near_target`` (all images in one ``box_iou``, other images' targets masked)
+    gives the old per-image loop's result bit for bit, near-threshold and NaN pairs included."""
+    pred, targets = _near_target_case(seed, dtype)
+    crit = _criterion(dup_weight=2.0, iou=iou)
+    new = crit._near_target(pred, targets)
+    old = near_target_per_image(crit, pred, targets)
+    assert new.dtype == torch.bool and new.shape == pred.shape[:2]
+    assert torch.equal(new, old)
+    assert 0 < int(new.sum()) < new.numel()
+    assert not new[[1, 4]].any()  # images without targets
+    empty = [{"labels": t["labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
+    assert not crit._near_target(pred, empty).any()
+    assert torch.equal(crit._near_target(pred, empty), near_target_per_image(crit, pred, empty))
 
 
 @pytest.mark.parametrize("seed", range(2))

@@ -14,8 +14,10 @@ from tests.utils.model_inputs import make_input
 
 @pytest.fixture(scope="module")
 def model():
-    m = build_model(tiny_detr_cfg())
-    return m
+    # seeded here: a module fixture is built before the per-test seed (conftest), so its random
+    # weights would otherwise depend on which tests ran before it in this process (pytest -n)
+    torch.manual_seed(0)
+    return build_model(tiny_detr_cfg())
 
 
 def test_registered():

@@ -11,7 +11,9 @@ oracles (same model object, same parameters; only how it computes changes):
   ``dice_loss``) instead of ``mask_losses.sigmoid_focal_dice_loss``;
 * mask head: ReLU and the feature additions out of place (:func:`mask_head_out_of_place`); in
   training, run image by image (:func:`query_masks_per_image`) instead of all images in one batch
-  (``compute_query_masks_on_batch_grid``).
+  (``compute_query_masks_on_batch_grid``);
+* duplicate suppression: the queries near a target box found image by image
+  (:func:`near_target_per_image`) instead of in one ``box_iou`` over the batch.
 
 ``with old_computation(model): ...`` switches all of them for this model only (other models in the
 process keep the new computation, so benchmarks can interleave both) and restores them on exit.
@@ -19,13 +21,13 @@ process keep the new computation, so benchmarks can interleave both) and restore
 
 import functools
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d
 from torch import Tensor, nn
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, sigmoid_focal_loss
 
 from detr_d2.modeling import criterion as criterion_module
 from detr_d2.modeling import meta_arch as meta_arch_module
@@ -58,6 +60,21 @@ def focal_and_dice_composite(
     denominator = inputs.sum(-1) + targets.sum(-1)
     dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_boxes
     return focal, dice
+
+
+def near_target_per_image(
+    criterion: SetCriterion, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]
+) -> Tensor:
+    """The old ``SetCriterion._near_target`` (verbatim): a ``box_iou`` per image."""
+    near = torch.zeros(pred_boxes.shape[:2], dtype=torch.bool, device=pred_boxes.device)
+    for i, t in enumerate(targets):
+        if len(t["boxes"]):
+            iou = box_iou(
+                box_convert(pred_boxes[i].detach().float(), "cxcywh", "xyxy"),
+                box_convert(t["boxes"].float(), "cxcywh", "xyxy"),
+            )
+            near[i] = iou.max(1).values >= criterion.duplicate_iou_threshold
+    return near
 
 
 def _attention_with_weights(module: nn.MultiheadAttention, *args, **kwargs):
@@ -156,11 +173,13 @@ def old_computation(model: nn.Module) -> Iterator[nn.Module]:
     criteria = [m for m in model.modules() if isinstance(m, SetCriterion)]
     for c in criteria:
         c.loss_masks = functools.partial(_loss_masks_interpolating, c)
+        c._near_target = functools.partial(near_target_per_image, c)
     try:
         yield model
     finally:
         for c in criteria:
             del c.loss_masks
+            del c._near_target
         if mask_head is not None:
             del mask_head.forward
         for m in (backbone, mask_head):
