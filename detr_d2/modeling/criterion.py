@@ -159,7 +159,9 @@ class SetCriterion(nn.Module):
             box_convert(torch.cat([t["boxes"] for t in targets]).float(), "cxcywh", "xyxy"),
         )  # (B * Q, all targets)
         images = torch.arange(bs, device=device)
-        own = images.repeat_interleave(num_queries)[:, None] == images.repeat_interleave(sizes)
+        own = images.repeat_interleave(num_queries)[:, None] == images.repeat_interleave(
+            sizes, output_size=sum(counts)
+        )  # output_size: no device sync on CUDA
         best = iou.masked_fill(~own, float("-inf")).max(1).values.view(bs, num_queries)
         return (best >= self.duplicate_iou_threshold) & (sizes > 0)[:, None]
 
