@@ -137,7 +137,7 @@ def _near_target_case(seed: int, dtype: torch.dtype):
     against a zero-area target (IoU 0 / 0 = NaN), images without targets."""
     g = torch.Generator().manual_seed(seed)
     sizes = [3, 0, 5, 1, 0, 4]
-    bs, nq = len(sizes), 24
+    bs, nq = len(sizes), 30
     targets = []
     for n in sizes:
         boxes = torch.cat(
@@ -150,20 +150,22 @@ def _near_target_case(seed: int, dtype: torch.dtype):
         [torch.rand(bs, nq, 2, generator=g), torch.rand(bs, nq, 2, generator=g) * 0.4], 2
     )
     pred = pred.to(dtype)
+    # two blocks of 11 queries per image (the last 8 stay random): on a target of the image, 9
+    # same-centre boxes with IoU ratio - 1e-4, ratio, ratio + 1e-4 for ratio 0.3, 0.5, 0.9, and on
+    # another image's target
     for i, t in enumerate(targets):
         other = targets[(i + 2) % bs]["boxes"]
-        for q in range(0, nq - 8, 8):
+        for block, q in enumerate((0, 11)):
             if len(t["boxes"]):
-                box = t["boxes"][q % len(t["boxes"])]
+                box = t["boxes"][block % len(t["boxes"])]
                 pred[i, q] = box
-                for k, ratio in enumerate((0.3, 0.5, 0.9)):  # IoU = ratio for a same-centre box
+                for k, ratio in enumerate((0.3, 0.5, 0.9)):
                     for d, eps in enumerate((-1e-4, 0.0, 1e-4)):
-                        if 1 + 3 * k + d < 8:
-                            pred[i, q + 1 + 3 * k + d] = torch.cat(
-                                [box[:2], box[2:] * (ratio + eps) ** 0.5]
-                            )
+                        pred[i, q + 1 + 3 * k + d] = torch.cat(
+                            [box[:2], box[2:] * (ratio + eps) ** 0.5]
+                        )
             if len(other):
-                pred[i, q + 7] = other[0]
+                pred[i, q + 10] = other[0]
     pred[3, -2:, 2:] = 0  # zero-area queries in the image with the zero-area target
     return pred, targets
 
