@@ -23,14 +23,12 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from benchmarks.training import QUICKSTART_CONFIG, quickstart_dicts
 from benchmarks.utils import REPO_ROOT
-from detr_d2 import add_detr_config
+from detr_d2.config import get_detr_cfg
 from detr_d2.data import DetrPanopticDatasetMapper
-from detr_d2.utils.config_file import merge_config_file
 from tests.utils.evaluation import register_coco_sample
 from tests.utils.mapper_oracles import instances_differences, old_mapper_computation
 
@@ -38,10 +36,7 @@ BASE_CONFIG = "configs/Base-DETR.yaml"
 
 
 def _config(config: str):
-    cfg = get_cfg()
-    add_detr_config(cfg)
-    merge_config_file(cfg, os.path.join(REPO_ROOT, config))
-    return cfg
+    return get_detr_cfg(os.path.join(REPO_ROOT, config))
 
 
 def _datasets(folder: str, num_images: int, repeats: int) -> Dict[str, tuple]:

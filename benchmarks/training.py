@@ -489,18 +489,13 @@ def build_quickstart(
     """``before`` (ALL_QUERY_MASKS True) and ``after`` (default) quickstart models from the same
     seed, with the same optimiser settings and batch; also the config."""
     import torch
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import detr_d2
     from benchmarks.utils import REPO_ROOT
+    from detr_d2.config import get_detr_cfg
     from detr_d2.engine.optimizer import build_detr_optimizer
-    from detr_d2.utils.config_file import merge_config_file
 
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    merge_config_file(cfg, os.path.join(REPO_ROOT, QUICKSTART_CONFIG))
-    cfg.merge_from_list(list(args.quickstart_opts))
+    cfg = get_detr_cfg(os.path.join(REPO_ROOT, QUICKSTART_CONFIG), args.quickstart_opts)
     cfg.MODEL.DEVICE = str(device)
     batch = quickstart_batch(cfg, os.path.join(folder, "quickstart"), args.seed)
     sides = []

@@ -465,14 +465,9 @@ def detr_config(arch: Mapping[str, int], device: DeviceLike, dropout: Optional[f
     reference's weights load as they are) with the COCO panoptic metadata
     (``coco_2017_val_panoptic``: thing/stuff and ids; no
     file is read)."""
-    from detectron2.config import get_cfg
+    from detr_d2.config import get_detr_cfg
 
-    import detr_d2
-    from detr_d2.utils.config_file import merge_config_file
-
-    cfg = get_cfg()
-    detr_d2.add_detr_config(cfg)
-    merge_config_file(cfg, os.path.join(REPO_ROOT, "configs", "Base-DETR.yaml"))
+    cfg = get_detr_cfg(os.path.join(REPO_ROOT, "configs", "Base-DETR.yaml"))
     cfg.MODEL.DEVICE = str(device)
     cfg.MODEL.RESNETS.DEPTH = arch["depth"]
     if arch["depth"] in (18, 34):
