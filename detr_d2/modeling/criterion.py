@@ -163,6 +163,8 @@ class SetCriterion(nn.Module):
             sizes, output_size=sum(counts)
         )  # output_size: no device sync on CUDA
         best = iou.masked_fill(~own, float("-inf")).max(1).values.view(bs, num_queries)
+        # images without targets: never near (their rows are all -inf, which a threshold of -inf
+        # would still pass; the loop skipped them)
         return (best >= self.duplicate_iou_threshold) & (sizes > 0)[:, None]
 
     def loss_boxes(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
