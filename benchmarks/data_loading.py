@@ -1,8 +1,12 @@
-"""The training mapper (``DetrPanopticDatasetMapper``) now against its computation before issue 25
-(``tests.utils.mapper_oracles``: the integrity check sorting every pixel, the targets from a loop
-over the segments with Detectron2's ``BitMasks.get_bounding_boxes``) and against the new check with
-the old targets (the mapper between the two changes), same images, same random augmentation on all
-sides, passes alternating (ABC CBA ...), outputs checked equal.
+"""The training mapper (``DetrPanopticDatasetMapper``) now against its computations since issue 25
+began (``tests.utils.mapper_oracles``), same images, same random augmentation on all sides, passes
+alternating (ABCD DCBA ...), outputs checked equal:
+
+* ``before``: before issue 25 (the integrity check sorting every pixel, the targets from a loop over
+  the segments with Detectron2's ``BitMasks.get_bounding_boxes``, Detectron2's same-size resize);
+* ``loop``: the new check, the old targets and resize;
+* ``resize``: the new check and targets, Detectron2's same-size ``ResizeTransform`` (a PIL copy);
+* ``now``: with the same-size resize a ``NoOpTransform``.
 
 Datasets: the quickstart's synthetic images (128x128, its config's augmentation) and the two real
 COCO sample images at DETR's training sizes (``configs/Base-DETR.yaml``: random flip, resize to a
@@ -33,6 +37,13 @@ from tests.utils.evaluation import register_coco_sample
 from tests.utils.mapper_oracles import instances_differences, old_mapper_computation
 
 BASE_CONFIG = "configs/Base-DETR.yaml"
+# side -> which old computations it runs (``old_mapper_computation``'s arguments; none: the mapper)
+SIDES = {
+    "before": {"check": True, "targets": True, "resize": True},
+    "loop": {"check": False, "targets": True, "resize": True},
+    "resize": {"check": False, "targets": False, "resize": True},
+    "now": {},
+}
 
 
 def _config(config: str):
@@ -74,19 +85,17 @@ def main(argv=None) -> None:
     p.add_argument("--passes", type=int, default=5, help="timed passes per side (default 5)")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, numpy {np.__version__}, load {os.getloadavg()[0]:.1f}")
-    print(
-        f"{'dataset':34s} {'before ms/img':>14s} {'loop ms/img':>12s} {'now ms/img':>11s} "
-        f"{'before/now':>11s} {'loop/now':>9s}"
+    columns = "".join(f"{k + ' ms/img':>15s}" for k in SIDES) + "".join(
+        f"{k + '/now':>12s}" for k in SIDES if k != "now"
     )
+    print(f"{'dataset':34s}{columns}")
     with tempfile.TemporaryDirectory() as folder:
         for name, (mapper, dicts) in _datasets(folder, args.images, args.repeats).items():
             sides = {
-                "before": _with_old(mapper),
-                "loop": _with_old(mapper, check=False),
-                "now": mapper,
+                k: _with_old(mapper, **which) if which else mapper for k, which in SIDES.items()
             }
             outputs = {k: _map_all(f, dicts, 0) for k, f in sides.items()}  # warm-up, the check
-            for k in ("before", "loop"):
+            for k in sides:
                 if not all(_same(a, b) for a, b in zip(outputs["now"], outputs[k])):
                     raise AssertionError(f"{name}: the mapper's outputs differ from {k!r}")
             times = {k: [] for k in sides}
@@ -95,14 +104,15 @@ def main(argv=None) -> None:
                     t = time.perf_counter()
                     _map_all(sides[k], dicts, i + 1)
                     times[k].append((time.perf_counter() - t) / len(dicts))
-            before, loop, now = (statistics.median(times[k]) * 1e3 for k in sides)
-            print(
-                f"{name:34s} {before:14.2f} {loop:12.2f} {now:11.2f} {before / now:11.2f} "
-                f"{loop / now:9.2f}"
+            ms = {k: statistics.median(times[k]) * 1e3 for k in sides}
+            row = "".join(f"{ms[k]:15.2f}" for k in sides) + "".join(
+                f"{ms[k] / ms['now']:12.2f}" for k in sides if k != "now"
             )
+            print(f"{name:34s}{row}")
     print(
         "medians over the passes; before = before issue 25, loop = the new check with the old "
-        "targets; identical images and targets on all sides"
+        "targets and resize, resize = Detectron2's same-size resize; identical images and targets "
+        "on all sides"
     )
 
 

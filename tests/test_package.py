@@ -155,3 +155,28 @@ def test_setup_script_second_run_is_a_no_op():
     )
     assert out.returncode == 0, out.stderr
     assert "up to date" in out.stdout
+
+
+@pytest.mark.skipif(
+    _this_stack() is None
+    or not os.path.exists(os.path.join(_this_stack()[1], ".detr_d2_setup_stamp")),
+    reason="the tests do not run in a venv made by setup.sh",
+)
+def test_setup_script_byte_compiled_site_packages():
+    """setup.sh installs with ``pip --no-compile`` and compiles site-packages itself: every module
+    installed into the venv has its .pyc (where ``PYTHONDONTWRITEBYTECODE`` is set, as on CI,
+    nothing else writes them)."""
+    import importlib.util
+    import sysconfig
+
+    missing, total = [], 0
+    for site_dir in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
+        for folder, _, files in os.walk(site_dir):
+            for name in files:
+                if name.endswith(".py"):
+                    total += 1
+                    source = os.path.join(folder, name)
+                    if not os.path.exists(importlib.util.cache_from_source(source)):
+                        missing.append(os.path.relpath(source, site_dir))
+    assert total > 1000, f"only {total} modules under site-packages"
+    assert not missing, f"{len(missing)} of {total} modules without .pyc, e.g. {missing[:5]}"

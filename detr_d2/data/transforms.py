@@ -8,9 +8,10 @@ clipped to the image); finally always the multi-scale resize (short side from ``
 ``MIN_SIZE_TRAIN_SAMPLING``, long side <= ``MAX_SIZE_TRAIN``). Test: resize to ``MIN_SIZE_TEST`` /
 ``MAX_SIZE_TEST``.
 
-``INPUT.RESIZE_ROUNDING``: "round" uses Detectron2's ``ResizeShortestEdge`` (long side rounded);
-"truncate" uses :class:`DetrResizeShortestEdge`, whose output size is DETR's exactly (long side
-truncated; see :func:`detr_resize_output_shape`).
+``INPUT.RESIZE_ROUNDING``: "round" uses Detectron2's output size (long side rounded;
+:class:`RoundedResizeShortestEdge`); "truncate" uses :class:`DetrResizeShortestEdge`, whose output
+size is DETR's exactly (long side truncated; see :func:`detr_resize_output_shape`). Both return a
+``NoOpTransform`` where the size does not change.
 
 Follows ``RandomResize`` / ``RandomSizeCrop`` in ``datasets/transforms.py`` (facebookresearch/detr
 at 29901c5).
@@ -28,6 +29,7 @@ from PIL import Image
 __all__ = [
     "detr_resize_output_shape",
     "DetrResizeShortestEdge",
+    "RoundedResizeShortestEdge",
     "build_resize",
     "build_detr_train_augmentation",
     "build_detr_test_augmentation",
@@ -77,6 +79,26 @@ class DetrResizeShortestEdge(T.ResizeShortestEdge):
         return T.ResizeTransform(h, w, newh, neww, self.interp)
 
 
+class RoundedResizeShortestEdge(T.ResizeShortestEdge):
+    """Detectron2's ``ResizeShortestEdge`` (same arguments, random draws and output size), with a
+    ``NoOpTransform`` where the size does not change.
+
+    Detectron2 returns a same-size ``ResizeTransform`` there, whose ``apply_image`` round-trips a
+    ``uint8`` image through PIL, and PIL's ``resize`` to the image's own size returns a copy: the
+    no-op gives the same pixels, segmentation and boxes without the two copies (0.3 ms of the 1.3 ms
+    mapping of a quickstart image, whose 128x128 images all keep their size; docs/speed.md).
+    """
+
+    def get_transform(self, image: np.ndarray):
+        transform = super().get_transform(image)
+        if isinstance(transform, T.ResizeTransform) and (transform.new_h, transform.new_w) == (
+            transform.h,
+            transform.w,
+        ):
+            return NoOpTransform()
+        return transform
+
+
 def build_resize(
     rounding: str,
     short_edge_length: Sequence[int],
@@ -86,7 +108,7 @@ def build_resize(
     """A shortest-edge resize whose long side is rounded (Detectron2, "round") or truncated (DETR,
     "truncate")."""
     if rounding == "round":
-        return T.ResizeShortestEdge(short_edge_length, max_size, sample_style, Image.BILINEAR)
+        return RoundedResizeShortestEdge(short_edge_length, max_size, sample_style, Image.BILINEAR)
     if rounding == "truncate":
         return DetrResizeShortestEdge(short_edge_length, max_size, sample_style, Image.BILINEAR)
     raise ValueError(f"INPUT.RESIZE_ROUNDING must be 'round' or 'truncate', got {rounding!r}")

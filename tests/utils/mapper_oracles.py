@@ -6,9 +6,12 @@
   Detectron2's ``BitMasks.get_bounding_boxes`` (now one broadcast comparison and one pass for the
   boxes in ``panoptic_to_instances``).
 
-``with old_mapper_computation(): ...`` makes ``DetrPanopticDatasetMapper`` run both as before (in
-this process; ``targets=False`` / ``check=False``: only one of them) and restores the new ones on
-exit. :func:`instances_differences` compares the targets of both.
+* a resize that keeps the size (``INPUT.RESIZE_ROUNDING "round"``) was Detectron2's same-size
+  ``ResizeTransform`` (now a ``NoOpTransform``, :class:`RoundedResizeShortestEdge`).
+
+``with old_mapper_computation(): ...`` makes ``DetrPanopticDatasetMapper`` run all three as before
+(in this process; ``check=False`` / ``targets=False`` / ``resize=False``: not that one) and restores
+the new ones on exit. :func:`instances_differences` compares the targets of both.
 """
 
 from contextlib import contextmanager
@@ -16,10 +19,12 @@ from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import torch
+from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from detr_d2.data.dataset_mappers import detr_panoptic_dataset_mapper as mapper_module
 from detr_d2.data.panoptic_io import check_segment_ids
+from detr_d2.data.transforms import RoundedResizeShortestEdge
 
 
 def check_segment_ids_sorting(ids: np.ndarray, segments_info, *args) -> None:
@@ -69,15 +74,22 @@ def instances_differences(new: Instances, old: Instances) -> List[str]:
 
 
 @contextmanager
-def old_mapper_computation(check: bool = True, targets: bool = True) -> Iterator[None]:
-    """``DetrPanopticDatasetMapper`` with the old check (``check``) and the old targets
-    (``targets``) inside the block."""
+def old_mapper_computation(
+    check: bool = True, targets: bool = True, resize: bool = True
+) -> Iterator[None]:
+    """``DetrPanopticDatasetMapper`` with the old check (``check``), the old targets (``targets``)
+    and Detectron2's same-size resize (``resize``; every ``RoundedResizeShortestEdge``, also those
+    built before the block) inside the block."""
     saved = mapper_module.check_segment_ids_of_map, mapper_module.panoptic_to_instances
+    saved_resize = RoundedResizeShortestEdge.get_transform
     if check:
         mapper_module.check_segment_ids_of_map = check_segment_ids_sorting
     if targets:
         mapper_module.panoptic_to_instances = panoptic_to_instances_per_segment
+    if resize:
+        RoundedResizeShortestEdge.get_transform = T.ResizeShortestEdge.get_transform
     try:
         yield
     finally:
         mapper_module.check_segment_ids_of_map, mapper_module.panoptic_to_instances = saved
+        RoundedResizeShortestEdge.get_transform = saved_resize
