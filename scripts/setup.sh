@@ -110,7 +110,7 @@ else
 fi
 "$VPY" -m pip install --quiet --no-deps --no-build-isolation -e .
 # The installs above skip pip's byte-compilation, which compiles one file at a time; compile the venv's
-# site-packages here on all cores instead: the same .pyc files, 13 s less of the pinned setup on 2 cores
+# site-packages here on all cores instead: the same .pyc files, about 12 s less of the pinned setup on 2 cores
 # (docs/speed.md). A file that does not compile is reported and skipped, as pip does.
 site_dirs=$("$VPY" -c 'import sysconfig; print("\n".join(sorted({sysconfig.get_path(k) for k in ("purelib", "platlib")})))')
 echo "$site_dirs" | while read -r d; do
