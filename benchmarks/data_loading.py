@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
 
-from benchmarks.training import QUICKSTART_CONFIG, quickstart_dicts
+from benchmarks.training import QUICKSTART_CONFIG
 from benchmarks.utils import REPO_ROOT
 from detr_d2.config import get_detr_cfg
 from detr_d2.data import DetrPanopticDatasetMapper
 from tests.utils.evaluation import register_coco_sample
 from tests.utils.mapper_oracles import instances_differences, old_mapper_computation
+from tests.utils.quickstart_data import quickstart_dicts
 
 BASE_CONFIG = "configs/Base-DETR.yaml"
 # side -> which old computations it runs (``old_mapper_computation``'s arguments; none: the mapper)

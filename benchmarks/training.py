@@ -231,24 +231,6 @@ def official_targets(batch: List[Dict], contiguous_to_slot) -> List[Dict]:
     return targets
 
 
-def quickstart_dicts(cfg, root: str, num_images: int, seed: int) -> List[Dict]:
-    """``num_images`` dataset dicts of the quickstart generator (written under ``root``) at the
-    training size of ``cfg``."""
-    from detectron2.data import MetadataCatalog
-
-    from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
-    from detr_d2.data.datasets.register_panoptic import load_panoptic_json
-
-    size = max(32, cfg.INPUT.MAX_SIZE_TRAIN)
-    json_file = generate_quickstart_dataset(root, "train", num_images, image_size=size, seed=seed)
-    return load_panoptic_json(
-        json_file,
-        os.path.join(root, "train"),
-        os.path.join(root, "panoptic_train"),
-        MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict(),
-    )
-
-
 def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
     """``SOLVER.IMS_PER_BATCH`` images of the quickstart generator (written under ``root``), mapped
     by the training mapper of ``cfg`` (random flip seeded by ``seed``)."""
@@ -256,6 +238,7 @@ def quickstart_batch(cfg, root: str, seed: int) -> List[Dict]:
     import torch
 
     from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
+    from tests.utils.quickstart_data import quickstart_dicts
 
     dicts = quickstart_dicts(cfg, root, cfg.SOLVER.IMS_PER_BATCH, seed)
     mapper = DetrPanopticDatasetMapper(cfg, True)

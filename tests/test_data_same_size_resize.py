@@ -8,18 +8,16 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform
 from PIL import Image
 
 from detr_d2.config import get_detr_cfg
 from detr_d2.data import DetrPanopticDatasetMapper
-from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
-from detr_d2.data.datasets.register_panoptic import load_panoptic_json
 from detr_d2.data.transforms import RoundedResizeShortestEdge, build_resize
 from tests.utils.mapper_oracles import instances_differences, old_mapper_computation
 from tests.utils.paths import ROOT
+from tests.utils.quickstart_data import quickstart_dicts
 
 QUICKSTART_CONFIG = os.path.join(ROOT, "configs", "quickstart", "detr_r18_quickstart.yaml")
 
@@ -86,16 +84,7 @@ def test_quickstart_training_mapper_equals_detectron2s_same_size_resize(tmp_path
     """The quickstart's mapper (flip, then a resize that never changes its 128x128 images): images,
     targets and the random draws equal to those with Detectron2's same-size ``ResizeTransform``."""
     cfg = get_detr_cfg(QUICKSTART_CONFIG)
-    root = str(tmp_path)
-    json_file = generate_quickstart_dataset(
-        root, "train", num_images=8, image_size=cfg.INPUT.MAX_SIZE_TRAIN, seed=0, workers=1
-    )
-    dicts = load_panoptic_json(
-        json_file,
-        os.path.join(root, "train"),
-        os.path.join(root, "panoptic_train"),
-        MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict(),
-    )
+    dicts = quickstart_dicts(cfg, str(tmp_path), num_images=8, seed=0)
     mapper = DetrPanopticDatasetMapper(cfg, is_train=True)
     assert isinstance(mapper.augmentations.augs[-1], RoundedResizeShortestEdge)
     for seed in range(4):

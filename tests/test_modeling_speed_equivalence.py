@@ -203,21 +203,10 @@ def test_group_norm_relu_nchw_copy_under_autograd_only(shape):
 
 
 def _quickstart_batch(cfg, root, n):
-    from detectron2.data import MetadataCatalog
-
     from detr_d2.data.dataset_mappers import DetrPanopticDatasetMapper
-    from detr_d2.data.datasets.quickstart import generate_quickstart_dataset
-    from detr_d2.data.datasets.register_panoptic import load_panoptic_json
+    from tests.utils.quickstart_data import quickstart_dicts
 
-    json_file = generate_quickstart_dataset(
-        str(root), "train", num_images=n, image_size=cfg.INPUT.MAX_SIZE_TRAIN, seed=0
-    )
-    dicts = load_panoptic_json(
-        json_file,
-        os.path.join(str(root), "train"),
-        os.path.join(str(root), "panoptic_train"),
-        MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).as_dict(),
-    )
+    dicts = quickstart_dicts(cfg, str(root), n, seed=0)
     np.random.seed(0)
     mapper = DetrPanopticDatasetMapper(cfg, True)
     return [mapper(d) for d in dicts]
