@@ -107,6 +107,19 @@ def _frozen_duplicate_suppression(cfg) -> Optional[str]:
     return None
 
 
+def _duplicate_suppression_values(cfg) -> Optional[str]:
+    ds = cfg.MODEL.DETR.DUPLICATE_SUPPRESSION
+    if ds.ENABLED and not (0 < ds.IOU_THRESHOLD <= 1 and ds.DUPLICATE_CLASS_WEIGHT >= 0):
+        return (
+            "MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED needs "
+            "MODEL.DETR.DUPLICATE_SUPPRESSION.IOU_THRESHOLD in (0, 1] (got "
+            f"{ds.IOU_THRESHOLD}; <= 0 would count every unmatched query as a duplicate, > 1 "
+            "none) and MODEL.DETR.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT >= 0 (got "
+            f"{ds.DUPLICATE_CLASS_WEIGHT}): set e.g. IOU_THRESHOLD 0.5, DUPLICATE_CLASS_WEIGHT 0.5"
+        )
+    return None
+
+
 def _mask_head_weights(cfg) -> Optional[str]:
     if cfg.MODEL.DETR.MASK_HEAD_WEIGHTS and not cfg.MODEL.MASK_ON:
         return (
@@ -221,6 +234,16 @@ CONFIG_RULES: Tuple[ConfigRule, ...] = (
         ("TEST.PANOPTIC_ERROR_ANALYSIS", "TEST.PANOPTIC_EVALUATOR"),
         "error analysis is an option of the 'in_process' evaluator",
         _error_analysis,
+    ),
+    ConfigRule(
+        (
+            "MODEL.DETR.DUPLICATE_SUPPRESSION.ENABLED",
+            "MODEL.DETR.DUPLICATE_SUPPRESSION.IOU_THRESHOLD",
+            "MODEL.DETR.DUPLICATE_SUPPRESSION.DUPLICATE_CLASS_WEIGHT",
+        ),
+        "duplicate suppression needs an IoU threshold in (0, 1] and a class weight >= 0",
+        _duplicate_suppression_values,
+        training=True,
     ),
     ConfigRule(
         ("SOLVER.AMP.ENABLED", "MODEL.DEVICE"),

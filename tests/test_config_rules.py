@@ -61,6 +61,10 @@ BREAKS = [
     _both(_mask_off, _set(MODEL__DETR__MASK_HEAD_WEIGHTS="panoptic.pth")),
     _set(TEST__PANOPTIC_WRITE_PREDICTIONS=True, TEST__PANOPTIC_EVALUATOR="panopticapi"),
     _set(TEST__PANOPTIC_ERROR_ANALYSIS=True, TEST__PANOPTIC_EVALUATOR="panopticapi"),
+    _set(
+        MODEL__DETR__DUPLICATE_SUPPRESSION__ENABLED=True,
+        MODEL__DETR__DUPLICATE_SUPPRESSION__IOU_THRESHOLD=1.5,
+    ),
     _set(SOLVER__AMP__ENABLED=True, MODEL__DEVICE="cpu"),
     _set(SOLVER__CLIP_GRADIENTS__ENABLED=True, SOLVER__CLIP_GRADIENTS__CLIP_TYPE="full_model"),
     _set(SOLVER__FULL_MODEL_CLIP_GRADIENTS__MAX_NORM=0.0),
@@ -93,6 +97,33 @@ def test_rule_fires_alone_naming_its_keys_and_fix(i):
     else:  # fires when the model is built, before anything is read or loaded
         with pytest.raises(ValueError, match=re.escape(problems[0])):
             build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "enabled, iou, weight, ok",
+    [
+        (True, 0.5, 0.5, True),
+        (True, 1.0, 0.0, True),  # only exact copies of a target box; a weight of 0 ignores them
+        (True, 0.0, 0.5, False),  # IoU >= 0 holds for every query
+        (True, -0.1, 0.5, False),
+        (True, 1.01, 0.5, False),  # IoU never exceeds 1: no query would be a duplicate
+        (True, 0.5, -1.0, False),
+        (False, 1.5, -1.0, True),  # off: the values are not used
+    ],
+)
+def test_duplicate_suppression_values(enabled, iou, weight, ok):
+    cfg = tiny_detr_cfg()
+    ds = cfg.MODEL.DETR.DUPLICATE_SUPPRESSION
+    ds.ENABLED, ds.IOU_THRESHOLD, ds.DUPLICATE_CLASS_WEIGHT = enabled, iou, weight
+    problems = config_problems(cfg, training=True)
+    if ok:
+        assert problems == []
+    else:
+        assert (
+            len(problems) == 1
+            and f"(got {iou};" in problems[0]
+            and f"(got {weight})" in problems[0]
+        )
 
 
 def test_every_broken_rule_is_listed():
